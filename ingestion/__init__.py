@@ -1,0 +1,1 @@
+"""dlt sources: partner enrollment files and device data. Runnable without Dagster."""

@@ -1,0 +1,1 @@
+"""Member data platform: shared settings, database access and the `mdp` operator CLI."""

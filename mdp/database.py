@@ -1,0 +1,159 @@
+"""One place that turns settings into a running Postgres and connection parameters.
+
+Every component (psycopg2, asyncpg, dlt, dbt) gets its connection from here, so the
+embedded default and an external server behave the same.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from urllib.parse import parse_qs, unquote, urlparse
+
+import psycopg2
+import psycopg2.extensions
+
+from mdp.settings import Settings, load_settings
+
+EMBEDDED_DATABASE = "mdp"
+
+
+@dataclass(frozen=True)
+class ConnectionParams:
+    host: str  # a hostname, or a directory holding the Unix socket
+    port: int
+    user: str
+    password: str
+    dbname: str
+
+    @classmethod
+    def from_url(cls, url: str) -> ConnectionParams:
+        parsed = urlparse(url)
+        if parsed.scheme not in ("postgres", "postgresql"):
+            raise ValueError(
+                f"MDP_DATABASE_URL must start with postgresql://, got scheme {parsed.scheme!r}"
+            )
+        query = parse_qs(parsed.query)
+        host = query.get("host", [parsed.hostname or "127.0.0.1"])[0]
+        return cls(
+            host=host,
+            port=int(query.get("port", [parsed.port or 5432])[0]),
+            user=unquote(parsed.username or "postgres"),
+            # dlt refuses credentials without a password even where the server trusts us.
+            password=unquote(parsed.password or "") or "postgres",
+            dbname=(parsed.path or "/postgres").lstrip("/") or "postgres",
+        )
+
+    def dsn(self, dbname: str | None = None) -> str:
+        return (
+            f"host={self.host} port={self.port} user={self.user} "
+            f"password={self.password} dbname={dbname or self.dbname}"
+        )
+
+    def url(self) -> str:
+        if self.host.startswith("/"):
+            return (
+                f"postgresql://{self.user}:{self.password}@/{self.dbname}"
+                f"?host={self.host}&port={self.port}"
+            )
+        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.dbname}"
+
+    def dlt_credentials(self) -> dict[str, object]:
+        return {
+            "database": self.dbname,
+            "username": self.user,
+            "password": self.password,
+            "host": self.host,
+            "port": self.port,
+        }
+
+    def dbt_env(self) -> dict[str, str]:
+        """Environment variables read by dbt_project/profiles.yml."""
+        return {
+            "MDP_PG_HOST": self.host,
+            "MDP_PG_PORT": str(self.port),
+            "MDP_PG_USER": self.user,
+            "MDP_PG_PASSWORD": self.password,
+            "MDP_PG_DATABASE": self.dbname,
+        }
+
+
+def start_embedded(settings: Settings) -> ConnectionParams:
+    """Start (or find running) the embedded Postgres; it keeps running after we exit."""
+    import pgserver
+
+    settings.pgdata_dir.parent.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(settings.pgdata_dir, cleanup_mode=None)
+    params = ConnectionParams.from_url(server.get_uri())
+    ensure_database(params, EMBEDDED_DATABASE)
+    return ConnectionParams(
+        params.host, params.port, params.user, params.password, EMBEDDED_DATABASE
+    )
+
+
+def stop_embedded(settings: Settings, timeout: float = 30.0) -> bool:
+    """Fast-shutdown the embedded Postgres if it runs; returns whether one was stopped."""
+    import signal
+    import time
+
+    pid_file = settings.pgdata_dir / "postmaster.pid"
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text().split()[0])
+    try:
+        os.kill(pid, signal.SIGINT)  # SIGINT is Postgres' "fast" shutdown
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def ensure_database(params: ConnectionParams, dbname: str) -> None:
+    with contextlib.closing(psycopg2.connect(params.dsn())) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("select 1 from pg_database where datname = %s", (dbname,))
+            if cur.fetchone() is None:
+                cur.execute(f'create database "{dbname}"')
+
+
+_resolved: dict[str, ConnectionParams] = {}
+
+
+def connection_params(settings: Settings | None = None) -> ConnectionParams:
+    """Connection parameters for the configured database, starting the embedded one if needed."""
+    settings = settings or load_settings()
+    cache_key = settings.database_url or str(settings.pgdata_dir)
+    if cache_key not in _resolved:
+        if settings.database_url:
+            _resolved[cache_key] = ConnectionParams.from_url(settings.database_url)
+        else:
+            _resolved[cache_key] = start_embedded(settings)
+    return _resolved[cache_key]
+
+
+@contextlib.contextmanager
+def connect(
+    params: ConnectionParams | None = None, autocommit: bool = False
+) -> Iterator[psycopg2.extensions.connection]:
+    """A psycopg2 connection that commits on success and rolls back on error."""
+    conn = psycopg2.connect((params or connection_params()).dsn())
+    conn.autocommit = autocommit
+    try:
+        yield conn
+        if not autocommit:
+            conn.commit()
+    except BaseException:
+        if not autocommit:
+            conn.rollback()
+        raise
+    finally:
+        conn.close()

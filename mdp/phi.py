@@ -1,0 +1,29 @@
+"""Keyed hashing for identifiers that must never be stored or logged in clear."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from functools import lru_cache
+
+from mdp.settings import secret
+
+
+@lru_cache(maxsize=1)
+def _hash_key() -> bytes:
+    return secret("MDP_PII_HASH_KEY").encode()
+
+
+def keyed_hash(value: str) -> str:
+    """HMAC-SHA256 of an identifier (e.g. an SSN), hex; stable for one deployment's key."""
+    return hmac.new(_hash_key(), value.encode(), hashlib.sha256).hexdigest()
+
+
+def log_ref(*parts: str) -> str:
+    """A short, non-reversible reference to a member for logs and audit rows (no PHI)."""
+    return "m_" + keyed_hash("|".join(parts))[:16]
+
+
+def normalize_ssn(value: str) -> str | None:
+    digits = "".join(ch for ch in value if ch.isdigit())
+    return digits if len(digits) == 9 else None

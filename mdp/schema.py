@@ -1,0 +1,89 @@
+"""Tables the platform's own code owns (not dlt's, not dbt's). Applied idempotently."""
+
+from __future__ import annotations
+
+import psycopg2.extensions
+
+from mdp.database import ConnectionParams, connect
+
+DDL = """
+create schema if not exists raw_partners;
+create schema if not exists serving;
+create schema if not exists audit;
+
+-- one row per file seen; dbt's import report model reads it as a source
+create table if not exists raw_partners.file_imports (
+    file_id            text primary key,
+    partner_id         text not null,
+    filename           text not null,
+    source_path        text,
+    sha256             text not null,
+    size_bytes         bigint,
+    format             text,
+    status             text not null,  -- processing | loaded | duplicate | quarantined | failed
+    reason             text,
+    duplicate_of       text,
+    rows_total         integer,
+    rows_loaded        integer,
+    rows_rejected      integer,
+    archive_path       text,
+    error_report_path  text,
+    remote_mtime       double precision,
+    received_at        timestamptz not null default now(),
+    started_at         timestamptz,
+    finished_at        timestamptz,
+    parse_seconds      double precision,
+    load_seconds       double precision
+);
+create index if not exists file_imports_partner_sha on raw_partners.file_imports (partner_id, sha256);
+
+create table if not exists serving.api_keys (
+    key_id      text primary key,
+    partner_id  text not null,
+    key_hash    text not null unique,
+    label       text,
+    created_at  timestamptz not null default now(),
+    revoked_at  timestamptz
+);
+
+-- bumped by a dbt post-hook each time a serving mart is rebuilt; the API listens on
+-- channel mdp_mart_refreshed and polls this as a fallback to drop its cache
+create table if not exists serving.mart_refreshes (
+    mart          text primary key,
+    version       bigint not null default 1,
+    refreshed_at  timestamptz not null default now()
+);
+
+-- append-only: who read which member's data, when and why (no PHI: member_ref is a keyed hash)
+create table if not exists audit.access_log (
+    event_id     bigserial primary key,
+    occurred_at  timestamptz not null default now(),
+    actor        text not null,
+    action       text not null,
+    partner_id   text,
+    member_ref   text,
+    purpose      text,
+    outcome      text,
+    request_id   text,
+    detail       jsonb
+);
+create index if not exists access_log_member on audit.access_log (member_ref, occurred_at);
+create or replace function audit.refuse_change() returns trigger language plpgsql as $$
+begin
+    raise exception 'audit.access_log is append-only';
+end $$;
+drop trigger if exists access_log_append_only on audit.access_log;
+create trigger access_log_append_only before update or delete on audit.access_log
+    for each row execute function audit.refuse_change();
+"""
+
+
+def ensure_schema(params: ConnectionParams | None = None) -> None:
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute("select pg_advisory_xact_lock(hashtext('mdp.ensure_schema'))")
+        cur.execute(DDL)
+
+
+def apply(conn: psycopg2.extensions.connection) -> None:
+    with conn.cursor() as cur:
+        cur.execute(DDL)
