@@ -1,0 +1,59 @@
+"""Partner enrollment files: the dlt resource that merges validated rows into raw tables.
+
+`raw_partners.enrollment_members` holds one current row per `(partner_id, employee_id)`; a
+newer file overwrites older rows for the same member (files are imported oldest first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import dlt
+import pyarrow as pa
+
+from mdp.database import ConnectionParams
+
+DATASET = "raw_partners"
+MEMBERS_TABLE = "enrollment_members"
+IMPORTS_TABLE = "file_imports"
+
+_HINTS = {
+    "partner_id": {"data_type": "text", "nullable": False},
+    "employee_id": {"data_type": "text", "nullable": False},
+    "source_file_id": {"data_type": "text", "nullable": False},
+    "source_line_number": {"data_type": "bigint", "nullable": False},
+    "file_received_at": {"data_type": "timestamp", "nullable": False},
+}
+
+
+@dlt.resource(
+    name=MEMBERS_TABLE,
+    primary_key=("partner_id", "employee_id"),
+    write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+    columns=_HINTS,
+    file_format="csv",
+)
+def enrollment_members(batches: Iterable[pa.Table]):
+    """Validated member rows of one file, as Arrow tables (COPY-loaded: ~10x faster than INSERT)."""
+    yield from batches
+
+
+def partner_pipeline(partner_id: str, params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipeline:
+    """One pipeline per partner: dlt state must not be shared by runs that may overlap."""
+    return dlt.pipeline(
+        pipeline_name=f"partner_{partner_id}",
+        destination=dlt.destinations.postgres(credentials=params.dlt_credentials()),
+        dataset_name=DATASET,
+        pipelines_dir=str(pipelines_dir),
+    )
+
+
+def ensure_raw_tables(params: ConnectionParams, pipelines_dir: Path) -> None:
+    """Create the raw tables with every column before any file arrives, so dbt can build."""
+    from mdp.schema import ensure_schema
+    from ingestion.partners.validation import MEMBER_ARROW_SCHEMA
+
+    ensure_schema(params)
+    pipeline = partner_pipeline("setup", params, pipelines_dir)
+    pipeline.run(enrollment_members([MEMBER_ARROW_SCHEMA.empty_table()]), loader_file_format="csv")

@@ -1,0 +1,116 @@
+with
+
+enrollment_members as (
+
+    select * from {{ ref('stg_partners__enrollment_members') }}
+
+),
+
+-- trimming in staging can make two raw keys equal; the most recently received file
+-- wins, as it does for the merge into the raw table
+newest_row_per_member as (
+
+    select
+        *,
+        row_number() over (
+            partition by partner_id, employee_id
+            order by
+                file_received_at desc nulls last,
+                dlt_load_id desc nulls last,
+                source_line_number desc nulls last
+        ) as recency_rank
+
+    from enrollment_members
+
+),
+
+-- partner words we understand; anything else (or nothing) falls back to the eligibility
+-- dates, so a partner's unfamiliar vocabulary never yields a fourth status
+partner_status_vocabulary as (
+
+    select * from (
+        values
+        ('active', 'active'),
+        ('a', 'active'),
+        ('enrolled', 'active'),
+        ('eligible', 'active'),
+        ('current', 'active'),
+        ('terminated', 'terminated'),
+        ('termed', 'terminated'),
+        ('term', 'terminated'),
+        ('t', 'terminated'),
+        ('inactive', 'terminated'),
+        ('cancelled', 'terminated'),
+        ('canceled', 'terminated'),
+        ('ended', 'terminated'),
+        ('pending', 'pending'),
+        ('p', 'pending'),
+        ('future', 'pending')
+    ) as vocabulary (partner_word, coverage_status)
+
+),
+
+statuses_resolved as (
+
+    select
+        newest_row_per_member.*,
+        partner_status_vocabulary.coverage_status as partner_status_normalized
+
+    from newest_row_per_member
+    left join partner_status_vocabulary
+        on newest_row_per_member.partner_coverage_status = partner_status_vocabulary.partner_word
+    where newest_row_per_member.recency_rank = 1
+
+),
+
+members_resolved as (
+
+    select
+        -- stable platform id: same partner + same partner member id = same member,
+        -- whatever file it arrives in (partner ids are snake_case, so ':' cannot collide)
+        md5(partner_id || ':' || employee_id) as member_id,
+        partner_id,
+        employee_id,
+
+        first_name,
+        middle_name,
+        last_name,
+        date_of_birth,
+        gender,
+        email,
+        phone,
+        address_line1,
+        address_line2,
+        city,
+        state,
+        postal_code,
+        relationship,
+        group_id,
+        ssn_hash,
+        ssn_last4,
+
+        program,
+        eligibility_start_date,
+        eligibility_end_date,
+        partner_coverage_status,
+        case
+            when partner_status_normalized is not null then partner_status_normalized
+            when eligibility_start_date > current_date then 'pending'
+            when eligibility_end_date < current_date then 'terminated'
+            else 'active'
+        end as coverage_status,
+        case
+            when partner_status_normalized is not null then 'partner'
+            else 'eligibility_dates'
+        end as coverage_status_basis,
+
+        source_file_id,
+        source_line_number,
+        file_received_at,
+        loaded_at
+
+    from statuses_resolved
+
+)
+
+select * from members_resolved

@@ -1,0 +1,41 @@
+{{
+    config(
+        indexes=[
+            {'columns': ['partner_id', 'employee_id'], 'unique': true},
+        ],
+        post_hook="{{ announce_mart_refresh('mart_eligibility') }}",
+    )
+}}
+
+{#-
+    The table the eligibility API reads. It carries no names, contact details or SSN
+    parts: only what a check needs. Lookups go through the unique (partner_id,
+    employee_id) index.
+-#}
+
+with
+
+members_resolved as (
+
+    select * from {{ ref('int_members_resolved') }}
+
+),
+
+final as (
+
+    select
+        member_id,
+        partner_id,
+        employee_id,
+        date_of_birth,
+        program,
+        eligibility_start_date,
+        eligibility_end_date,
+        coverage_status,
+        now()::timestamptz as refreshed_at
+
+    from members_resolved
+
+)
+
+select * from final

@@ -1,0 +1,212 @@
+"""Streaming readers for partner files: CSV, XLSX and fixed-width.
+
+Each reader yields `RawRow`s keyed by canonical field name, with the 1-based line (or sheet
+row) where the record starts. A record that is malformed on its own (wrong field count, short
+fixed-width line) carries a `problem` and is rejected alone; a file that cannot be read as a
+whole raises UnreadableFileError and is quarantined.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import datetime as dt
+import io
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingestion.partners.config import Inbound
+from ingestion.partners.errors import UnreadableFileError
+from ingestion.partners.fields import DATE_FIELDS
+
+EXCEL_EPOCH = dt.date(1899, 12, 30)  # serial 1 = 1900-01-01 with Excel's 1900 leap-year bug
+
+
+@dataclass(slots=True)
+class RawRow:
+    line: int
+    values: dict[str, str | None]  # canonical field -> stripped text (None when blank)
+    problem: str | None = None
+
+
+def _clean(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _codec(encoding: str) -> str:
+    # A BOM is noise for us: utf-8-sig reads files with and without one.
+    name = codecs.lookup(encoding).name
+    return "utf-8-sig" if name == "utf-8" else encoding
+
+
+def _check_columns(inbound: Inbound, header: list[str]) -> dict[int, str]:
+    """Map header positions to canonical fields; a missing required column is unreadable."""
+    positions = {name: i for i, name in enumerate(header)}
+    missing = [
+        f"'{source}' (for {target})"
+        for source, target in inbound.column_mappings.items()
+        if target in inbound.required_fields and source not in positions
+    ]
+    if missing:
+        raise UnreadableFileError(
+            f"missing required column(s) {', '.join(missing)}; header has {header}"
+        )
+    return {
+        positions[source]: target
+        for source, target in inbound.column_mappings.items()
+        if source in positions
+    }
+
+
+def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
+    options = inbound.csv_options
+    with open(path, "rb") as raw:
+        if not raw.read(1):
+            raise UnreadableFileError("file is empty")
+        raw.seek(0)
+        text = io.TextIOWrapper(raw, encoding=_codec(options.encoding), newline="")
+        reader = csv.reader(text, delimiter=options.delimiter, quotechar=options.quotechar)
+        last_line = 0
+        try:
+            if options.has_header:
+                header = next(reader, None)
+                if header is None:
+                    raise UnreadableFileError("file has no header row")
+                header = [h.strip() for h in header]
+                last_line = reader.line_num
+            else:
+                header = list(options.columns or [])
+            columns = _check_columns(inbound, header)
+            width = len(header)
+            for record in reader:
+                line = last_line + 1
+                last_line = reader.line_num
+                if not record or (len(record) == 1 and not record[0].strip()):
+                    continue  # blank line
+                if len(record) != width:
+                    yield RawRow(
+                        line,
+                        _values_from(record, columns),
+                        f"has {len(record)} fields, the header has {width}",
+                    )
+                    continue
+                yield RawRow(line, _values_from(record, columns))
+        except UnicodeDecodeError as exc:
+            raise UnreadableFileError(
+                f"bytes that are not valid {options.encoding} near line {last_line + 1}: {exc.reason}"
+                f" (byte 0x{exc.object[exc.start]:02x})"
+            ) from None
+        except csv.Error as exc:
+            raise UnreadableFileError(f"CSV structure broken near line {last_line + 1}: {exc}") from None
+
+
+def _values_from(record: list[str], columns: dict[int, str]) -> dict[str, str | None]:
+    size = len(record)
+    return {target: _clean(record[i]) if i < size else None for i, target in columns.items()}
+
+
+def read_fixed_width(path: Path, inbound: Inbound) -> Iterator[RawRow]:
+    layout = inbound.fixed_width
+    assert layout is not None  # guaranteed by the config schema
+    record_length = layout.record_length
+    slices = [
+        (inbound.column_mappings[f.name], f.start - 1, f.start - 1 + f.width)
+        for f in layout.fields
+        if f.name in inbound.column_mappings
+    ]
+    required_end = max(
+        (end for target, _, end in slices if target in inbound.required_fields), default=0
+    )
+    with open(path, "rb") as raw:
+        if not raw.read(1):
+            raise UnreadableFileError("file is empty")
+        raw.seek(0)
+        text = io.TextIOWrapper(raw, encoding=_codec(layout.encoding), newline=None)
+        line_no = 0
+        try:
+            for line_no, line in enumerate(text, start=1):
+                line = line.rstrip("\r\n")
+                if line_no == 1 and layout.has_header:
+                    continue
+                if not line.strip():
+                    continue
+                values = {target: _clean(line[start:end]) for target, start, end in slices}
+                problem = None
+                if len(line) < required_end:
+                    problem = f"line is {len(line)} characters, shorter than the record length {record_length}"
+                elif len(line) > record_length and line[record_length:].strip():
+                    problem = f"line is {len(line)} characters, longer than the record length {record_length}"
+                yield RawRow(line_no, values, problem)
+        except UnicodeDecodeError as exc:
+            raise UnreadableFileError(
+                f"bytes that are not valid {layout.encoding} near line {line_no + 1}: {exc.reason}"
+            ) from None
+
+
+def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
+    import openpyxl
+
+    options = inbound.xlsx_options
+    if path.stat().st_size == 0:
+        raise UnreadableFileError("file is empty")
+    try:
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, KeyError, EOFError, OSError, ValueError) as exc:
+        raise UnreadableFileError(f"not a readable Excel workbook (truncated or corrupt?): {exc}") from None
+    try:
+        if options.sheet is None:
+            sheet = workbook.worksheets[0]
+        elif options.sheet in workbook.sheetnames:
+            sheet = workbook[options.sheet]
+        else:
+            raise UnreadableFileError(
+                f"no sheet named {options.sheet!r}; the workbook has {workbook.sheetnames}"
+            )
+        rows = sheet.iter_rows(min_row=options.header_row, values_only=True)
+        try:
+            header_cells = next(rows, None)
+            if header_cells is None:
+                raise UnreadableFileError(f"sheet {sheet.title!r} has no header row")
+            header = ["" if c is None else str(c).strip() for c in header_cells]
+            columns = _check_columns(inbound, header)
+            for offset, cells in enumerate(rows, start=1):
+                if cells is None or all(c is None or str(c).strip() == "" for c in cells):
+                    continue
+                values = {
+                    target: _cell_text(cells[i] if i < len(cells) else None, target, inbound.date_format)
+                    for i, target in columns.items()
+                }
+                yield RawRow(options.header_row + offset, values)
+        except (zipfile.BadZipFile, EOFError, KeyError, OSError) as exc:
+            raise UnreadableFileError(f"workbook is truncated or corrupt: {exc}") from None
+    finally:
+        workbook.close()
+
+
+def _cell_text(cell: object, target: str, date_format: str) -> str | None:
+    if cell is None:
+        return None
+    if isinstance(cell, dt.datetime):
+        return cell.date().strftime(date_format) if target in DATE_FIELDS else cell.isoformat()
+    if isinstance(cell, dt.date):
+        return cell.strftime(date_format) if target in DATE_FIELDS else cell.isoformat()
+    if isinstance(cell, (int, float)) and not isinstance(cell, bool):
+        if target in DATE_FIELDS and 1 <= cell < 2958466:  # a date cell saved as a plain serial
+            return (EXCEL_EPOCH + dt.timedelta(days=int(cell))).strftime(date_format)
+        if isinstance(cell, float) and cell.is_integer():
+            return str(int(cell))
+        return str(cell)
+    return _clean(str(cell))
+
+
+READERS = {"csv": read_csv, "xlsx": read_xlsx, "fixed_width": read_fixed_width}
+
+
+def read_rows(path: Path, inbound: Inbound) -> Iterator[RawRow]:
+    """Stream the rows of a partner file in the partner's configured format."""
+    return READERS[inbound.format](path, inbound)

@@ -1,0 +1,102 @@
+"""The import ledger: one row per file seen in raw_partners.file_imports."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from mdp.database import ConnectionParams, connect
+
+FINISHED = ("loaded", "quarantined")  # identical bytes after these are duplicates
+
+
+@dataclass
+class ImportRecord:
+    file_id: str
+    partner_id: str
+    filename: str
+    sha256: str
+    status: str
+    source_path: str | None = None
+    size_bytes: int | None = None
+    format: str | None = None
+    reason: str | None = None
+    duplicate_of: str | None = None
+    rows_total: int | None = None
+    rows_loaded: int | None = None
+    rows_rejected: int | None = None
+    archive_path: str | None = None
+    error_report_path: str | None = None
+    remote_mtime: float | None = None
+    received_at: dt.datetime | None = None
+    started_at: dt.datetime | None = None
+    finished_at: dt.datetime | None = None
+    parse_seconds: float | None = None
+    load_seconds: float | None = None
+    preview: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def columns(self) -> dict[str, Any]:
+        values = asdict(self)
+        values.pop("preview")
+        return values
+
+
+def save(params: ConnectionParams, record: ImportRecord) -> None:
+    values = record.columns()
+    names = list(values)
+    updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != "file_id")
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"insert into raw_partners.file_imports ({', '.join(names)}) "
+            f"values ({', '.join(['%s'] * len(names))}) "
+            f"on conflict (file_id) do update set {updates}",
+            [values[n] for n in names],
+        )
+
+
+def finished_import_with_checksum(params: ConnectionParams, partner_id: str, sha256: str) -> str | None:
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select file_id from raw_partners.file_imports where partner_id = %s and sha256 = %s"
+            " and status = any(%s) order by received_at limit 1",
+            (partner_id, sha256, list(FINISHED)),
+        )
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
+def already_seen_remote(params: ConnectionParams, partner_id: str, path: str, size: int, mtime: float) -> bool:
+    """For pull partners, whose server we leave untouched: was this exact remote file handled?"""
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select 1 from raw_partners.file_imports where partner_id = %s and source_path = %s"
+            " and size_bytes = %s and remote_mtime = %s and status <> 'failed' limit 1",
+            (partner_id, path, size, mtime),
+        )
+        return cur.fetchone() is not None
+
+
+def get(params: ConnectionParams, file_id: str) -> dict[str, Any] | None:
+    rows = list_imports(params, file_id=file_id)
+    return rows[0] if rows else None
+
+
+def list_imports(
+    params: ConnectionParams, partner_id: str | None = None, file_id: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    clauses, args = [], []
+    if partner_id:
+        clauses.append("partner_id = %s")
+        args.append(partner_id)
+    if file_id:
+        clauses.append("file_id = %s")
+        args.append(file_id)
+    where = f"where {' and '.join(clauses)}" if clauses else ""
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"select * from raw_partners.file_imports {where} order by received_at desc limit %s",
+            [*args, limit],
+        )
+        names = [d.name for d in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]

@@ -1,0 +1,250 @@
+"""Import a partner's complete inbox files: archive, dedupe, parse, validate, load, report.
+
+Runnable without Dagster: `import_partner_files(config, settings, params)`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from itertools import islice
+from pathlib import Path
+
+import paramiko
+import pyarrow as pa
+
+from ingestion.partners import enrollment_members, partner_pipeline
+from ingestion.partners import imports as ledger
+from ingestion.partners.archive import archive_stream
+from ingestion.partners.config import PartnerConfig
+from ingestion.partners.error_report import write_error_report
+from ingestion.partners.errors import UnreadableFileError
+from ingestion.partners.formats import read_rows
+from ingestion.partners.imports import ImportRecord
+from ingestion.partners.transport import (
+    InboxLocation,
+    RemoteFile,
+    complete_files,
+    errors_dir,
+    inbox_location,
+    platform_endpoint,
+    remove_with_markers,
+    sftp_session,
+    upload_file,
+)
+from ingestion.partners.validation import Reject, RowValidator
+from mdp.database import ConnectionParams, connect
+from mdp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CHUNK_ROWS = 50_000
+PREVIEW_COLUMNS = ("source_line_number", "program", "eligibility_start_date", "eligibility_end_date")
+
+Progress = Callable[[str, int], None]  # (filename, rows read so far)
+
+
+def import_partner_files(
+    config: PartnerConfig,
+    settings: Settings,
+    params: ConnectionParams,
+    progress: Progress | None = None,
+) -> list[ImportRecord]:
+    """Import every complete file in one partner's inbox, oldest first.
+
+    One file's problem (bad rows, unreadable bytes) never stops the others; an outage
+    (SFTP or database down) raises so the orchestrator retries the run.
+    """
+    location = inbox_location(config, settings)
+    with partner_lock(params, config.partner_id) as acquired:
+        if not acquired:
+            log.info("%s: another run is importing this partner; skipping", config.partner_id)
+            return []
+        with sftp_session(location.endpoint) as sftp:
+            ready = complete_files(
+                sftp, location.inbox_dir, config.inbound.filename_pattern, settings.settle_seconds
+            )
+            records = []
+            for remote in ready:
+                if not location.removes_after_import and ledger.already_seen_remote(
+                    params, config.partner_id, remote.path, remote.size, remote.mtime
+                ):
+                    continue
+                records.append(import_remote_file(remote, sftp, location, config, settings, params, progress))
+            return records
+
+
+@contextlib.contextmanager
+def partner_lock(params: ConnectionParams, partner_id: str) -> Iterator[bool]:
+    """A session advisory lock: two runs never import the same partner's inbox at once."""
+    with connect(params, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("select pg_try_advisory_lock(hashtext(%s))", (f"partner-import:{partner_id}",))
+        acquired = bool(cur.fetchone()[0])
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                cur.execute("select pg_advisory_unlock(hashtext(%s))", (f"partner-import:{partner_id}",))
+
+
+def _new_file_id(partner_id: str, received_at: dt.datetime, sha256: str) -> str:
+    return f"{partner_id}-{received_at:%Y%m%dT%H%M%S%f}-{sha256[:8]}"
+
+
+def import_remote_file(
+    remote: RemoteFile,
+    sftp: paramiko.SFTPClient,
+    location: InboxLocation,
+    config: PartnerConfig,
+    settings: Settings,
+    params: ConnectionParams,
+    progress: Progress | None = None,
+) -> ImportRecord:
+    received_at = dt.datetime.now(dt.UTC)
+    with sftp.open(remote.path, "rb") as handle:
+        handle.prefetch(remote.size)
+        archived = archive_stream(handle, settings.archive_dir, config.partner_id, remote.name, received_at)
+    record = ImportRecord(
+        file_id=_new_file_id(config.partner_id, received_at, archived.sha256),
+        partner_id=config.partner_id,
+        filename=remote.name,
+        sha256=archived.sha256,
+        status="processing",
+        source_path=remote.path,
+        size_bytes=archived.size,
+        format=config.inbound.format,
+        archive_path=str(archived.path),
+        remote_mtime=remote.mtime,
+        received_at=received_at,
+        started_at=received_at,
+    )
+    duplicate_of = ledger.finished_import_with_checksum(params, config.partner_id, archived.sha256)
+    if duplicate_of:
+        record.status, record.duplicate_of = "duplicate", duplicate_of
+        record.reason = f"identical bytes to {duplicate_of}; not reprocessed"
+        record.finished_at = dt.datetime.now(dt.UTC)
+        ledger.save(params, record)
+        log.info("%s: %s is a duplicate of %s", config.partner_id, remote.name, duplicate_of)
+    else:
+        ledger.save(params, record)
+        process_archived_file(record, Path(archived.path), config, settings, params, progress)
+    if location.removes_after_import:
+        remove_with_markers(sftp, remote)
+    return record
+
+
+def process_archived_file(
+    record: ImportRecord,
+    path: Path,
+    config: PartnerConfig,
+    settings: Settings,
+    params: ConnectionParams,
+    progress: Progress | None = None,
+) -> ImportRecord:
+    """Parse, validate and load one archived file, updating its ledger row. Used by replay too."""
+    try:
+        tables, rejects, total = parse_and_validate(path, config, record, progress)
+        record.parse_seconds = _elapsed(record.started_at)
+        loaded = sum(t.num_rows for t in tables)
+        load_started = time.perf_counter()
+        if loaded:
+            pipeline = partner_pipeline(config.partner_id, params, settings.state_dir / "dlt")
+            pipeline.run(enrollment_members(tables), loader_file_format="csv")
+        record.load_seconds = time.perf_counter() - load_started
+        record.rows_total, record.rows_loaded, record.rows_rejected = total, loaded, len(rejects)
+        record.preview = _preview(tables)
+        if rejects:
+            record.error_report_path = str(deliver_error_report(record, path, config, settings, rejects))
+        record.status = "loaded"
+        log.info(
+            "%s: %s loaded %d of %d rows (%d rejected)",
+            config.partner_id, record.filename, loaded, total, len(rejects),
+        )
+    except UnreadableFileError as exc:
+        record.status, record.reason = "quarantined", exc.reason
+        log.warning("%s: %s quarantined: %s", config.partner_id, record.filename, exc.reason)
+        deliver_quarantine_note(record, config, settings)
+    except Exception as exc:
+        record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"[:500]
+        record.finished_at = dt.datetime.now(dt.UTC)
+        with contextlib.suppress(Exception):
+            ledger.save(params, record)
+        raise
+    record.finished_at = dt.datetime.now(dt.UTC)
+    ledger.save(params, record)
+    return record
+
+
+def parse_and_validate(
+    path: Path, config: PartnerConfig, record: ImportRecord, progress: Progress | None = None
+) -> tuple[list[pa.Table], list[Reject], int]:
+    """Stream the file in chunks; every valid row is kept as Arrow, every bad one as a reject.
+
+    The whole file is read before anything loads, so an unreadable tail quarantines the file
+    without leaving half of it in the raw table.
+    """
+    assert record.received_at is not None
+    validator = RowValidator(config, record.file_id, record.received_at)
+    tables: list[pa.Table] = []
+    rejects: list[Reject] = []
+    total = 0
+    rows = read_rows(path, config.inbound)
+    while chunk := list(islice(rows, CHUNK_ROWS)):
+        result = validator.validate(chunk)
+        total += len(chunk)
+        if result.valid.num_rows:
+            tables.append(result.valid)
+        rejects.extend(result.rejects)
+        if progress:
+            progress(record.filename, total)
+    if total == 0:
+        raise UnreadableFileError("file has a header but no data rows")
+    return tables, rejects, total
+
+
+
+def _elapsed(since: dt.datetime | None) -> float | None:
+    return (dt.datetime.now(dt.UTC) - since).total_seconds() if since else None
+
+
+def _preview(tables: list[pa.Table], limit: int = 5) -> list[dict[str, object]]:
+    if not tables:
+        return []
+    return tables[0].select(list(PREVIEW_COLUMNS)).slice(0, limit).to_pylist()
+
+
+def deliver_error_report(
+    record: ImportRecord, source: Path, config: PartnerConfig, settings: Settings, rejects: list[Reject]
+) -> Path:
+    """Archive the report beside the original and upload it to the partner's errors/ folder."""
+    report = source.parent / f"{record.file_id}.errors.csv"
+    write_error_report(report, config, rejects)
+    report.chmod(0o444)
+    stem = record.filename.rsplit(".", 1)[0]
+    _upload_to_partner(settings, config, report, f"{stem}.errors.csv")
+    return report
+
+
+def deliver_quarantine_note(record: ImportRecord, config: PartnerConfig, settings: Settings) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as note:
+        note.write(
+            f"File {record.filename} (sha256 {record.sha256}) could not be read and was not loaded.\n"
+            f"Reason: {record.reason}\n"
+        )
+    try:
+        _upload_to_partner(settings, config, Path(note.name), f"{record.filename}.quarantined.txt")
+    finally:
+        Path(note.name).unlink(missing_ok=True)
+
+
+def _upload_to_partner(settings: Settings, config: PartnerConfig, local: Path, name: str) -> None:
+    try:
+        with sftp_session(platform_endpoint(settings)) as sftp:
+            upload_file(sftp, str(local), errors_dir(config), name)
+    except (OSError, paramiko.SSHException) as exc:
+        # The report is archived; a failed upload is logged and can be re-sent, not fatal.
+        log.error("%s: could not upload %s to errors/: %s", config.partner_id, name, exc)

@@ -1,0 +1,169 @@
+"""SFTP access to inboxes: our own server for push partners, theirs for pull partners."""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import os
+import posixpath
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import paramiko
+
+from ingestion.partners.config import PartnerConfig, RemoteLocation
+from mdp.settings import Settings
+
+MARKER_SUFFIXES = (".done", ".ok")
+IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".filepart")
+
+
+class TransportConfigError(Exception):
+    """A pull partner's connection settings are missing from the environment."""
+
+
+@dataclass(frozen=True)
+class SftpEndpoint:
+    host: str
+    port: int
+    username: str
+    password: str | None = None
+    key_path: str | None = None
+
+    def __repr__(self) -> str:  # never print the secret
+        return f"SftpEndpoint({self.username}@{self.host}:{self.port})"
+
+
+def platform_endpoint(settings: Settings) -> SftpEndpoint:
+    return SftpEndpoint(
+        settings.sftp_host, settings.sftp_port, settings.sftp_username, settings.sftp_password
+    )
+
+
+def _required_env(name: str, partner_id: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise TransportConfigError(f"{partner_id}: environment variable {name} is not set")
+    return value
+
+
+def pull_endpoint(partner_id: str, location: RemoteLocation) -> SftpEndpoint:
+    port = int(os.environ.get(location.port_env, location.port)) if location.port_env else location.port
+    return SftpEndpoint(
+        host=_required_env(location.host_env, partner_id),
+        port=port,
+        username=_required_env(location.username_env, partner_id),
+        password=_required_env(location.password_env, partner_id) if location.password_env else None,
+        key_path=_required_env(location.key_env, partner_id) if location.key_env else None,
+    )
+
+
+@dataclass(frozen=True)
+class InboxLocation:
+    """Where a partner's files arrive, and where its error reports go back."""
+
+    endpoint: SftpEndpoint
+    inbox_dir: str
+    removes_after_import: bool  # our own inbox is emptied; a partner's server is left as is
+
+
+def inbox_location(config: PartnerConfig, settings: Settings) -> InboxLocation:
+    inbound = config.inbound
+    if inbound.transport == "sftp_pull":
+        assert inbound.location is not None
+        return InboxLocation(pull_endpoint(config.partner_id, inbound.location), inbound.location.path, False)
+    return InboxLocation(platform_endpoint(settings), f"/{config.partner_id}/inbound", True)
+
+
+def errors_dir(config: PartnerConfig) -> str:
+    return f"/{config.partner_id}/errors"
+
+
+@contextlib.contextmanager
+def sftp_session(endpoint: SftpEndpoint, timeout: float = 15.0) -> Iterator[paramiko.SFTPClient]:
+    client = paramiko.SSHClient()
+    # Sandbox and partner servers are pinned by address; host keys are managed by ops.
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    client.connect(
+        endpoint.host,
+        port=endpoint.port,
+        username=endpoint.username,
+        password=endpoint.password,
+        key_filename=endpoint.key_path,
+        timeout=timeout,
+        banner_timeout=timeout,
+        auth_timeout=timeout,
+        allow_agent=False,
+        look_for_keys=False,
+    )
+    try:
+        sftp = client.open_sftp()
+        sftp.get_channel().settimeout(timeout * 4)
+        yield sftp
+    finally:
+        client.close()
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    path: str
+    name: str
+    size: int
+    mtime: float
+
+
+def list_inbox(sftp: paramiko.SFTPClient, directory: str, pattern: str) -> tuple[list[RemoteFile], set[str]]:
+    """Files matching the partner's pattern, and the names that have a completion marker."""
+    files: list[RemoteFile] = []
+    names: set[str] = set()
+    for entry in sftp.listdir_attr(directory):
+        if entry.st_mode is not None and not stat.S_ISREG(entry.st_mode):
+            continue
+        names.add(entry.filename)
+        name = entry.filename
+        if name.startswith(".") or name.endswith(MARKER_SUFFIXES + IGNORED_SUFFIXES):
+            continue
+        if fnmatch.fnmatch(name, pattern):
+            files.append(
+                RemoteFile(posixpath.join(directory, name), name, entry.st_size or 0, float(entry.st_mtime or 0))
+            )
+    marked = {n for n in (f.name for f in files) if any(n + s in names for s in MARKER_SUFFIXES)}
+    return files, marked
+
+
+def complete_files(
+    sftp: paramiko.SFTPClient, directory: str, pattern: str, settle_seconds: float
+) -> list[RemoteFile]:
+    """Files that are complete: a marker file, or size and mtime unchanged across two polls."""
+    first, marked = list_inbox(sftp, directory, pattern)
+    unmarked = [f for f in first if f.name not in marked]
+    ready = [f for f in first if f.name in marked]
+    if unmarked:
+        time.sleep(settle_seconds)
+        second = {f.name: f for f in list_inbox(sftp, directory, pattern)[0]}
+        for before in unmarked:
+            after = second.get(before.name)
+            if after is not None and (after.size, after.mtime) == (before.size, before.mtime) and after.size > 0:
+                ready.append(after)
+            elif after is not None and after.size == 0 and before.size == 0:
+                ready.append(after)  # an empty file that stays empty is complete (and quarantined)
+    return sorted(ready, key=lambda f: (f.mtime, f.name))
+
+
+def remove_with_markers(sftp: paramiko.SFTPClient, remote: RemoteFile) -> None:
+    for path in (remote.path, *(remote.path + s for s in MARKER_SUFFIXES)):
+        with contextlib.suppress(FileNotFoundError, IOError):
+            sftp.remove(path)
+
+
+def upload_file(sftp: paramiko.SFTPClient, local_path: str, remote_dir: str, name: str) -> str:
+    """Upload under a temporary name, then rename, so the partner never sees half a file."""
+    target = posixpath.join(remote_dir, name)
+    temp = posixpath.join(remote_dir, f".{name}.part")
+    sftp.put(local_path, temp)
+    with contextlib.suppress(IOError):
+        sftp.remove(target)
+    sftp.rename(temp, target)
+    return target

@@ -1,0 +1,263 @@
+"""`mdp`: the operator CLI over the same code the Dagster assets use."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from mdp.settings import Settings, load_settings
+
+
+def _settings() -> Settings:
+    from mdp.stack import load_stack_env
+
+    settings = load_settings()
+    load_stack_env(settings)
+    return settings
+
+
+def _print_json(value: object) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+@click.group()
+def main() -> None:
+    """Member data platform operator CLI."""
+    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+
+
+# --- stack ---------------------------------------------------------------------------------
+
+
+@main.group()
+def stack() -> None:
+    """The local stack: embedded Postgres, sandbox SFTP servers, eligibility API."""
+
+
+@stack.command("up")
+@click.option("--no-api", is_flag=True, help="Do not start the eligibility API.")
+def stack_up_cmd(no_api: bool) -> None:
+    from mdp.stack import stack_up
+
+    status = stack_up(_settings(), with_api=not no_api)
+    _print_status(status)
+
+
+@stack.command("down")
+def stack_down_cmd() -> None:
+    from mdp.stack import stack_down
+
+    stopped = stack_down(_settings())
+    click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+
+@stack.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stack_status_cmd(as_json: bool) -> None:
+    from mdp.stack import stack_status
+
+    status = stack_status(_settings())
+    if as_json:
+        _print_json(status)
+    else:
+        _print_status(status)
+
+
+def _print_status(status: dict) -> None:
+    db, sftp, api = status["database"], status["sftp"], status["api"]
+    up = lambda flag: "up" if flag else "down"  # noqa: E731
+    click.echo(f"postgres     {db['mode']}: {db['url']}" + (f" ({up(db['running'])})" if "running" in db else ""))
+    click.echo(
+        f"sftp         sftp://{sftp['platform_user']}@{sftp['host']}:{sftp['port']} "
+        f"password {sftp['platform_password']} ({up(sftp['running'])})"
+    )
+    for partner, password in sftp["partner_users"].items():
+        click.echo(f"               partner login {partner} / {password}")
+    pull = status["partner_sftp"]
+    click.echo(f"partner sftp sftp://{pull['host']}:{pull['port']} ({up(pull['running'])})")
+    click.echo(f"api          {api['url']} ({up(api['running'])})")
+    click.echo(f"state        {status['state_dir']}")
+
+
+# --- runs ----------------------------------------------------------------------------------
+
+
+@main.command("run")
+@click.option("--select", default=None, help="Dagster asset selection, e.g. 'group:partners+'.")
+def run_cmd(select: str | None) -> None:
+    """Materialize assets once, recorded in the Dagster instance `make dev` shows."""
+    from mdp.orchestrate import run_assets
+
+    result = run_assets(_settings(), select=select)
+    _report_run(result)
+    sys.exit(0 if result.success else 1)
+
+
+def _report_run(result) -> None:
+    import dagster as dg
+
+    materialized = [
+        e.asset_key.to_user_string()
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION and e.asset_key
+    ]
+    checks = [
+        e.event_specific_data.asset_check_evaluation
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ]
+    failed_checks = [c for c in checks if not c.passed]
+    click.echo(
+        f"run {result.run_id}: {'succeeded' if result.success else 'FAILED'}; "
+        f"{len(materialized)} materializations, {len(checks)} checks ({len(failed_checks)} failed)"
+    )
+    for check in failed_checks:
+        click.echo(f"  check failed: {check.asset_key.to_user_string()} {check.check_name}")
+
+
+@main.command("dev")
+def dev_cmd() -> None:
+    """Dagster UI + daemon over the local stack (same instance as `mdp run`)."""
+    from mdp.orchestrate import prepare_dbt_manifest, prepare_environment
+    from mdp.stack import stack_up
+
+    settings = _settings()
+    stack_up(settings)
+    prepare_environment(settings)
+    prepare_dbt_manifest(settings)
+    os.execvp(
+        "dagster",
+        ["dagster", "dev", "-w", str(settings.project_root / "workspace.yaml"), "-h", "127.0.0.1", "-p", "3000"],
+    )
+
+
+@main.command("demo")
+def demo_cmd() -> None:
+    """Bring the stack up, generate a synthetic world, run everything, print what to try."""
+    from mdp.demo import run_demo
+
+    sys.exit(run_demo(_settings()))
+
+
+# --- partners ------------------------------------------------------------------------------
+
+
+@main.group()
+def partner() -> None:
+    """Partner configs and API keys."""
+
+
+@partner.command("validate")
+@click.argument("path", required=False, type=click.Path(exists=True, path_type=Path))
+def partner_validate(path: Path | None) -> None:
+    """Validate one config file or every file in the partner config folder."""
+    from ingestion.partners.config import PartnerConfigError, load_partner_config, load_partner_configs
+
+    settings = load_settings()
+    if path is not None and path.is_file():
+        try:
+            config = load_partner_config(path)
+        except PartnerConfigError as exc:
+            for problem in exc.problems:
+                click.echo(f"ERROR {problem}", err=True)
+            sys.exit(1)
+        click.echo(f"ok    {path.name}: {config.partner_id} ({config.inbound.format}, {config.inbound.transport})")
+        return
+    loaded = load_partner_configs(path or settings.partner_config_dir)
+    for partner_id, config in sorted(loaded.configs.items()):
+        click.echo(f"ok    {partner_id}: {config.inbound.format}, {config.inbound.transport}")
+    for problem in loaded.problems:
+        click.echo(f"ERROR {problem}", err=True)
+    sys.exit(1 if loaded.problems else 0)
+
+
+@partner.group("key")
+def partner_key() -> None:
+    """Eligibility API keys (stored hashed; shown once)."""
+
+
+@partner_key.command("create")
+@click.argument("partner_id")
+@click.option("--label", default=None)
+def key_create(partner_id: str, label: str | None) -> None:
+    from ingestion.partners.config import load_partner_configs
+    from mdp.database import connection_params
+    from mdp.schema import ensure_schema
+    from serving.api_keys import create_key
+
+    settings = _settings()
+    if partner_id not in load_partner_configs(settings.partner_config_dir).configs:
+        raise click.ClickException(f"no valid partner config for {partner_id!r}")
+    params = connection_params(settings)
+    ensure_schema(params)
+    key_id, key = create_key(params, partner_id, label)
+    click.echo(f"key id {key_id} for {partner_id}; the key is shown once:", err=True)
+    click.echo(key)
+
+
+@partner_key.command("revoke")
+@click.argument("partner_id")
+@click.option("--key-id", default=None, help="Revoke one key; default: all of the partner's keys.")
+def key_revoke(partner_id: str, key_id: str | None) -> None:
+    from mdp.database import connection_params
+    from serving.api_keys import revoke_key
+
+    count = revoke_key(connection_params(_settings()), partner_id, key_id)
+    click.echo(f"revoked {count} key(s) of {partner_id}")
+    if count == 0:
+        sys.exit(1)
+
+
+# --- imports -------------------------------------------------------------------------------
+
+
+@main.group()
+def imports() -> None:
+    """The import ledger: every file received."""
+
+
+@imports.command("list")
+@click.option("--partner", "partner_id", default=None)
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def imports_list(partner_id: str | None, limit: int, as_json: bool) -> None:
+    from ingestion.partners.imports import list_imports
+    from mdp.database import connection_params
+    from mdp.schema import ensure_schema
+
+    params = connection_params(_settings())
+    ensure_schema(params)
+    rows = list_imports(params, partner_id=partner_id, limit=limit)
+    if as_json:
+        _print_json(rows)
+        return
+    click.echo(f"{'file_id':<48} {'status':<12} {'total':>7} {'loaded':>7} {'rejected':>8}  filename / reason")
+    for r in rows:
+        click.echo(
+            f"{r['file_id']:<48} {r['status']:<12} {r['rows_total'] or 0:>7} {r['rows_loaded'] or 0:>7} "
+            f"{r['rows_rejected'] or 0:>8}  {r['filename']}" + (f"  ({r['reason']})" if r["reason"] else "")
+        )
+
+
+@imports.command("replay")
+@click.argument("file_id")
+def imports_replay(file_id: str) -> None:
+    """Re-import an archived file on purpose (it bypasses the duplicate check), then rebuild dbt."""
+    from mdp.replay import replay_import
+
+    record, run = replay_import(_settings(), file_id)
+    click.echo(
+        f"replayed {file_id} as {record.file_id}: {record.status}, "
+        f"{record.rows_loaded or 0} loaded, {record.rows_rejected or 0} rejected"
+    )
+    if run is not None:
+        _report_run(run)
+    sys.exit(0 if record.status == "loaded" and (run is None or run.success) else 1)
+
+
+if __name__ == "__main__":
+    main()

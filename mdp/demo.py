@@ -1,0 +1,112 @@
+"""`make demo`: the whole platform once on the embedded default, left answering."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+
+import click
+import httpx
+
+from ingestion.partners.config import load_partner_configs
+from mdp.database import connect, connection_params
+from mdp.settings import Settings
+
+DEMO_PARTNER = "acme_corp"
+
+
+def demo_file(settings: Settings):
+    return settings.state_dir / "demo.json"
+
+
+def run_demo(settings: Settings) -> int:
+    from mdp.orchestrate import run_assets
+    from mdp.stack import stack_up
+    from sandbox.generator import write_demo_world
+    from serving.api_keys import create_key
+
+    click.echo("1/5 starting the stack (embedded Postgres, sandbox SFTP servers, eligibility API)...")
+    stack_up(settings)
+    configs = load_partner_configs(settings.partner_config_dir).configs
+
+    click.echo("2/5 writing partner files (CSV, XLSX, fixed-width, SSN-keyed) into the SFTP inboxes...")
+    pull_roots = {pid: settings.pull_sftp_root / pid for pid, c in configs.items() if c.inbound.transport == "sftp_pull"}
+    world = write_demo_world(configs, settings.sftp_root, pull_roots)
+    for partner_id, generated in sorted(world.items()):
+        click.echo(f"    {partner_id:<15} {generated.filename} ({len(generated.bad_rows)} bad rows on purpose)")
+
+    click.echo("3/5 materializing every asset (dlt import -> dbt build -> serving mart)...")
+    result = run_assets(settings)
+    if not result.success:
+        click.echo("the run failed; see the Dagster logs above", err=True)
+        return 1
+
+    click.echo("4/5 creating a demo API key and picking a demo member...")
+    params = connection_params(settings)
+    _, api_key = create_key(params, DEMO_PARTNER, label="demo")
+    member = _eligible_member(settings, world[DEMO_PARTNER].valid_members)
+
+    click.echo("5/5 checking the eligibility API answers...")
+    url = f"{settings.api_url}/api/v1/eligibility/check"
+    body = {"employee_id": member["employee_id"], "date_of_birth": member["date_of_birth"]}
+    status = _wait_for_answer(url, api_key, body)
+    details = {
+        "api_url": settings.api_url,
+        "check_url": url,
+        "api_key": api_key,
+        "partner_id": DEMO_PARTNER,
+        "employee_id": member["employee_id"],
+        "date_of_birth": member["date_of_birth"],
+    }
+    curl = (
+        f"curl -s -X POST {url} -H 'Authorization: Bearer {api_key}' "
+        f"-H 'Content-Type: application/json' -d '{json.dumps(body)}'"
+    )
+    details["curl"] = curl
+    path = demo_file(settings)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(details, handle, indent=2)
+    click.echo("")
+    click.echo(f"The platform is up. Eligibility check for a demo member (HTTP {status}):")
+    click.echo(f"  {curl}")
+    click.echo(f"Details (URL, key, member): {path}")
+    click.echo("Next: `make dev` for the Dagster UI (http://127.0.0.1:3000), "
+               "`.venv/bin/mdp imports list`, `.venv/bin/mdp stack status`, `make down` to stop.")
+    click.echo(f"Error reports went to the partners' errors/ folders under {settings.sftp_root}")
+    return 0 if status == 200 else 1
+
+
+def _eligible_member(settings: Settings, candidates: list[dict]) -> dict[str, str]:
+    """A generated member the mart says is eligible today."""
+    ids = [str(m["employee_id"]) for m in candidates if m.get("employee_id")]
+    with connect(connection_params(settings)) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select employee_id, date_of_birth from marts.mart_eligibility"
+            " where partner_id = %s and employee_id = any(%s) and coverage_status = 'active'"
+            " and eligibility_start_date <= current_date"
+            " and (eligibility_end_date is null or eligibility_end_date >= current_date)"
+            " order by employee_id limit 1",
+            (DEMO_PARTNER, ids),
+        )
+        row = cur.fetchone()
+    if row is None:
+        raise click.ClickException("no eligible demo member found in marts.mart_eligibility")
+    employee_id, dob = row
+    return {"employee_id": employee_id, "date_of_birth": dt.date.isoformat(dob)}
+
+
+def _wait_for_answer(url: str, api_key: str, body: dict, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    status = 0
+    while time.monotonic() < deadline:
+        try:
+            status = httpx.post(url, json=body, headers={"Authorization": f"Bearer {api_key}"}, timeout=5).status_code
+        except httpx.HTTPError:
+            status = 0
+        if status == 200:
+            return status
+        time.sleep(0.5)
+    return status

@@ -1,0 +1,64 @@
+"""Running the Dagster code location from the CLI, in the same instance the UI shows."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from mdp.database import connection_params
+from mdp.settings import Settings
+
+DAGSTER_YAML = """\
+telemetry:
+  enabled: false
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 2
+"""
+
+
+def prepare_environment(settings: Settings) -> None:
+    """DAGSTER_HOME in the state folder and the dbt profile's env, for this process and children."""
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    config = settings.dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML)
+    os.environ.setdefault("DAGSTER_HOME", str(settings.dagster_home))
+    os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.update(connection_params(settings).dbt_env())
+
+
+def prepare_dbt_manifest(settings: Settings) -> Path:
+    """`dbt parse` so the code location can load (dagster-dbt reads target/manifest.json)."""
+    from dbt.cli.main import dbtRunner
+
+    project = settings.dbt_project_dir
+    result = dbtRunner().invoke(
+        ["parse", "--project-dir", str(project), "--profiles-dir", str(project), "--quiet"]
+    )
+    if not result.success:
+        raise RuntimeError(f"dbt parse failed: {result.exception}")
+    return project / "target" / "manifest.json"
+
+
+def run_assets(settings: Settings, select: str | None = None, run_config: dict | None = None):
+    """Materialize assets once, in process, recorded in the Dagster instance."""
+    import dagster as dg
+
+    prepare_environment(settings)
+    prepare_dbt_manifest(settings)
+    from orchestration.definitions import defs
+
+    if select:
+        job_name = "mdp_run"
+        defs = dg.Definitions.merge(
+            defs, dg.Definitions(jobs=[dg.define_asset_job(job_name, selection=select)])
+        )
+    else:
+        job_name = "materialize_all"
+    job = defs.resolve_job_def(job_name)
+    with dg.DagsterInstance.get() as instance:
+        return job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)

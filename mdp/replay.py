@@ -1,0 +1,58 @@
+"""Re-importing an archived file on purpose (`mdp imports replay FILE_ID`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from ingestion.partners import DATASET, IMPORTS_TABLE, MEMBERS_TABLE
+from ingestion.partners import imports as ledger
+from ingestion.partners.config import load_partner_configs
+from ingestion.partners.imports import ImportRecord
+from ingestion.partners.pipeline import process_archived_file
+from mdp.database import connection_params
+from mdp.settings import Settings
+
+
+class ReplayError(Exception):
+    pass
+
+
+def replay_import(settings: Settings, file_id: str, rebuild: bool = True):
+    import dagster as dg
+
+    from mdp.orchestrate import prepare_environment, run_assets
+
+    params = connection_params(settings)
+    original = ledger.get(params, file_id)
+    if original is None:
+        raise ReplayError(f"no import with file id {file_id!r}")
+    config = load_partner_configs(settings.partner_config_dir).configs.get(original["partner_id"])
+    if config is None:
+        raise ReplayError(f"partner {original['partner_id']!r} has no valid config")
+    archive = Path(original["archive_path"] or "")
+    if not archive.is_file():
+        raise ReplayError(f"archived bytes for {file_id} are missing at {archive}")
+    prepare_environment(settings)
+    now = dt.datetime.now(dt.UTC)
+    record = ImportRecord(
+        file_id=f"{original['partner_id']}-{now:%Y%m%dT%H%M%S%f}-{original['sha256'][:8]}",
+        partner_id=original["partner_id"],
+        filename=original["filename"],
+        sha256=original["sha256"],
+        status="processing",
+        source_path=original["source_path"],
+        size_bytes=original["size_bytes"],
+        format=config.inbound.format,
+        reason=f"replay of {file_id}",
+        archive_path=str(archive),
+        received_at=now,
+        started_at=now,
+    )
+    ledger.save(params, record)
+    process_archived_file(record, archive, config, settings, params)
+    run = None
+    if rebuild:
+        raw = dg.AssetSelection.assets(dg.AssetKey([DATASET, MEMBERS_TABLE]), dg.AssetKey([DATASET, IMPORTS_TABLE]))
+        run = run_assets(settings, select=raw.downstream() - raw)
+    return record, run

@@ -1,0 +1,265 @@
+"""The local stack: embedded Postgres, sandbox SFTP servers and the eligibility API.
+
+Processes run detached with pid files under `<state>/run` and logs under `<state>/logs`,
+so `make demo` can leave them answering and `mdp stack down` can stop them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ingestion.partners.config import load_partner_configs
+from mdp.database import connection_params, stop_embedded
+from mdp.settings import Settings, local_secret
+
+STACK_ENV = "stack.env"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    port: int
+    command: list[str]
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.pid"
+
+
+def running_pid(settings: Settings, name: str) -> int | None:
+    path = _pid_file(settings, name)
+    if not path.exists():
+        return None
+    pid = int(path.read_text().strip() or 0)
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        path.unlink(missing_ok=True)
+        return None
+    return pid
+
+
+def _port_open(host: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex((host, port)) == 0
+
+
+def start_service(settings: Settings, service: Service, host: str = "127.0.0.1", timeout: float = 60) -> int:
+    """Start detached unless already running; wait until its port answers."""
+    pid = running_pid(settings, service.name)
+    if pid:
+        return pid
+    if _port_open(host, service.port):
+        raise RuntimeError(f"{service.name}: port {service.port} is already taken by another program")
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = settings.state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"{service.name}.log", "ab") as log:
+        proc = subprocess.Popen(
+            service.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=settings.project_root,
+        )
+    _pid_file(settings, service.name).write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"{service.name} exited with {proc.returncode}; see {log_dir / (service.name + '.log')}"
+            )
+        if _port_open(host, service.port):
+            return proc.pid
+        time.sleep(0.2)
+    raise RuntimeError(f"{service.name} did not open port {service.port} within {timeout:.0f}s")
+
+
+def stop_service(settings: Settings, name: str, timeout: float = 15) -> bool:
+    pid = running_pid(settings, name)
+    if not pid:
+        return False
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.killpg(pid, signal.SIGKILL)
+    _pid_file(settings, name).unlink(missing_ok=True)
+    return True
+
+
+def partner_sftp_password(settings: Settings, partner_id: str) -> str:
+    return local_secret(settings.state_dir, f"SFTP_PASSWORD_{partner_id}")
+
+
+def _write_users(path: Path, users: dict[str, dict[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(users, handle)
+
+
+def pull_partner_env(settings: Settings) -> dict[str, str]:
+    """Env vars that point pull partners' configs at the sandbox's stand-in servers."""
+    env: dict[str, str] = {}
+    for partner_id, config in load_partner_configs(settings.partner_config_dir).configs.items():
+        location = config.inbound.location
+        if config.inbound.transport != "sftp_pull" or location is None:
+            continue
+        env[location.host_env] = "127.0.0.1"
+        if location.port_env:
+            env[location.port_env] = str(settings.pull_sftp_port)
+        env[location.username_env] = partner_id
+        if location.password_env:
+            env[location.password_env] = partner_sftp_password(settings, partner_id)
+    return env
+
+
+def sftp_services(settings: Settings) -> list[Service]:
+    from sandbox.sftp_server import ensure_partner_home
+
+    configs = load_partner_configs(settings.partner_config_dir).configs
+    platform_users = {settings.sftp_username: {"password": settings.sftp_password, "home": ""}}
+    pull_users: dict[str, dict[str, str]] = {}
+    for partner_id, config in configs.items():
+        ensure_partner_home(settings.sftp_root, partner_id)
+        platform_users[partner_id] = {"password": partner_sftp_password(settings, partner_id), "home": partner_id}
+        if config.inbound.transport == "sftp_pull" and config.inbound.location:
+            home = settings.pull_sftp_root / partner_id
+            (home / config.inbound.location.path.strip("/")).mkdir(parents=True, exist_ok=True)
+            pull_users[partner_id] = {"password": partner_sftp_password(settings, partner_id), "home": partner_id}
+    sandbox_dir = settings.state_dir / "sandbox"
+    _write_users(sandbox_dir / "platform_users.json", platform_users)
+    _write_users(sandbox_dir / "pull_users.json", pull_users)
+    settings.pull_sftp_root.mkdir(parents=True, exist_ok=True)
+
+    def server(name: str, root: Path, port: int, users: str) -> Service:
+        return Service(
+            name,
+            port,
+            [
+                sys.executable, "-m", "sandbox.sftp_server",
+                "--root", str(root), "--port", str(port),
+                "--users-file", str(sandbox_dir / users),
+                "--host-key", str(sandbox_dir / f"{name}_host_key"),
+            ],
+        )
+
+    return [
+        server("sftp", settings.sftp_root, settings.sftp_port, "platform_users.json"),
+        server("partner_sftp", settings.pull_sftp_root, settings.pull_sftp_port, "pull_users.json"),
+    ]
+
+
+def api_service(settings: Settings) -> Service:
+    return Service(
+        "api",
+        settings.api_port,
+        [
+            sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory",
+            "--host", settings.api_host, "--port", str(settings.api_port),
+            "--no-access-log", "--log-level", "warning",
+        ],
+    )
+
+
+def write_stack_env(settings: Settings) -> Path:
+    path = settings.state_dir / STACK_ENV
+    lines = [f"{k}={v}" for k, v in sorted(pull_partner_env(settings).items())]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return path
+
+
+def load_stack_env(settings: Settings) -> None:
+    """Fill in env vars the local stack provides, never overriding ones already set."""
+    path = settings.state_dir / STACK_ENV
+    if not path.exists():
+        return
+    for line in path.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name and not os.environ.get(name):
+            os.environ[name] = value
+
+
+def stack_up(settings: Settings, with_api: bool = True) -> dict[str, object]:
+    from ingestion.partners import ensure_raw_tables
+
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    params = connection_params(settings)
+    ensure_raw_tables(params, settings.state_dir / "dlt")
+    write_stack_env(settings)
+    load_stack_env(settings)
+    for service in sftp_services(settings):
+        start_service(settings, service)
+    if with_api:
+        start_service(settings, api_service(settings), host=settings.api_host)
+    return stack_status(settings)
+
+
+def stack_down(settings: Settings) -> list[str]:
+    stopped = [name for name in ("api", "partner_sftp", "sftp") if stop_service(settings, name)]
+    if settings.embedded and stop_embedded(settings):
+        stopped.append("postgres (embedded)")
+    return stopped
+
+
+def stack_status(settings: Settings) -> dict[str, object]:
+    pg_pid_file = settings.pgdata_dir / "postmaster.pid"
+    if settings.embedded:
+        database = {
+            "mode": "embedded",
+            "running": pg_pid_file.exists(),
+            "socket_dir": str(settings.pgdata_dir),
+            "url": f"postgresql://postgres@/mdp?host={settings.pgdata_dir}",
+        }
+    else:
+        database = {"mode": "external", "url": _mask(settings.database_url or "")}
+    return {
+        "state_dir": str(settings.state_dir),
+        "database": database,
+        "sftp": {
+            "running": running_pid(settings, "sftp") is not None,
+            "host": settings.sftp_host,
+            "port": settings.sftp_port,
+            "platform_user": settings.sftp_username,
+            "platform_password": settings.sftp_password,
+            "partner_users": {
+                pid: partner_sftp_password(settings, pid)
+                for pid in sorted(load_partner_configs(settings.partner_config_dir).configs)
+            },
+        },
+        "partner_sftp": {
+            "running": running_pid(settings, "partner_sftp") is not None,
+            "host": "127.0.0.1",
+            "port": settings.pull_sftp_port,
+        },
+        "api": {"running": running_pid(settings, "api") is not None, "url": settings.api_url},
+        "dagster_home": str(settings.dagster_home),
+        "archive_dir": str(settings.archive_dir),
+    }
+
+
+def _mask(url: str) -> str:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@", 1)
+    return url

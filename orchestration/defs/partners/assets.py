@@ -1,0 +1,127 @@
+"""Partner enrollment files -> raw tables (dlt), with the import ledger beside them."""
+
+from __future__ import annotations
+
+import paramiko
+import psycopg2
+
+import dagster as dg
+from ingestion.partners import DATASET, IMPORTS_TABLE, MEMBERS_TABLE, ensure_raw_tables
+from ingestion.partners.imports import ImportRecord
+from ingestion.partners.pipeline import import_partner_files
+from ingestion.partners.transport import TransportConfigError
+from orchestration.resources import PlatformResource
+
+MEMBERS_KEY = dg.AssetKey([DATASET, MEMBERS_TABLE])
+IMPORTS_KEY = dg.AssetKey([DATASET, IMPORTS_TABLE])
+TRANSIENT = (OSError, EOFError, paramiko.SSHException, psycopg2.OperationalError)
+
+
+class PartnerImportConfig(dg.Config):
+    partners: list[str] = []  # empty: every configured partner
+
+
+def _files_table(records: list[ImportRecord]) -> str:
+    lines = [
+        "| partner | file | status | rows | loaded | rejected | sha256 | reason |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r.partner_id} | {r.filename} | {r.status} | {r.rows_total or 0} | "
+            f"{r.rows_loaded or 0} | {r.rows_rejected or 0} | `{r.sha256[:12]}` | {r.reason or ''} |"
+        )
+    return "\n".join(lines)
+
+
+def _preview_table(records: list[ImportRecord]) -> str:
+    rows = [(r.filename, p) for r in records for p in r.preview][:10]
+    if not rows:
+        return "(no rows loaded)"
+    columns = list(rows[0][1])
+    lines = ["| file | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(str(p[c]) for c in columns) + " |" for name, p in rows]
+    return "\n".join(lines)
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            MEMBERS_KEY,
+            group_name="partners",
+            kinds={"dlt", "postgres"},
+            description="Current enrollment row per (partner_id, employee_id), merged by dlt "
+            "from partner files; newer files win. SSNs only as keyed hash + last 4.",
+        ),
+        dg.AssetSpec(
+            IMPORTS_KEY,
+            group_name="partners",
+            kinds={"postgres"},
+            description="The import ledger: one row per file received (checksum, counts, status).",
+        ),
+    ],
+    retry_policy=dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+)
+def partner_files(context: dg.AssetExecutionContext, config: PartnerImportConfig, platform: PlatformResource):
+    """Import every complete file waiting in partner inboxes (push: our SFTP; pull: theirs)."""
+    settings, params = platform.settings, platform.params
+    ensure_raw_tables(params, settings.state_dir / "dlt")
+    loaded = platform.partner_configs()
+    for problem in loaded.problems:
+        context.log.error(f"partner config not loaded: {problem}")
+    wanted = config.partners or sorted(loaded.configs)
+    records: list[ImportRecord] = []
+    outages: list[str] = []
+    for partner_id in wanted:
+        partner = loaded.configs.get(partner_id)
+        if partner is None:
+            context.log.error(f"{partner_id}: no valid partner config; skipped")
+            continue
+
+        def progress(filename: str, rows: int, partner_id: str = partner_id) -> None:
+            context.log.info(f"{partner_id}: {filename}: {rows:,} rows read")
+
+        try:
+            found = import_partner_files(partner, settings, params, progress)
+        except TransportConfigError as exc:
+            context.log.error(str(exc))
+            continue
+        except TRANSIENT as exc:
+            context.log.warning(f"{partner_id}: {type(exc).__name__}: {exc}; will retry")
+            outages.append(partner_id)
+            continue
+        for record in found:
+            context.log.info(
+                f"{partner_id}: {record.filename} -> {record.status} "
+                f"({record.rows_loaded or 0} loaded, {record.rows_rejected or 0} rejected)"
+            )
+        records.extend(found)
+    if outages:
+        # Everything else is already imported; the retry only finds these partners' files.
+        raise dg.Failure(f"transient failure importing {outages}; retrying", allow_retries=True)
+
+    by_status: dict[str, int] = {}
+    for record in records:
+        by_status[record.status] = by_status.get(record.status, 0) + 1
+    loaded_rows = sum(r.rows_loaded or 0 for r in records)
+    rejected_rows = sum(r.rows_rejected or 0 for r in records)
+    yield dg.MaterializeResult(
+        asset_key=MEMBERS_KEY,
+        metadata={
+            "files": dg.MetadataValue.md(_files_table(records) if records else "no new files"),
+            "rows_loaded": dg.MetadataValue.int(loaded_rows),
+            "rows_rejected": dg.MetadataValue.int(rejected_rows),
+            "checksums": dg.MetadataValue.json({r.filename: r.sha256 for r in records}),
+            "preview": dg.MetadataValue.md(_preview_table(records)),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=IMPORTS_KEY,
+        metadata={
+            "files_seen": dg.MetadataValue.int(len(records)),
+            **{f"files_{status}": dg.MetadataValue.int(n) for status, n in sorted(by_status.items())},
+            "error_reports": dg.MetadataValue.json(
+                {r.filename: r.error_report_path for r in records if r.error_report_path}
+            ),
+        },
+    )

@@ -1,0 +1,44 @@
+"""dbt models, snapshots and tests as assets and asset checks, downstream of the dlt tables."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import (
+    DagsterDbtTranslator,
+    DagsterDbtTranslatorSettings,
+    DbtCliResource,
+    DbtProject,
+    dbt_assets,
+)
+
+from orchestration.defs.transform.project import dbt_project
+from orchestration.resources import PlatformResource
+
+
+class PlatformDbtTranslator(DagsterDbtTranslator):
+    """Sources keep dbt's `[source_name, table]` key: the same key the dlt asset produces."""
+
+    def get_asset_spec(
+        self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
+    ) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        node = manifest["nodes"].get(unique_id) or manifest["sources"].get(unique_id) or {}
+        if node.get("resource_type") in ("model", "snapshot"):
+            folder = node.get("fqn", ["", "", "other"])[1] if len(node.get("fqn", [])) > 2 else "marts"
+            spec = spec.replace_attributes(group_name=f"dbt_{folder}")
+        return spec
+
+
+translator = PlatformDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
+
+
+@dbt_assets(
+    manifest=dbt_project.manifest_path,
+    project=dbt_project,
+    dagster_dbt_translator=translator,
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL),
+)
+def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, platform: PlatformResource):
+    platform.params  # noqa: B018 -- exports the profile's MDP_PG_* variables for the dbt subprocess
+    yield from dbt.cli(["build"], context=context).stream()

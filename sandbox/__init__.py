@@ -1,0 +1,1 @@
+"""Local stand-ins for the outside world: an SFTP server and a partner file generator."""

@@ -1,0 +1,444 @@
+"""The eligibility API application: `uvicorn serving.app:create_app --factory`.
+
+`create_app` only wires objects; connecting to Postgres, loading partner configs and
+starting background tasks happen in the lifespan, so importing this module has no effects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+import asyncpg
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive
+
+from ingestion.partners.config import PartnerConfig, PartnerConfigs, load_partner_configs
+from mdp.database import ConnectionParams, connection_params
+from mdp.phi import keyed_hash, log_ref
+from mdp.settings import Settings, load_settings
+from serving.api_keys import KEYS_CHANGED_CHANNEL
+from serving.audit import AuditWriter, check_event
+from serving.auth import Authenticator, Unauthorized
+from serving.cache import MISSING, LookupCache
+from serving.eligibility import (
+    CHECK_PATH,
+    MAX_BODY_BYTES,
+    NOT_FOUND_BODY,
+    InvalidRequest,
+    MartRow,
+    fetch_member,
+    found_body,
+    load_json_object,
+    lookup_id,
+    openapi_document,
+    requested_partner,
+    validate_request,
+)
+from serving.health import DATABASE_ERRORS, MART_OID_SQL, DatabaseUnavailable, healthz
+from serving.metrics import MetricsMiddleware, ServingMetrics, metrics_endpoint
+from serving.rate_limit import RateLimiter, retry_after_header
+
+log = logging.getLogger(__name__)
+
+MART = "mart_eligibility"
+MART_REFRESHED_CHANNEL = "mdp_mart_refreshed"
+REFRESH_VERSION_SQL = "select version, refreshed_at from serving.mart_refreshes where mart = $1"
+HAS_REFRESHES_SQL = "select to_regclass('serving.mart_refreshes') is not null"
+ROUTES = (CHECK_PATH, "/healthz", "/metrics", "/openapi.json")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+PartnerConfigsArg = (
+    PartnerConfigs | Mapping[str, PartnerConfig | Mapping[str, Any]] | Iterable[PartnerConfig]
+)
+
+
+class Runtime:
+    """Everything the handlers share: pool, caches, limiter, audit writer, metrics.
+
+    Background work (one task): recreate the pool or the LISTEN connection when they are
+    gone, and poll the mart's refresh version and table OID as a fallback for NOTIFY.
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None,
+        params: ConnectionParams | None,
+        partners: dict[str, PartnerConfig] | None,
+        *,
+        auth_cache_ttl: float,
+        poll_interval: float,
+        audit_flush_interval: float,
+        pool_min_size: int,
+        pool_max_size: int,
+    ) -> None:
+        self.settings = settings
+        self.params = params
+        self.partners: dict[str, PartnerConfig] = partners or {}
+        self._partners_given = partners is not None
+        self.poll_interval = poll_interval
+        self.audit_flush_interval = audit_flush_interval
+        self.pool_min_size = pool_min_size
+        self.pool_max_size = pool_max_size
+        self.metrics = ServingMetrics()
+        self.lookup_cache = LookupCache()
+        self.authenticator = Authenticator(ttl_seconds=auth_cache_ttl)
+        self.rate_limiter = RateLimiter()
+        self.audit = self._new_audit_writer()
+        self.pool: asyncpg.Pool | None = None
+        self.mart_present: bool | None = None
+        self._listener: asyncpg.Connection | None = None
+        self._mart_fingerprint: tuple[Any, ...] | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None and not self._listener.is_closed()
+
+    def _new_audit_writer(self) -> AuditWriter:
+        return AuditWriter(
+            lambda: self.pool,
+            flush_interval=self.audit_flush_interval,
+            on_written=self.metrics.audit_written.inc,
+            on_dropped=self.metrics.audit_dropped.inc,
+        )
+
+    async def start(self) -> None:
+        if not self._partners_given:
+            self.settings = self.settings or load_settings()
+            loaded = load_partner_configs(self.settings.partner_config_dir)
+            for problem in loaded.problems:
+                log.warning("partner config not loaded: %s", problem)
+            self.partners = dict(loaded.configs)
+        if self.params is None:
+            # may start the embedded Postgres, which blocks
+            self.params = await asyncio.to_thread(connection_params, self.settings)
+        await asyncio.to_thread(keyed_hash, "")  # read the hashing key once, off the loop
+        self.lookup_cache.clear()
+        self.authenticator.invalidate()
+        self.audit = self._new_audit_writer()  # asyncio primitives belong to this loop
+        await self._ensure_pool()
+        await self._ensure_listener()
+        await self._poll_mart()
+        self.audit.start()
+        self._maintenance = asyncio.create_task(self._maintain(), name="serving-maintenance")
+        log.info(
+            "eligibility API ready: %d partner(s), database %s, listener %s",
+            len(self.partners),
+            "up" if self.pool else "down",
+            "up" if self.listening else "down",
+        )
+
+    async def stop(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+            self._maintenance = None
+        await self.audit.close()
+        await self._close_listener()
+        if self.pool is not None:
+            try:
+                await asyncio.wait_for(self.pool.close(), timeout=5.0)
+            except (TimeoutError, *DATABASE_ERRORS):
+                self.pool.terminate()
+            self.pool = None
+
+    def invalidate_lookups(self, source: str) -> None:
+        self.lookup_cache.clear()
+        self.metrics.cache_invalidations.labels(source).inc()
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            for step in (self._ensure_pool, self._ensure_listener, self._poll_mart):
+                try:
+                    await step()
+                except Exception:  # keep the loop alive; these paths carry no PHI
+                    log.exception("serving maintenance step %s failed", step.__name__)
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        assert self.params is not None
+        p = self.params
+        return {
+            "host": p.host,
+            "port": p.port,
+            "user": p.user,
+            "password": p.password,
+            "database": p.dbname,
+            "server_settings": {"application_name": "mdp-serving"},
+        }
+
+    async def _ensure_pool(self) -> None:
+        if self.pool is not None:
+            return
+        try:
+            self.pool = await asyncpg.create_pool(
+                **self._connect_kwargs(),
+                min_size=self.pool_min_size,
+                max_size=self.pool_max_size,
+                timeout=5.0,
+            )
+        except DATABASE_ERRORS as exc:
+            log.warning(
+                "cannot reach Postgres (%s); retrying in the background", type(exc).__name__
+            )
+
+    async def _ensure_listener(self) -> None:
+        conn = self._listener
+        if conn is not None and not conn.is_closed():
+            try:  # a dropped TCP connection is only noticed when used
+                await conn.execute("select 1", timeout=2.0)
+                return
+            except DATABASE_ERRORS:
+                log.warning("LISTEN connection lost; reconnecting")
+                await self._close_listener()
+        try:
+            conn = await asyncpg.connect(**self._connect_kwargs(), timeout=5.0)
+            await conn.add_listener(MART_REFRESHED_CHANNEL, self._on_mart_refreshed)
+            await conn.add_listener(KEYS_CHANGED_CHANNEL, self._on_keys_changed)
+        except DATABASE_ERRORS as exc:
+            log.warning("cannot LISTEN for refreshes (%s); polling only", type(exc).__name__)
+            return
+        conn.add_termination_listener(self._on_listener_closed)
+        self._listener = conn
+        # anything announced while we were not listening was missed
+        self.invalidate_lookups("listener_connected")
+        self.authenticator.invalidate()
+
+    async def _close_listener(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is None:
+            return
+        conn.remove_termination_listener(self._on_listener_closed)
+        try:
+            await asyncio.wait_for(conn.close(), timeout=2.0)
+        except (TimeoutError, *DATABASE_ERRORS):
+            conn.terminate()
+
+    def _on_listener_closed(self, conn: asyncpg.Connection) -> None:
+        if conn is self._listener:
+            log.warning("LISTEN connection closed; the next maintenance tick reconnects")
+            self._listener = None
+
+    def _on_mart_refreshed(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        self.invalidate_lookups("notify")
+
+    def _on_keys_changed(self, conn: object, pid: int, channel: str, payload: str) -> None:
+        self.authenticator.invalidate()
+
+    async def _poll_mart(self) -> None:
+        pool = self.pool
+        if pool is None:
+            return
+        try:
+            async with pool.acquire(timeout=2.0) as conn:
+                mart_oid = await conn.fetchval(MART_OID_SQL, timeout=2.0)
+                version = None
+                if await conn.fetchval(HAS_REFRESHES_SQL, timeout=2.0):
+                    version = await conn.fetchrow(REFRESH_VERSION_SQL, MART, timeout=2.0)
+        except DATABASE_ERRORS as exc:
+            log.warning("mart refresh poll failed (%s)", type(exc).__name__)
+            return
+        self.mart_present = mart_oid is not None
+        # the OID changes when dbt swaps in a rebuilt table, even if no post-hook ran
+        fingerprint = (mart_oid, tuple(version) if version else None)
+        if fingerprint != self._mart_fingerprint:
+            if self._mart_fingerprint is not None:
+                self.invalidate_lookups("poll")
+            self._mart_fingerprint = fingerprint
+
+
+def _partner_map(configs: PartnerConfigsArg | None) -> dict[str, PartnerConfig] | None:
+    if configs is None:
+        return None
+    if isinstance(configs, PartnerConfigs):
+        return dict(configs.configs)
+    values = configs.values() if isinstance(configs, Mapping) else configs
+    partners: dict[str, PartnerConfig] = {}
+    for value in values:
+        config = value if isinstance(value, PartnerConfig) else PartnerConfig.model_validate(value)
+        partners[config.partner_id] = config
+    return partners
+
+
+def _request_id(header: str | None) -> str:
+    if header and _REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex
+
+
+async def _read_body(receive: Receive, content_length: str | None, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to exceed `limit` bytes."""
+    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _error(status: int, error: str, detail: str, headers: dict[str, str]) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+async def check_eligibility(request: Request) -> Response:
+    """POST /api/v1/eligibility/check (see /openapi.json for the contract)."""
+    runtime: Runtime = request.app.state.runtime
+    metrics = runtime.metrics
+    headers = {"X-Request-ID": _request_id(request.headers.get("x-request-id"))}
+    try:
+        principal = await runtime.authenticator.authenticate(
+            request.headers.get("authorization"), runtime.pool
+        )
+    except Unauthorized as exc:
+        metrics.auth_failures.labels(exc.reason).inc()
+        challenge = 'Bearer realm="mdp"'
+        if exc.reason != "missing":
+            challenge += ', error="invalid_token"'
+        headers["WWW-Authenticate"] = challenge
+        return _error(401, "unauthorized", exc.detail, headers)
+    except DatabaseUnavailable as exc:
+        return _error(503, "unavailable", str(exc), {**headers, "Retry-After": "5"})
+
+    partner_id = principal.partner_id
+    member_ref: str | None = None
+
+    def answer(status: int, body: dict[str, Any], outcome: str) -> JSONResponse:
+        runtime.audit.record(
+            check_event(
+                principal.actor, partner_id, member_ref, outcome, headers["X-Request-ID"], status
+            )
+        )
+        metrics.count_check(partner_id, outcome)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    partner = runtime.partners.get(partner_id)
+    if partner is None or not partner.eligibility_api.enabled:
+        detail = f"the eligibility API is not enabled for partner {partner_id}"
+        return answer(403, {"error": "forbidden", "detail": detail}, "forbidden")
+    limit = partner.eligibility_api.rate_limit_per_minute
+    wait = runtime.rate_limiter.acquire(partner_id, limit)
+    if wait:
+        metrics.rate_limited.labels(partner_id).inc()
+        headers["Retry-After"] = retry_after_header(wait)
+        detail = f"rate limit of {limit} requests per minute exceeded"
+        return answer(429, {"error": "rate_limited", "detail": detail}, "rate_limited")
+
+    try:
+        body = await _read_body(
+            request.receive, request.headers.get("content-length"), MAX_BODY_BYTES
+        )
+    except ClientDisconnect:
+        return Response(status_code=400)
+    if body is None:
+        detail = f"request body is larger than {MAX_BODY_BYTES} bytes"
+        return answer(413, {"error": "payload_too_large", "detail": detail}, "invalid")
+    today = dt.date.today()
+    try:
+        payload = load_json_object(body, request.headers.get("content-type"))
+        claimed = requested_partner(payload)
+        if claimed is not None and claimed != partner_id:
+            detail = "partner_id in the body does not match the API key's partner"
+            return answer(403, {"error": "forbidden", "detail": detail}, "forbidden")
+        check = validate_request(payload, today)
+        member_key = lookup_id(check.employee_id, partner.inbound.identifier)
+    except InvalidRequest as exc:
+        return answer(422, exc.body(), "invalid")
+
+    member_ref = log_ref(partner_id, member_key)
+    cache_key = (partner_id, member_key)
+    row = runtime.lookup_cache.get(cache_key)
+    if row is MISSING:
+        metrics.cache_misses.inc()
+        generation = runtime.lookup_cache.generation
+        try:
+            row = await fetch_member(runtime.pool, partner_id, member_key)
+        except DatabaseUnavailable as exc:
+            headers["Retry-After"] = "5"
+            return answer(503, {"error": "unavailable", "detail": str(exc)}, "unavailable")
+        runtime.lookup_cache.put(cache_key, row, generation)
+    else:
+        metrics.cache_hits.inc()
+    # the cache holds the row, not the answer: DOB is compared per request
+    if not isinstance(row, MartRow) or row.date_of_birth != check.date_of_birth:
+        return answer(404, NOT_FOUND_BODY, "not_found")
+    result = found_body(row, today)
+    return answer(200, result, "eligible" if result["eligible"] else "not_eligible")
+
+
+async def openapi_endpoint(request: Request) -> JSONResponse:
+    return JSONResponse(openapi_document())
+
+
+def create_app(
+    settings: Settings | None = None,
+    params: ConnectionParams | str | None = None,
+    partner_configs: PartnerConfigsArg | None = None,
+    *,
+    auth_cache_ttl: float = 3.0,
+    poll_interval: float = 2.0,
+    audit_flush_interval: float = 0.2,
+    pool_min_size: int = 2,
+    pool_max_size: int = 10,
+) -> Starlette:
+    """Build the app. Unset arguments are resolved at startup from the environment
+    (`load_settings()`, `connection_params()`, the partner config folder)."""
+    if isinstance(params, str):
+        params = ConnectionParams.from_url(params)
+    runtime = Runtime(
+        settings,
+        params,
+        _partner_map(partner_configs),
+        auth_cache_ttl=auth_cache_ttl,
+        poll_interval=poll_interval,
+        audit_flush_interval=audit_flush_interval,
+        pool_min_size=pool_min_size,
+        pool_max_size=pool_max_size,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = Starlette(
+        routes=[
+            Route(CHECK_PATH, check_eligibility, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+        ],
+        middleware=[Middleware(MetricsMiddleware, metrics=runtime.metrics, routes=ROUTES)],
+        exception_handlers={500: _internal_error},
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    return app
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    # the exception is logged by Starlette with its traceback; handlers never put PHI in messages
+    return JSONResponse({"error": "internal_error"}, status_code=500)

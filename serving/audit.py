@@ -1,0 +1,165 @@
+"""Audit rows for every eligibility check, written in batches off the request path.
+
+The trade-off: a request returns before its audit row is committed, so a hard kill
+(SIGKILL, power loss) can lose up to one flush interval (~200 ms) of rows; a normal
+shutdown flushes everything. While Postgres is down rows wait in memory (up to
+`max_pending`, then the oldest are dropped and counted in a metric) rather than failing
+the checks themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable
+from typing import NamedTuple
+
+import asyncpg
+
+from serving.health import DATABASE_ERRORS
+
+log = logging.getLogger(__name__)
+
+ACTION = "eligibility_check"
+PURPOSE = "eligibility_verification"
+COLUMNS = (
+    "occurred_at",
+    "actor",
+    "action",
+    "partner_id",
+    "member_ref",
+    "purpose",
+    "outcome",
+    "request_id",
+    "detail",
+)
+
+
+class AuditEvent(NamedTuple):
+    """One audit.access_log row. member_ref is mdp.phi.log_ref, never a clear identifier."""
+
+    occurred_at: dt.datetime
+    actor: str
+    action: str
+    partner_id: str
+    member_ref: str | None
+    purpose: str
+    outcome: str
+    request_id: str
+    detail: str  # JSON text for the jsonb column
+
+
+def check_event(
+    actor: str,
+    partner_id: str,
+    member_ref: str | None,
+    outcome: str,
+    request_id: str,
+    status: int,
+) -> AuditEvent:
+    return AuditEvent(
+        dt.datetime.now(dt.UTC),
+        actor,
+        ACTION,
+        partner_id,
+        member_ref,
+        PURPOSE,
+        outcome,
+        request_id,
+        json.dumps({"status": status}),
+    )
+
+
+class AuditWriter:
+    """Buffers events and COPYs them to audit.access_log every `flush_interval` or `batch_size`."""
+
+    def __init__(
+        self,
+        pool_source: Callable[[], asyncpg.Pool | None],
+        flush_interval: float = 0.2,
+        batch_size: int = 500,
+        max_pending: int = 100_000,
+        on_written: Callable[[int], None] | None = None,
+        on_dropped: Callable[[int], None] | None = None,
+    ) -> None:
+        self._pool_source = pool_source
+        self.flush_interval = flush_interval
+        self.batch_size = batch_size
+        self.max_pending = max_pending
+        self._on_written = on_written or (lambda n: None)
+        self._on_dropped = on_dropped or (lambda n: None)
+        self._pending: list[AuditEvent] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def record(self, event: AuditEvent) -> None:
+        """Queue an event; never waits on the database."""
+        self._pending.append(event)
+        if len(self._pending) >= self.batch_size:
+            self._wake.set()
+            self._trim()
+
+    def _trim(self) -> None:
+        if len(self._pending) > self.max_pending:
+            excess = len(self._pending) - self.max_pending
+            del self._pending[:excess]
+            self._on_dropped(excess)
+            log.error("audit buffer full: dropped the %d oldest audit events", excess)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def close(self) -> None:
+        """Stop the background loop and write what is left."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._pending and not await self.flush():
+            log.error("shutting down with %d audit events not written", len(self._pending))
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.flush_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if self._pending and not await self.flush():
+                await asyncio.sleep(1.0)  # Postgres is down: retry without spinning
+
+    async def flush(self) -> bool:
+        """Write every pending event; False (events kept) when the database cannot take them."""
+        pool = self._pool_source()
+        if pool is None:
+            return False
+        while self._pending:
+            batch = self._pending[: self.batch_size]
+            del self._pending[: len(batch)]
+            try:
+                async with pool.acquire(timeout=5.0) as conn:
+                    await conn.copy_records_to_table(
+                        "access_log",
+                        schema_name="audit",
+                        columns=COLUMNS,
+                        records=batch,
+                        timeout=10.0,
+                    )
+            except DATABASE_ERRORS as exc:
+                self._pending[:0] = batch
+                self._trim()
+                log.warning(
+                    "audit flush failed (%s); %d events kept", type(exc).__name__, self.pending
+                )
+                return False
+            self._on_written(len(batch))
+        return True

@@ -1,0 +1,319 @@
+"""dbt builds the partner marts and the eligibility history from raw partner tables.
+
+Runs the real project (`dbt build`: models, snapshot, data tests and unit tests) against a
+throwaway Postgres database, twice: once as loaded, once after a corrected file changed a
+member's eligibility end date.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg2
+import pytest
+from dbt.cli.main import dbtRunner
+
+from mdp.database import ConnectionParams
+from mdp.schema import ensure_schema
+
+PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
+
+MART_ELIGIBILITY_COLUMNS = [
+    ("member_id", "text"),
+    ("partner_id", "text"),
+    ("employee_id", "text"),
+    ("date_of_birth", "date"),
+    ("program", "text"),
+    ("eligibility_start_date", "date"),
+    ("eligibility_end_date", "date"),
+    ("coverage_status", "text"),
+    ("refreshed_at", "timestamp with time zone"),
+]
+
+# The columns the ingestion pipeline guarantees (created up front, even when all-null).
+ENROLLMENT_MEMBERS_DDL = """
+create table raw_partners.enrollment_members (
+    partner_id              text not null,
+    employee_id             text not null,
+    first_name              text,
+    middle_name             text,
+    last_name               text,
+    date_of_birth           date,
+    gender                  text,
+    email                   text,
+    phone                   text,
+    address_line1           text,
+    address_line2           text,
+    city                    text,
+    state                   text,
+    postal_code             text,
+    relationship            text,
+    group_id                text,
+    program                 text,
+    eligibility_start_date  date,
+    eligibility_end_date    date,
+    coverage_status         text,
+    ssn_hash                text,
+    ssn_last4               text,
+    source_file_id          text,
+    source_line_number      bigint,
+    file_received_at        timestamptz,
+    _dlt_load_id            text not null,
+    _dlt_id                 text not null,
+    primary key (partner_id, employee_id)
+)
+"""
+
+GLOBEX_SSN_HASH = "9f2c" + "0" * 60  # globex identifies members by a keyed hash of the SSN
+
+# (partner, employee_id, first, last, dob, program, start, end, partner status, line)
+MEMBERS = [
+    ("acme_corp", "A1001", "Ada", "Lovelace", "1985-12-10", "diabetes", "2020-01-01", None, "Active", 1),
+    ("acme_corp", "A1002", "Alan", "Turing", "1972-06-23", "diabetes", "2020-01-01", "2021-12-31", None, 2),
+    ("acme_corp", "A1003", "Grace", "Hopper", "1990-12-09", "hypertension", "2999-01-01", None, "", 3),
+    ("globex", GLOBEX_SSN_HASH, "Edsger", "Dijkstra", "1960-05-11", "weight", "2020-01-01", None, " TERMINATED ", 1),
+    ("globex", "b7" + "1" * 62, "Barbara", "Liskov", "1979-11-07", "weight", "2020-01-01", "2999-12-31", "on leave", 2),
+]
+
+
+@dataclass(frozen=True)
+class Warehouse:
+    params: ConnectionParams
+    target_path: Path
+    log_path: Path
+
+
+def _admin_params() -> ConnectionParams:
+    url = os.environ.get("MDP_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+    return ConnectionParams.from_url(url)
+
+
+def _execute(params: ConnectionParams, sql: str, args: tuple[object, ...] = ()) -> list[tuple]:
+    with contextlib.closing(psycopg2.connect(params.dsn())) as conn, conn, conn.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchall() if cur.description else []
+
+
+def _load_raw_partner_tables(params: ConnectionParams) -> None:
+    ensure_schema(params)  # raw_partners.file_imports and serving.mart_refreshes
+    _execute(params, ENROLLMENT_MEMBERS_DDL)
+    for partner, employee, first, last, dob, program, start, end, status, line in MEMBERS:
+        _execute(
+            params,
+            """
+            insert into raw_partners.enrollment_members (
+                partner_id, employee_id, first_name, last_name, date_of_birth, program,
+                eligibility_start_date, eligibility_end_date, coverage_status,
+                ssn_hash, ssn_last4, source_file_id, source_line_number, file_received_at,
+                _dlt_load_id, _dlt_id
+            ) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                      '2024-03-01 09:00+00', '1709283600.123456', %s)
+            """,
+            (
+                partner, employee, first, last, dob, program, start, end, status,
+                employee if partner == "globex" else None,
+                "6789" if partner == "globex" else None,
+                f"{partner}-file-1", line, uuid.uuid4().hex,
+            ),
+        )
+    _execute(
+        params,
+        """
+        insert into raw_partners.file_imports
+            (file_id, partner_id, filename, sha256, status, reason, duplicate_of,
+             rows_total, rows_loaded, rows_rejected, received_at)
+        values
+            ('acme_corp-file-1', 'acme_corp', 'enrollment_1.csv', 'aa', 'loaded', null, null,
+             4, 3, 1, '2024-03-01 09:00+00'),
+            ('acme_corp-file-2', 'acme_corp', 'enrollment_1_again.csv', 'aa', 'duplicate', null,
+             'acme_corp-file-1', null, null, null, '2024-03-01 10:00+00'),
+            ('acme_corp-file-3', 'acme_corp', 'enrollment_2.csv', 'bb', 'quarantined',
+             'not a CSV file', null, null, null, null, '2024-03-01 11:00+00'),
+            ('globex-file-1', 'globex', 'GLOBEX.TXT', 'cc', 'loaded', null, null,
+             2, 2, 0, '2024-03-01 09:00+00')
+        """,
+    )
+
+
+def dbt_build(warehouse: Warehouse) -> None:
+    """`dbt build` in-process, with the connection passed the way production passes it."""
+    args = [
+        "build",
+        "--no-use-colors",
+        "--project-dir", str(PROJECT_DIR),
+        "--profiles-dir", str(PROJECT_DIR),
+        "--target-path", str(warehouse.target_path),
+        "--log-path", str(warehouse.log_path),
+    ]  # fmt: skip
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in warehouse.params.dbt_env().items():
+            env.setenv(name, value)
+        outcome = dbtRunner().invoke(args)
+    if outcome.exception is not None:
+        raise outcome.exception
+    failures = [
+        f"{r.node.unique_id}: {r.status} {r.message}"
+        for r in (outcome.result or [])
+        if str(r.status) not in ("success", "pass")
+    ]
+    assert outcome.success and not failures, "dbt build failed:\n" + "\n".join(failures)
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
+    admin = _admin_params()
+    dbname = f"mdp_dbt_test_{uuid.uuid4().hex[:10]}"
+    with contextlib.closing(psycopg2.connect(admin.dsn())) as conn:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(f'create database "{dbname}"')
+    params = ConnectionParams(admin.host, admin.port, admin.user, admin.password, dbname)
+    tmp = tmp_path_factory.mktemp("dbt")
+    try:
+        _load_raw_partner_tables(params)
+        built = Warehouse(params, tmp / "target", tmp / "logs")
+        dbt_build(built)
+        yield built
+    finally:
+        with contextlib.closing(psycopg2.connect(admin.dsn())) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute(f'drop database if exists "{dbname}" with (force)')
+
+
+def _eligibility(params: ConnectionParams, partner: str, employee: str) -> dict[str, object]:
+    rows = _execute(
+        params,
+        "select * from marts.mart_eligibility where partner_id = %s and employee_id = %s",
+        (partner, employee),
+    )
+    assert len(rows) == 1, f"expected one mart_eligibility row for {partner}/{employee}"
+    return dict(zip([name for name, _ in MART_ELIGIBILITY_COLUMNS], rows[0], strict=True))
+
+
+def test_mart_eligibility_serves_every_member_with_a_normalized_coverage_status(
+    warehouse: Warehouse,
+) -> None:
+    statuses = dict(
+        _execute(
+            warehouse.params,
+            "select partner_id || '/' || left(employee_id, 5), coverage_status"
+            " from marts.mart_eligibility",
+        )
+    )
+    assert statuses == {
+        "acme_corp/A1001": "active",  # partner said "Active"
+        "acme_corp/A1002": "terminated",  # no status, end date passed
+        "acme_corp/A1003": "pending",  # blank status, start date ahead
+        "globex/9f2c0": "terminated",  # partner said " TERMINATED "
+        "globex/b7111": "active",  # unknown word "on leave": dates decide
+    }
+    ada = _eligibility(warehouse.params, "acme_corp", "A1001")
+    assert str(ada["date_of_birth"]) == "1985-12-10"
+    assert ada["program"] == "diabetes"
+    assert ada["member_id"] == _execute(warehouse.params, "select md5('acme_corp:A1001')")[0][0]
+
+
+def test_mart_eligibility_exposes_only_what_an_eligibility_check_needs(
+    warehouse: Warehouse,
+) -> None:
+    columns = _execute(
+        warehouse.params,
+        """
+        select column_name, data_type from information_schema.columns
+        where table_schema = 'marts' and table_name = 'mart_eligibility'
+        order by ordinal_position
+        """,
+    )
+    assert columns == MART_ELIGIBILITY_COLUMNS
+
+
+def test_mart_eligibility_has_a_unique_index_for_partner_lookups(warehouse: Warehouse) -> None:
+    indexes = _execute(
+        warehouse.params,
+        "select indexdef from pg_indexes where schemaname = 'marts'"
+        " and tablename = 'mart_eligibility'",
+    )
+    assert any(
+        "UNIQUE INDEX" in ddl and "(partner_id, employee_id)" in ddl for (ddl,) in indexes
+    ), indexes
+
+
+def test_dim_member_keeps_one_current_row_per_member_with_names(warehouse: Warehouse) -> None:
+    rows = _execute(
+        warehouse.params,
+        "select partner_id, first_name, coverage_status, ssn_last4 from marts.dim_member"
+        " where last_name = 'Dijkstra'",
+    )
+    assert rows == [("globex", "Edsger", "terminated", "6789")]
+    (count,) = _execute(warehouse.params, "select count(*) from marts.dim_member")[0]
+    assert count == len(MEMBERS)
+
+
+def test_import_report_counts_files_and_rows_per_partner_per_day(warehouse: Warehouse) -> None:
+    rows = _execute(
+        warehouse.params,
+        """
+        select partner_id, import_date::text, files_received, files_loaded, files_duplicate,
+               files_quarantined, rows_total, rows_loaded, rows_rejected, reject_rate::float
+        from marts.rpt_partner_imports order by partner_id
+        """,
+    )
+    assert rows == [
+        ("acme_corp", "2024-03-01", 3, 1, 1, 1, 4, 3, 1, 0.25),
+        ("globex", "2024-03-01", 1, 1, 0, 0, 2, 2, 0, 0.0),
+    ]
+
+
+def test_corrected_end_date_is_kept_as_history_in_the_snapshot(warehouse: Warehouse) -> None:
+    params = warehouse.params
+    member_id = _eligibility(params, "globex", "b7" + "1" * 62)["member_id"]
+    (version_before,) = _execute(
+        params, "select version from serving.mart_refreshes where mart = 'mart_eligibility'"
+    )[0]
+
+    # A corrected file from globex ends Barbara's eligibility earlier (a dlt merge overwrites).
+    _execute(
+        params,
+        """
+        update raw_partners.enrollment_members
+        set eligibility_end_date = '2030-06-30', source_file_id = 'globex-file-2',
+            file_received_at = '2024-04-01 09:00+00', _dlt_load_id = '1711962000.5'
+        where partner_id = 'globex' and employee_id = %s
+        """,
+        ("b7" + "1" * 62,),
+    )
+    with contextlib.closing(psycopg2.connect(params.dsn())) as listener:
+        listener.autocommit = True
+        listener.cursor().execute("listen mdp_mart_refreshed")
+        dbt_build(warehouse)
+        select.select([listener], [], [], 5)
+        listener.poll()
+        notified = [n.payload for n in listener.notifies]
+
+    history = _execute(
+        params,
+        """
+        select eligibility_end_date::text, source_file_id, dbt_valid_to is not null
+        from snapshots.eligibility_history where member_id = %s order by dbt_valid_from
+        """,
+        (member_id,),
+    )
+    assert history == [
+        ("2999-12-31", "globex-file-1", True),  # closed
+        ("2030-06-30", "globex-file-2", False),  # current
+    ]
+    assert str(_eligibility(params, "globex", "b7" + "1" * 62)["eligibility_end_date"]) == (
+        "2030-06-30"
+    )
+    (version_after,) = _execute(
+        params, "select version from serving.mart_refreshes where mart = 'mart_eligibility'"
+    )[0]
+    assert version_after == version_before + 1
+    assert "mart_eligibility" in notified
