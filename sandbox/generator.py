@@ -1,4 +1,4 @@
-"""Realistic partner enrollment files, driven by a partner's config, with a chosen share of bad rows.
+"""Realistic partner enrollment files, driven by partner configs, with a chosen share of bad rows.
 
 Every file knows its answer: which members should load (`valid_members`) and which physical
 line holds each bad record (`bad_rows`). Line numbers count from 1 at the top of the file, the
@@ -16,13 +16,15 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
+import functools
 import io
 import random
 import re
 import string
 import unicodedata
+import zipfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -129,7 +131,9 @@ def _mix(value: int) -> int:
 # identifiers
 
 
-_CLASS_OR_ATOM = re.compile(r"\[(?P<cls>(?:\\.|[^\]\\])+)\]|\\(?P<esc>.)|(?P<lit>[^\\\[\](){}|?*+.^$])")
+_CLASS_OR_ATOM = re.compile(
+    r"\[(?P<cls>(?:\\.|[^\]\\])+)\]|\\(?P<esc>.)|(?P<lit>[^\\\[\](){}|?*+.^$])"
+)
 _QUANTIFIER = re.compile(r"\{(?P<lo>\d+)(?:(?P<comma>,)(?P<hi>\d*))?\}|(?P<sym>[?*+])")
 
 
@@ -186,6 +190,24 @@ def _pattern_template(pattern: str) -> list[tuple[str, int]]:
     return atoms
 
 
+def _segments(atoms: list[tuple[str, int]]) -> list[tuple[str, str, int]]:
+    """Atoms as ("literal", text, 0), ("number", letter prefix, digits) or ("symbols", chars, n)."""
+    segments: list[tuple[str, str, int]] = []
+    for index, (chars, count) in enumerate(atoms):
+        if len(chars) == 1 or count == 0:
+            segments.append(("literal", chars[0] * count, 0))
+        elif set(string.digits) <= set(chars):
+            letters = [c for c in chars if c.isalpha()]
+            prefix = ""
+            if index == 0 and letters and count >= 4:
+                # a leading letter reads like a real staff number (E0012345)
+                prefix = "E" if "E" in letters else letters[0]
+            segments.append(("number", prefix, count - len(prefix)))
+        else:
+            segments.append(("symbols", chars, count))
+    return segments
+
+
 class _IdentifierMaker:
     """Member number k -> a unique identifier satisfying the partner's pattern."""
 
@@ -196,8 +218,10 @@ class _IdentifierMaker:
         self.pattern = rule.pattern if rule and rule.pattern else None
         self._regex = re.compile(self.pattern) if self.pattern else None
         self.width = width
-        self._atoms = _pattern_template(self.pattern or r"^E[0-9]{7}$")
+        self._segments: list[tuple[str, str, int]] = []
+        self._fast: tuple[str, int] | None = None
         if self.field != "ssn":
+            self._segments = _segments(_pattern_template(self.pattern or r"^E[0-9]{7}$"))
             self._fast = self._fast_format()
         for k in (0, 1, 10**6 - 1):
             value = self(k)
@@ -211,41 +235,35 @@ class _IdentifierMaker:
                     f"{config.partner_id}: {self.field} {value!r} is wider than its {width} columns"
                 )
 
-    def _fast_format(self) -> str | None:
-        """A format string when the pattern is literals followed by one digit run (the usual)."""
-        *head, (chars, count) = self._atoms
-        if chars != string.digits or any(len(c) != 1 for c, _ in head):
+    def _fast_format(self) -> tuple[str, int] | None:
+        """(format, limit) when literals surround one run of digits, the usual shape."""
+        variable = [s for s in self._segments if s[0] != "literal"]
+        if len(variable) != 1 or variable[0][0] != "number":
             return None
-        prefix = "".join(c * n for c, n in head).replace("{", "{{").replace("}", "}}")
-        return prefix + "{:0" + str(count) + "d}"
+        parts = []
+        for kind, text, count in self._segments:
+            escaped = text.replace("{", "{{").replace("}", "}}")
+            parts.append(escaped if kind == "literal" else escaped + "{:0" + str(count) + "d}")
+        return "".join(parts), 10 ** variable[0][2]
 
     def __call__(self, k: int) -> str:
         if self.field == "ssn":
             return _ssn(k)
-        if self._fast is not None and k < 10 ** (len(self._fast) and self._atoms[-1][1]):
-            return self._fast.format(k)
+        if self._fast is not None and k < self._fast[1]:
+            return self._fast[0].format(k)
         remaining = k
         pieces: list[str] = []
-        for index in range(len(self._atoms) - 1, -1, -1):
-            chars, count = self._atoms[index]
-            if len(chars) == 1 or count == 0:
-                pieces.append(chars[0] * count)
-                continue
-            if "0" in chars:
-                prefix = ""
-                letters = [c for c in chars if c.isalpha()]
-                if index == 0 and letters and count >= 4:
-                    # a leading letter reads like a real staff number (E0012345)
-                    prefix = "E" if "E" in letters else letters[0]
-                digits = count - len(prefix)
-                pieces.append(prefix + str(remaining % 10**digits).zfill(digits))
-                remaining //= 10**digits
+        for kind, text, count in reversed(self._segments):
+            if kind == "literal":
+                pieces.append(text)
+            elif kind == "number":
+                pieces.append(text + str(remaining % 10**count).zfill(count))
+                remaining //= 10**count
             else:
-                base = len(chars)
                 encoded = []
                 for _ in range(count):
-                    encoded.append(chars[remaining % base])
-                    remaining //= base
+                    encoded.append(text[remaining % len(text)])
+                    remaining //= len(text)
                 pieces.append("".join(reversed(encoded)))
         if remaining:
             raise GeneratorError(f"ran out of identifiers for pattern {self.pattern!r} at {k}")
@@ -283,7 +301,7 @@ def _ssn(k: int) -> str:
     if k >= _SSN_SPACE:
         raise GeneratorError(f"ran out of SSNs at member {k}")
     # an affine map with a multiplier coprime to the space: unique, but not sequential-looking
-    index = (k * 7919 + 104729) % _SSN_SPACE
+    index = (k * 549_389_633 + 123_456_789) % _SSN_SPACE
     area, rest = divmod(index, 99 * 9999)
     group, serial = divmod(rest, 9999)
     return f"{_SSN_AREAS[area]:03d}-{group + 1:02d}-{serial + 1:04d}"
@@ -315,7 +333,7 @@ def _columns(config: PartnerConfig, drop: str | None) -> list[_Column]:
     return [_Column(name, mappings.get(name)) for name in names or [] if name != drop]
 
 
-def _text_ok(encoding: str | None) -> Any:
+def _text_ok(encoding: str | None) -> Callable[[str], bool]:
     def ok(text: str) -> bool:
         if encoding is None:
             return True
@@ -328,6 +346,7 @@ def _text_ok(encoding: str | None) -> Any:
     return ok
 
 
+@functools.cache
 def _slug(text: str) -> str:
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     return "".join(ch for ch in ascii_text.lower() if ch.isalnum())
@@ -361,6 +380,12 @@ class _Plan:
         self.columns = _columns(config, drop_column)
         self.mapped = [c.target for c in self.columns if c.target is not None]
         self.widths = {c.target: c.width for c in self.columns if c.target and c.width}
+        self.text_widths = [(f, w) for f, w in self.widths.items() if f not in DATE_FIELDS]
+        self.enums = [
+            (field, rule.allowed)
+            for field, rule in inbound.validations.items()
+            if rule.allowed and field in self.mapped
+        ]
         self.identifier = inbound.identifier
         self.ids = _IdentifierMaker(config, self.widths.get(self.identifier))
         self.required = sorted(
@@ -381,9 +406,7 @@ class _Plan:
         self.last = [n for n in LAST_NAMES if ok(n)]
         program_width = self.widths.get("program")
         self.programs = (
-            PROGRAM_CODES
-            if program_width and max(map(len, PROGRAMS)) > program_width
-            else PROGRAMS
+            PROGRAM_CODES if program_width and max(map(len, PROGRAMS)) > program_width else PROGRAMS
         )
         self.email_domain = config.partner_id.replace("_", "") + ".example.com"
         self._date_text: dict[dt.date, str] = {}
@@ -406,7 +429,7 @@ class _Plan:
 
     def _applicable_kinds(self) -> list[str]:
         kinds = [MISSING_REQUIRED] if self.required else []
-        if self._bad_date_field() is not None:
+        if self.bad_date_field() is not None:
             kinds.append(UNPARSEABLE_DATE)
         dob_rule = self.config.inbound.validations.get("date_of_birth")
         if "date_of_birth" in self.mapped and dob_rule is not None and dob_rule.max is not None:
@@ -420,7 +443,7 @@ class _Plan:
             kinds.append(LONG_LINE)
         return kinds
 
-    def _bad_date_field(self) -> str | None:
+    def bad_date_field(self) -> str | None:
         if "date_of_birth" in self.mapped:
             return "date_of_birth"
         dates = [f for f in self.required if f in DATE_FIELDS]
@@ -482,7 +505,7 @@ class _Plan:
         return None
 
     def unparseable_date(self, valid: dt.date, choice: int) -> str:
-        width = self.widths.get(self._bad_date_field() or "")
+        width = self.widths.get(self.bad_date_field() or "")
         # month 13 and day 32 together stay invalid whichever order a lenient parser tries
         impossible = valid.strftime(self.date_format.replace("%m", "13").replace("%d", "32"))
         zeros = re.sub(r"[0-9]", "0", self.date_text(valid))
@@ -503,7 +526,7 @@ class _Plan:
 
 
 def _member(plan: _Plan, k: int) -> tuple[dict[str, Any], bool]:
-    """Member k's canonical fields (only those the partner sends) and whether a value spans lines."""
+    """Member k's canonical fields (those the partner sends) and whether a value spans lines."""
     h1 = _mix(plan._seed_base ^ k)
     h2 = _mix(h1)
     female = h1 & 1
@@ -572,10 +595,10 @@ def _member(plan: _Plan, k: int) -> tuple[dict[str, Any], bool]:
     override = plan.overrides.get(str(member.get(plan.identifier)))
     if override:
         member.update({f: v for f, v in override.items() if f in member})
-    for field, rule in plan.config.inbound.validations.items():
-        if rule.allowed and field in member and member[field] not in rule.allowed:
-            member[field] = rule.allowed[h2 % len(rule.allowed)]
-    for field, width in plan.widths.items():
+    for field, allowed in plan.enums:
+        if member[field] not in allowed:
+            member[field] = allowed[h2 % len(allowed)]
+    for field, width in plan.text_widths:
         value = member.get(field)
         if isinstance(value, str) and len(value) > width:
             member[field] = value[:width].rstrip()
@@ -602,38 +625,54 @@ def _xlsx_date(value: dt.date, h: int, field_index: int, plan: _Plan) -> Any:
     return plan.date_text(value)
 
 
+def _corrupted(plan: _Plan, member: dict[str, Any], kind: str, detail: Any) -> dict[str, Any]:
+    values = dict(member)
+    if kind == MISSING_REQUIRED:
+        values[detail] = None
+    elif kind == UNPARSEABLE_DATE:
+        field = plan.bad_date_field()
+        assert field is not None
+        values[field] = plan.unparseable_date(member[field] or plan.today, detail)
+    elif kind == FUTURE_DATE_OF_BIRTH:
+        values["date_of_birth"] = detail
+    elif kind == INVALID_IDENTIFIER:
+        valid_id = member[plan.identifier]
+        invalid = plan.ids.invalid(valid_id, detail)
+        if invalid is None:
+            raise GeneratorError(
+                f"{plan.config.partner_id}: found no invalid variant of {valid_id!r}"
+            )
+        values[plan.identifier] = invalid
+    elif kind == DUPLICATE_IDENTIFIER:
+        values[plan.identifier] = plan.identifier_of(plan.id_offset + detail)
+    return values
+
+
 def _rows(plan: _Plan, keep_members: bool) -> Iterator[_Row]:
-    text_format = plan.format != "xlsx"
     targets = [c.target for c in plan.columns]
+    date_text = plan.date_text
+    not_bad = (None, None)
     for position in range(plan.rows):
         k = plan.id_offset + position
         member, multiline = _member(plan, k)
-        kind, detail = plan.bad.get(position, (None, None))
-        values = dict(member)
-        if kind == MISSING_REQUIRED:
-            values[detail] = None
-        elif kind == UNPARSEABLE_DATE:
-            field = plan._bad_date_field()
-            values[field] = plan.unparseable_date(member[field] or plan.today, detail)  # type: ignore[index]
-        elif kind == FUTURE_DATE_OF_BIRTH:
-            values["date_of_birth"] = detail
-        elif kind == INVALID_IDENTIFIER:
-            values[plan.identifier] = plan.ids.invalid(member[plan.identifier], detail)
-        elif kind == DUPLICATE_IDENTIFIER:
-            values[plan.identifier] = plan.identifier_of(plan.id_offset + detail)
-
+        kind, detail = plan.bad.get(position, not_bad)
+        values = member if kind is None else _corrupted(plan, member, kind, detail)
         noise = _mix(plan._seed_base ^ (k << 1) ^ 0x5EED)
-        cells: list[Any] = []
-        for index, target in enumerate(targets):
-            value = values.get(target) if target else None
-            if value is None:
-                cells.append("" if text_format else None)
-            elif isinstance(value, dt.date):
-                cells.append(
-                    plan.date_text(value) if text_format else _xlsx_date(value, noise, index, plan)
-                )
-            else:
-                cells.append(str(value))
+        cells: list[Any]
+        if plan.format == "xlsx":
+            cells = [values.get(target) for target in targets]
+            for index, value in enumerate(cells):
+                if isinstance(value, dt.date):
+                    cells[index] = _xlsx_date(value, noise, index, plan)
+        else:
+            cells = [
+                ""
+                if value is None
+                else date_text(value)
+                if isinstance(value, dt.date)
+                else str(value)
+                for value in map(values.get, targets)
+            ]
         if noise % 25 == 0:
             _pad_one_cell(plan, cells, noise >> 8)
         yield _Row(
@@ -672,12 +711,8 @@ class _Tally:
         if row.kind is not None:
             self.bad_rows[line] = row.kind
         elif self.members is not None and row.member is not None:
-            member = {
-                field: value.strip() or None if isinstance(value, str) else value
-                for field, value in row.member.items()
-            }
-            member["source_line_number"] = line
-            self.members.append(member)
+            row.member["source_line_number"] = line
+            self.members.append(row.member)
 
 
 def _write_csv(plan: _Plan, out: TextIO, tally: _Tally, crlf: bool) -> None:
@@ -742,7 +777,9 @@ def _write_xlsx(plan: _Plan, target: Any, tally: _Tally) -> None:
         notes.append([f"Member data is on the '{options.sheet}' sheet."])
     sheet = workbook.create_sheet(options.sheet or "Sheet1")
     for row_number in range(1, options.header_row):
-        sheet.append([f"{plan.config.display_name} members as of {plan.today}"] if row_number == 1 else [])
+        sheet.append(
+            [f"{plan.config.display_name} members as of {plan.today}"] if row_number == 1 else []
+        )
     sheet.append([c.name for c in plan.columns])
     line = options.header_row + 1
     for row in _rows(plan, tally.members is not None):
@@ -750,6 +787,32 @@ def _write_xlsx(plan: _Plan, target: Any, tally: _Tally) -> None:
         tally.add(row, line)
         line += 1
     workbook.save(target)
+
+
+def _repacked_xlsx(content: bytes, today: dt.date) -> bytes:
+    """The workbook with its save time replaced by `today`, so the same seed gives the same bytes.
+
+    openpyxl stamps the document properties and every zip entry with the wall clock.
+    """
+    stamp = f"{today:%Y-%m-%d}T09:00:00Z".encode()
+    out = io.BytesIO()
+    with (
+        zipfile.ZipFile(io.BytesIO(content)) as source,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as target,
+    ):
+        for entry in source.infolist():
+            data = source.read(entry)
+            if entry.filename == "docProps/core.xml":
+                data = re.sub(
+                    rb"(<dcterms:(?:created|modified)\b[^>]*>)[^<]*", rb"\g<1>" + stamp, data
+                )
+            fixed = zipfile.ZipInfo(
+                entry.filename, date_time=(today.year, today.month, today.day, 9, 0, 0)
+            )
+            fixed.compress_type = zipfile.ZIP_DEFLATED
+            fixed.external_attr = entry.external_attr
+            target.writestr(fixed, data)
+    return out.getvalue()
 
 
 def _is_utf8(encoding: str) -> bool:
@@ -812,7 +875,7 @@ def _generate(plan: _Plan, bom: bool, crlf: bool, sequence: int) -> GeneratedFil
     if plan.format == "xlsx":
         buffer = io.BytesIO()
         _write_xlsx(plan, buffer, tally)
-        content = buffer.getvalue()
+        content = _repacked_xlsx(buffer.getvalue(), plan.today)
     else:
         encoding = _text_encoding(plan, bom)
         text = io.StringIO(newline="")
@@ -907,8 +970,10 @@ def drop_required_column(
     by_target = {target: name for name, target in inbound.column_mappings.items()}
     if column is None:
         required = [f for f in inbound.required_fields if f != inbound.identifier]
-        field = "date_of_birth" if "date_of_birth" in required else (required or [inbound.identifier])[-1]
-        column = by_target[field]
+        if "date_of_birth" in required:
+            column = by_target["date_of_birth"]
+        else:
+            column = by_target[required[-1] if required else inbound.identifier]
     elif column not in inbound.column_mappings:
         raise GeneratorError(f"{config.partner_id}: no column {column!r} to drop")
     plan = _Plan(config, rows, 0.0, seed, today or dt.date.today(), 0, None, drop_column=column)
@@ -950,7 +1015,9 @@ def write_demo_world(
             folder = Path(platform_root) / partner_id / "inbound"
         else:
             if partner_id not in pull_roots:
-                raise GeneratorError(f"{partner_id} is a pull partner but has no entry in pull_roots")
+                raise GeneratorError(
+                    f"{partner_id} is a pull partner but has no entry in pull_roots"
+                )
             assert inbound.location is not None
             folder = Path(pull_roots[partner_id]) / inbound.location.path.lstrip("/")
         folder.mkdir(parents=True, exist_ok=True)

@@ -98,7 +98,9 @@ def _home_dir(root: Path, name: str, home: str) -> Path:
 class _SshServer(asyncssh.SSHServer):
     """One instance per connection: password checks and connection logging."""
 
-    def __init__(self, passwords: Mapping[str, str], connections: set[asyncssh.SSHServerConnection]):
+    def __init__(
+        self, passwords: Mapping[str, str], connections: set[asyncssh.SSHServerConnection]
+    ):
         self._passwords = passwords
         self._connections = connections
         self._conn: asyncssh.SSHServerConnection | None = None
@@ -299,12 +301,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, required=True, help="folder served to the users")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument("--users-file", type=Path, required=True, help="JSON: {user: {password, home}}")
-    parser.add_argument("--host-key", type=Path, required=True, help="ed25519 key, created if absent")
+    parser.add_argument(
+        "--users-file", type=Path, required=True, help="JSON: {user: {password, home}}"
+    )
+    parser.add_argument(
+        "--host-key", type=Path, required=True, help="ed25519 key, created if absent"
+    )
     args = parser.parse_args(argv)
 
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
     # asyncssh's own INFO lines repeat ours at a much higher volume
     logging.getLogger("asyncssh").setLevel(logging.WARNING)

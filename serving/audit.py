@@ -68,8 +68,18 @@ def check_event(
         PURPOSE,
         outcome,
         request_id,
-        json.dumps({"status": status}),
+        _status_detail(status),
     )
+
+
+_STATUS_DETAILS: dict[int, str] = {}
+
+
+def _status_detail(status: int) -> str:
+    detail = _STATUS_DETAILS.get(status)
+    if detail is None:
+        detail = _STATUS_DETAILS[status] = json.dumps({"status": status})
+    return detail
 
 
 class AuditWriter:

@@ -41,6 +41,9 @@ def enrollment_members(batches: Iterable[pa.Table]):
 
 def partner_pipeline(partner_id: str, params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipeline:
     """One pipeline per partner: dlt state must not be shared by runs that may overlap."""
+    # Arrow rows get dlt's lineage columns too (off by default for Arrow), as dbt staging reads them.
+    dlt.config["normalize.parquet_normalizer.add_dlt_load_id"] = True
+    dlt.config["normalize.parquet_normalizer.add_dlt_id"] = True
     return dlt.pipeline(
         pipeline_name=f"partner_{partner_id}",
         destination=dlt.destinations.postgres(credentials=params.dlt_credentials()),

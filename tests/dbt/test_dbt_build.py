@@ -70,15 +70,18 @@ create table raw_partners.enrollment_members (
 )
 """
 
-GLOBEX_SSN_HASH = "9f2c" + "0" * 60  # globex identifies members by a keyed hash of the SSN
+# globex identifies members by a keyed hash of the SSN, so employee_id is that hash
+DIJKSTRA_ID = "9f2c" + "0" * 60
+LISKOV_ID = "b7" + "1" * 62
+PROGRAM_BY_PARTNER = {"acme_corp": "diabetes", "globex": "weight"}
 
-# (partner, employee_id, first, last, dob, program, start, end, partner status, line)
+# (partner, employee_id, last_name, date_of_birth, start, end, coverage_status as sent)
 MEMBERS = [
-    ("acme_corp", "A1001", "Ada", "Lovelace", "1985-12-10", "diabetes", "2020-01-01", None, "Active", 1),
-    ("acme_corp", "A1002", "Alan", "Turing", "1972-06-23", "diabetes", "2020-01-01", "2021-12-31", None, 2),
-    ("acme_corp", "A1003", "Grace", "Hopper", "1990-12-09", "hypertension", "2999-01-01", None, "", 3),
-    ("globex", GLOBEX_SSN_HASH, "Edsger", "Dijkstra", "1960-05-11", "weight", "2020-01-01", None, " TERMINATED ", 1),
-    ("globex", "b7" + "1" * 62, "Barbara", "Liskov", "1979-11-07", "weight", "2020-01-01", "2999-12-31", "on leave", 2),
+    ("acme_corp", "A1001", "Lovelace", "1985-12-10", "2020-01-01", None, "Active"),
+    ("acme_corp", "A1002", "Turing", "1972-06-23", "2020-01-01", "2021-12-31", None),
+    ("acme_corp", "A1003", "Hopper", "1990-12-09", "2999-01-01", None, ""),
+    ("globex", DIJKSTRA_ID, "Dijkstra", "1960-05-11", "2020-01-01", None, " TERMINATED "),
+    ("globex", LISKOV_ID, "Liskov", "1979-11-07", "2020-01-01", "2999-12-31", "on leave"),
 ]
 
 
@@ -101,25 +104,33 @@ def _execute(params: ConnectionParams, sql: str, args: tuple[object, ...] = ()) 
 
 
 def _load_raw_partner_tables(params: ConnectionParams) -> None:
-    ensure_schema(params)  # raw_partners.file_imports and serving.mart_refreshes
-    _execute(params, ENROLLMENT_MEMBERS_DDL)
-    for partner, employee, first, last, dob, program, start, end, status, line in MEMBERS:
+    for line, (partner, employee, last_name, dob, start, end, status) in enumerate(MEMBERS, 1):
+        ssn_identified = partner == "globex"
         _execute(
             params,
             """
             insert into raw_partners.enrollment_members (
-                partner_id, employee_id, first_name, last_name, date_of_birth, program,
+                partner_id, employee_id, last_name, date_of_birth, program,
                 eligibility_start_date, eligibility_end_date, coverage_status,
                 ssn_hash, ssn_last4, source_file_id, source_line_number, file_received_at,
                 _dlt_load_id, _dlt_id
-            ) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+            ) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
                       '2024-03-01 09:00+00', '1709283600.123456', %s)
             """,
             (
-                partner, employee, first, last, dob, program, start, end, status,
-                employee if partner == "globex" else None,
-                "6789" if partner == "globex" else None,
-                f"{partner}-file-1", line, uuid.uuid4().hex,
+                partner,
+                employee,
+                last_name,
+                dob,
+                PROGRAM_BY_PARTNER[partner],
+                start,
+                end,
+                status,
+                employee if ssn_identified else None,
+                "6789" if ssn_identified else None,
+                f"{partner}-file-1",
+                line,
+                uuid.uuid4().hex,
             ),
         )
     _execute(
@@ -165,26 +176,41 @@ def dbt_build(warehouse: Warehouse) -> None:
     assert outcome.success and not failures, "dbt build failed:\n" + "\n".join(failures)
 
 
-@pytest.fixture(scope="module")
-def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
+@contextlib.contextmanager
+def _fresh_database() -> Iterator[ConnectionParams]:
+    """A new, uniquely named database holding the platform's own tables; dropped after."""
     admin = _admin_params()
     dbname = f"mdp_dbt_test_{uuid.uuid4().hex[:10]}"
     with contextlib.closing(psycopg2.connect(admin.dsn())) as conn:
         conn.autocommit = True
-        with conn.cursor() as cur:
-            cur.execute(f'create database "{dbname}"')
-    params = ConnectionParams(admin.host, admin.port, admin.user, admin.password, dbname)
-    tmp = tmp_path_factory.mktemp("dbt")
+        conn.cursor().execute(f'create database "{dbname}"')
     try:
+        params = ConnectionParams(admin.host, admin.port, admin.user, admin.password, dbname)
+        ensure_schema(params)  # raw_partners.file_imports and serving.mart_refreshes
+        _execute(params, ENROLLMENT_MEMBERS_DDL)
+        yield params
+    finally:
+        with contextlib.closing(psycopg2.connect(admin.dsn())) as conn:
+            conn.autocommit = True
+            conn.cursor().execute(f'drop database if exists "{dbname}" with (force)')
+
+
+@pytest.fixture(scope="module")
+def warehouse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Warehouse]:
+    """Raw tables holding two partners' members and files, built once by dbt."""
+    tmp = tmp_path_factory.mktemp("dbt")
+    with _fresh_database() as params:
         _load_raw_partner_tables(params)
         built = Warehouse(params, tmp / "target", tmp / "logs")
         dbt_build(built)
         yield built
-    finally:
-        with contextlib.closing(psycopg2.connect(admin.dsn())) as conn:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(f'drop database if exists "{dbname}" with (force)')
+
+
+def test_build_succeeds_before_any_partner_file_arrives(tmp_path: Path) -> None:
+    with _fresh_database() as params:
+        dbt_build(Warehouse(params, tmp_path / "target", tmp_path / "logs"))
+        assert _execute(params, "select count(*) from marts.mart_eligibility") == [(0,)]
+        assert _execute(params, "select version from serving.mart_refreshes") == [(1,)]
 
 
 def _eligibility(params: ConnectionParams, partner: str, employee: str) -> dict[str, object]:
@@ -245,13 +271,13 @@ def test_mart_eligibility_has_a_unique_index_for_partner_lookups(warehouse: Ware
     ), indexes
 
 
-def test_dim_member_keeps_one_current_row_per_member_with_names(warehouse: Warehouse) -> None:
+def test_dim_member_holds_one_current_row_per_member(warehouse: Warehouse) -> None:
     rows = _execute(
         warehouse.params,
-        "select partner_id, first_name, coverage_status, ssn_last4 from marts.dim_member"
+        "select partner_id, employee_id, coverage_status, ssn_last4 from marts.dim_member"
         " where last_name = 'Dijkstra'",
     )
-    assert rows == [("globex", "Edsger", "terminated", "6789")]
+    assert rows == [("globex", DIJKSTRA_ID, "terminated", "6789")]
     (count,) = _execute(warehouse.params, "select count(*) from marts.dim_member")[0]
     assert count == len(MEMBERS)
 
@@ -273,12 +299,12 @@ def test_import_report_counts_files_and_rows_per_partner_per_day(warehouse: Ware
 
 def test_corrected_end_date_is_kept_as_history_in_the_snapshot(warehouse: Warehouse) -> None:
     params = warehouse.params
-    member_id = _eligibility(params, "globex", "b7" + "1" * 62)["member_id"]
+    member_id = _eligibility(params, "globex", LISKOV_ID)["member_id"]
     (version_before,) = _execute(
         params, "select version from serving.mart_refreshes where mart = 'mart_eligibility'"
     )[0]
 
-    # A corrected file from globex ends Barbara's eligibility earlier (a dlt merge overwrites).
+    # A corrected file from globex ends Liskov's eligibility earlier (a dlt merge overwrites).
     _execute(
         params,
         """
@@ -287,7 +313,7 @@ def test_corrected_end_date_is_kept_as_history_in_the_snapshot(warehouse: Wareho
             file_received_at = '2024-04-01 09:00+00', _dlt_load_id = '1711962000.5'
         where partner_id = 'globex' and employee_id = %s
         """,
-        ("b7" + "1" * 62,),
+        (LISKOV_ID,),
     )
     with contextlib.closing(psycopg2.connect(params.dsn())) as listener:
         listener.autocommit = True
@@ -309,9 +335,7 @@ def test_corrected_end_date_is_kept_as_history_in_the_snapshot(warehouse: Wareho
         ("2999-12-31", "globex-file-1", True),  # closed
         ("2030-06-30", "globex-file-2", False),  # current
     ]
-    assert str(_eligibility(params, "globex", "b7" + "1" * 62)["eligibility_end_date"]) == (
-        "2030-06-30"
-    )
+    assert str(_eligibility(params, "globex", LISKOV_ID)["eligibility_end_date"]) == "2030-06-30"
     (version_after,) = _execute(
         params, "select version from serving.mart_refreshes where mart = 'mart_eligibility'"
     )[0]

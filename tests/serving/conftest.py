@@ -61,7 +61,9 @@ def members() -> list[dict[str, Any]]:
         member(acme, "A100005", "2001-09-09", "active", str(TODAY), str(TODAY)),
         # exists only for another partner: acme's key must never find it
         member("umbrella_plan", "X000001", "1985-01-01", "active", "2024-01-01", None),
-        member("umbrella_plan", keyed_hash("123456789"), "1972-03-09", "active", "2024-01-01", None),
+        member(
+            "umbrella_plan", keyed_hash("123456789"), "1972-03-09", "active", "2024-01-01", None
+        ),
         member("throttled_partner", "T000001", "1980-01-01", "active", "2024-01-01", None),
     ]
 

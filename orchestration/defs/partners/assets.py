@@ -1,6 +1,5 @@
 """Partner enrollment files -> raw tables (dlt), with the import ledger beside them."""
 
-from __future__ import annotations
 
 import paramiko
 import psycopg2

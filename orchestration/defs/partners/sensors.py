@@ -1,6 +1,5 @@
 """The push-inbox sensor: a run when files on our SFTP server are complete."""
 
-from __future__ import annotations
 
 import hashlib
 import json
