@@ -223,16 +223,21 @@ class _IdentifierMaker:
         if self.field != "ssn":
             self._segments = _segments(_pattern_template(self.pattern or r"^E[0-9]{7}$"))
             self._fast = self._fast_format()
-        for k in (0, 1, 10**6 - 1):
+        self._partner = config.partner_id
+
+    def check(self, first: int, last: int) -> None:
+        """Fail early, naming the partner, if members first..last cannot get usable ids."""
+        for k in {first, first + 1, last}:
             value = self(k)
             if self._regex is not None and not self._regex.fullmatch(value):
                 raise GeneratorError(
-                    f"{config.partner_id}: generated {self.field} {value!r} does not match "
+                    f"{self._partner}: generated {self.field} {value!r} does not match "
                     f"{self.pattern!r}; the generator handles simple patterns only"
                 )
-            if width is not None and len(value) > width:
+            if self.width is not None and len(value) > self.width:
                 raise GeneratorError(
-                    f"{config.partner_id}: {self.field} {value!r} is wider than its {width} columns"
+                    f"{self._partner}: {self.field} {value!r} is wider than its column"
+                    f" ({self.width} characters)"
                 )
 
     def _fast_format(self) -> tuple[str, int] | None:
@@ -266,7 +271,9 @@ class _IdentifierMaker:
                     remaining //= len(text)
                 pieces.append("".join(reversed(encoded)))
         if remaining:
-            raise GeneratorError(f"ran out of identifiers for pattern {self.pattern!r} at {k}")
+            raise GeneratorError(
+                f"{self._partner}: pattern {self.pattern!r} has no identifier left for member {k}"
+            )
         return "".join(reversed(pieces))
 
     def invalid(self, valid: str, choice: int) -> str | None:
@@ -379,6 +386,13 @@ class _Plan:
         self.date_format = inbound.date_format
         self.columns = _columns(config, drop_column)
         self.mapped = [c.target for c in self.columns if c.target is not None]
+        for identifier, changes in self.overrides.items():
+            unknown = sorted(set(changes) - set(self.mapped))
+            if unknown:
+                raise GeneratorError(
+                    f"{config.partner_id}: overrides for {identifier!r} change field(s) {unknown}"
+                    " that this partner's file does not carry"
+                )
         self.widths = {c.target: c.width for c in self.columns if c.target and c.width}
         self.text_widths = [(f, w) for f, w in self.widths.items() if f not in DATE_FIELDS]
         self.enums = [
@@ -388,6 +402,7 @@ class _Plan:
         ]
         self.identifier = inbound.identifier
         self.ids = _IdentifierMaker(config, self.widths.get(self.identifier))
+        self.ids.check(id_offset, id_offset + max(rows - 1, 1))
         self.required = sorted(
             (set(inbound.required_fields) | {self.identifier}) & set(self.mapped)
         )
@@ -484,7 +499,8 @@ class _Plan:
             elif kind == INVALID_IDENTIFIER:
                 detail = rng.randrange(5)
             elif kind == SHORT_LINE:
-                detail = rng.randrange(*self._short_line_range())  # type: ignore[misc]
+                shortest, too_short = self._short_line_range() or (0, 1)
+                detail = rng.randrange(shortest, too_short)
             elif kind == LONG_LINE:
                 alphabet = string.ascii_uppercase + string.digits
                 detail = "".join(rng.choices(alphabet, k=rng.randint(1, 12)))
@@ -594,7 +610,7 @@ def _member(plan: _Plan, k: int) -> tuple[dict[str, Any], bool]:
     member = {field: values.get(field) for field in wanted}
     override = plan.overrides.get(str(member.get(plan.identifier)))
     if override:
-        member.update({f: v for f, v in override.items() if f in member})
+        member.update(override)
     for field, allowed in plan.enums:
         if member[field] not in allowed:
             member[field] = allowed[h2 % len(allowed)]
@@ -731,7 +747,9 @@ def _write_csv(plan: _Plan, out: TextIO, tally: _Tally, crlf: bool) -> None:
     for row in _rows(plan, tally.members is not None):
         writer.writerow(row.cells)
         tally.add(row, line)
-        line += 1 + (sum(cell.count("\n") for cell in row.cells) if row.multiline else 0)
+        if row.multiline or plan.overrides:
+            line += sum(cell.count("\n") for cell in row.cells)
+        line += 1
 
 
 def _write_fixed_width(plan: _Plan, out: TextIO, tally: _Tally, crlf: bool) -> None:

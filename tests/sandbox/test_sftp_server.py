@@ -184,7 +184,9 @@ def test_host_key_is_kept_across_restarts(tmp_path: Path) -> None:
 
 def test_cli_serves_until_sigterm_without_logging_passwords(tmp_path: Path) -> None:
     users_file = tmp_path / "users.json"
-    users_file.write_text(json.dumps({"acme_corp": {"password": "cli-secret", "home": "acme_corp"}}))
+    users_file.write_text(
+        json.dumps({"acme_corp": {"password": "cli-secret", "home": "acme_corp"}})
+    )
     command = [
         sys.executable,
         "-m",

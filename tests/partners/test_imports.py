@@ -1,0 +1,191 @@
+"""The import pipeline against a real SFTP server and Postgres, without Dagster."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+
+from ingestion.partners.pipeline import import_partner_files
+from sandbox.generator import (
+    drop_required_column,
+    empty_file,
+    generate_partner_file,
+    truncated_xlsx,
+    undecodable_bytes,
+)
+
+
+def _import(platform, partner_id):
+    return import_partner_files(platform.configs[partner_id], platform.settings, platform.params)
+
+
+def _member_count(platform, partner_id):
+    return platform.query(
+        "select count(*) from raw_partners.enrollment_members where partner_id = %s", (partner_id,)
+    )[0][0]
+
+
+def test_half_invalid_ten_thousand_rows_load_half_and_report_the_rest_to_the_partner(platform):
+    config = platform.configs["acme_corp"]
+    generated = generate_partner_file(config, rows=10_000, bad_share=0.5, seed=3, id_offset=500_000)
+    before = _member_count(platform, "acme_corp")
+    platform.upload("acme_corp", "enrollment_bulk.csv", generated.content)
+
+    [record] = _import(platform, "acme_corp")
+
+    assert (record.status, record.rows_total, record.rows_loaded, record.rows_rejected) == (
+        "loaded", 10_000, 5_000, 5_000,
+    )
+    assert _member_count(platform, "acme_corp") - before == 5_000
+    report = platform.sftp_root / "acme_corp" / "errors" / "enrollment_bulk.errors.csv"
+    rows = list(csv.reader(io.StringIO(report.read_text())))
+    assert rows[0] == ["Line", "Employee ID", "Errors"]
+    assert len(rows) == 5_001
+    assert {int(r[0]) for r in rows[1:]} == set(generated.bad_rows)
+    assert all(r[2] for r in rows[1:])
+
+
+def test_each_unreadable_file_is_quarantined_with_its_reason_while_good_files_load(platform):
+    acme = platform.configs["acme_corp"]
+    good = generate_partner_file(acme, rows=20, seed=5, id_offset=700_000)
+    platform.upload("acme_corp", "enrollment_a_good.csv", good.content)
+    platform.upload("acme_corp", "enrollment_b_undecodable.csv", undecodable_bytes(good.content))
+    platform.upload("acme_corp", "enrollment_c_missing_column.csv", drop_required_column(acme))
+    platform.upload("acme_corp", "enrollment_d_empty.csv", empty_file())
+    globex = platform.configs["globex_health"]
+    workbook = generate_partner_file(globex, rows=30, seed=5)
+    platform.upload("globex_health", "members_truncated.xlsx", truncated_xlsx(workbook.content))
+
+    records = {r.filename: r for r in _import(platform, "acme_corp") + _import(platform, "globex_health")}
+
+    assert records["enrollment_a_good.csv"].status == "loaded"
+    assert records["enrollment_a_good.csv"].rows_loaded == 20
+    reasons = {name: r.reason for name, r in records.items() if r.status == "quarantined"}
+    assert set(reasons) == {
+        "enrollment_b_undecodable.csv",
+        "enrollment_c_missing_column.csv",
+        "enrollment_d_empty.csv",
+        "members_truncated.xlsx",
+    }
+    assert "utf-8" in reasons["enrollment_b_undecodable.csv"]
+    assert "missing required column" in reasons["enrollment_c_missing_column.csv"]
+    assert "empty" in reasons["enrollment_d_empty.csv"]
+    assert "Excel" in reasons["members_truncated.xlsx"] or "corrupt" in reasons["members_truncated.xlsx"]
+    notes = {p.name for p in (platform.sftp_root / "acme_corp" / "errors").iterdir()}
+    assert "enrollment_d_empty.csv.quarantined.txt" in notes
+    # nothing of an unreadable file reaches the raw table
+    quarantined_rows = platform.query(
+        "select count(*) from raw_partners.enrollment_members m join raw_partners.file_imports f"
+        " on f.file_id = m.source_file_id where f.status = 'quarantined'"
+    )
+    assert quarantined_rows == [(0,)]
+
+
+def test_excel_file_loads_with_real_date_cells_and_serials(platform):
+    config = platform.configs["globex_health"]
+    generated = generate_partner_file(config, rows=40, bad_share=0.1, seed=9)
+    platform.upload("globex_health", generated.filename, generated.content)
+
+    [record] = _import(platform, "globex_health")
+
+    assert (record.status, record.rows_loaded, record.rows_rejected) == ("loaded", 36, 4)
+    expected = {m["employee_id"]: m["date_of_birth"] for m in generated.valid_members}
+    loaded = dict(
+        platform.query(
+            "select employee_id, date_of_birth from raw_partners.enrollment_members"
+            " where source_file_id = %s", (record.file_id,),
+        )
+    )
+    assert loaded == expected
+
+
+def test_pull_partner_fixed_width_file_is_fetched_from_their_server_once(platform):
+    config = platform.configs["initech"]
+    generated = generate_partner_file(config, rows=50, bad_share=0.2, seed=4)
+    platform.upload_to_pull_server("initech", generated.filename, generated.content)
+
+    [record] = _import(platform, "initech")
+    again = _import(platform, "initech")
+
+    assert (record.status, record.rows_loaded, record.rows_rejected) == ("loaded", 40, 10)
+    assert again == []  # their server is left untouched, and the same file is not fetched twice
+    location = config.inbound.location
+    assert (platform.pull_root / "initech" / location.path.strip("/") / generated.filename).exists()
+
+
+def test_ssn_partner_keeps_only_a_keyed_hash_and_last_four(platform):
+    config = platform.configs["umbrella_plan"]
+    generated = generate_partner_file(config, rows=25, bad_share=0.2, seed=8)
+    platform.upload("umbrella_plan", generated.filename, generated.content)
+
+    [record] = _import(platform, "umbrella_plan")
+
+    assert record.rows_loaded == 20
+    ssns = {m["ssn"].replace("-", "") for m in generated.valid_members}
+    dumped = platform.query(
+        "select m::text from raw_partners.enrollment_members m where partner_id = 'umbrella_plan'"
+    )
+    text = " ".join(row[0] for row in dumped)
+    assert not any(ssn in text or f"{ssn[:3]}-{ssn[3:5]}-{ssn[5:]}" in text for ssn in ssns)
+    last4 = {row[0] for row in platform.query(
+        "select ssn_last4 from raw_partners.enrollment_members where partner_id = 'umbrella_plan'"
+    )}
+    assert last4 == {s[-4:] for s in ssns}
+    report = (platform.sftp_root / "umbrella_plan" / "errors").glob("*.errors.csv")
+    for path in report:
+        assert not any(ssn in path.read_text() for ssn in ssns)
+
+
+def test_a_file_still_growing_waits_and_a_marker_makes_it_ready_at_once(platform):
+    config = platform.configs["acme_corp"]
+    generated = generate_partner_file(config, rows=10, seed=21, id_offset=800_000)
+    sftp = platform.sftp("acme_corp")
+    try:
+        handle = sftp.open("/inbound/enrollment_growing.csv", "wb")
+        half = len(generated.content) // 2
+        handle.write(generated.content[:half])
+        handle.flush()
+        # A writer that keeps appending between the two polls is not picked up.
+        import threading
+
+        def keep_writing():
+            time.sleep(0.1)
+            handle.write(generated.content[half:])
+            handle.flush()
+
+        writer = threading.Thread(target=keep_writing)
+        writer.start()
+        first = _import(platform, "acme_corp")
+        writer.join()
+        handle.close()
+        assert [r.filename for r in first] == []
+        with sftp.open("/inbound/enrollment_growing.csv.done", "wb"):
+            pass
+    finally:
+        sftp._owner.close()
+    [record] = _import(platform, "acme_corp")
+    assert (record.filename, record.rows_loaded) == ("enrollment_growing.csv", 10)
+    assert not any(p.name.startswith("enrollment_growing") for p in (platform.sftp_root / "acme_corp" / "inbound").iterdir())
+
+
+def test_a_file_left_half_processed_by_a_crash_is_loaded_once_on_retry(platform):
+    from ingestion.partners.imports import ImportRecord, save
+
+    config = platform.configs["acme_corp"]
+    generated = generate_partner_file(config, rows=15, seed=31, id_offset=900_000)
+    platform.upload("acme_corp", "enrollment_crashed.csv", generated.content)
+    [first] = _import(platform, "acme_corp")
+    # Simulate a crash after the load, before the ledger said 'loaded' and the inbox was emptied.
+    save(platform.params, ImportRecord(**{**first.columns(), "status": "processing"}))
+    platform.upload("acme_corp", "enrollment_crashed.csv", generated.content)
+
+    [retry] = _import(platform, "acme_corp")
+
+    assert retry.status == "loaded"
+    ids = [m["employee_id"] for m in generated.valid_members]
+    counts = platform.query(
+        "select count(*), count(distinct employee_id) from raw_partners.enrollment_members"
+        " where partner_id = 'acme_corp' and employee_id = any(%s)", (ids,),
+    )
+    assert counts == [(15, 15)]
