@@ -10,7 +10,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import parse_qs, unquote, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlparse
 
 import psycopg2
 import psycopg2.extensions
@@ -60,7 +60,13 @@ class ConnectionParams:
             )
         return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.dbname}"
 
-    def dlt_credentials(self) -> dict[str, object]:
+    def dlt_credentials(self) -> dict[str, object] | str:
+        if self.host.startswith("/"):
+            # dlt builds a URL from the parts; a socket directory only survives as ?host=
+            return (
+                f"postgresql://{self.user}:{self.password}@localhost:{self.port}/{self.dbname}"
+                f"?host={quote(self.host, safe='')}"
+            )
         return {
             "database": self.dbname,
             "username": self.user,

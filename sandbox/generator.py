@@ -89,8 +89,13 @@ CITIES = (
     ("Columbus", "OH", "43004"), ("Raleigh", "NC", "27601"), ("Denver", "CO", "80201"),
 )  # fmt: skip
 
-_DOB_FIRST = dt.date(1940, 1, 1)
-_DOB_DAYS = (dt.date(2006, 12, 31) - _DOB_FIRST).days + 1
+_DOB_FIRST = dt.date(1940, 1, 1).toordinal()
+_DOB_DAYS = dt.date(2006, 12, 31).toordinal() - _DOB_FIRST + 1
+# canonical fields only some partners send; derived from a third hash when a partner wants them
+_CONTACT_FIELDS = frozenset(
+    ("middle_name", "phone", "address_line1", "address_line2", "city", "state", "postal_code")
+    + ("relationship", "group_id", "coverage_status")
+)
 _EXCEL_EPOCH = dt.date(1899, 12, 30)
 _MASK64 = (1 << 64) - 1
 
@@ -381,6 +386,7 @@ class _Plan:
         self.rows = rows
         self.seed = seed
         self.today = today
+        self.today_ordinal = today.toordinal()
         self.id_offset = id_offset
         self.overrides = overrides or {}
         self.date_format = inbound.date_format
@@ -393,6 +399,7 @@ class _Plan:
                     f"{config.partner_id}: overrides for {identifier!r} change field(s) {unknown}"
                     " that this partner's file does not carry"
                 )
+        self.wants_contact_fields = bool(_CONTACT_FIELDS & set(self.mapped))
         self.widths = {c.target: c.width for c in self.columns if c.target and c.width}
         self.text_widths = [(f, w) for f, w in self.widths.items() if f not in DATE_FIELDS]
         self.enums = [
@@ -562,15 +569,16 @@ def _member(plan: _Plan, k: int) -> tuple[dict[str, Any], bool]:
     elif tag % 31 == 7 and first in NICKNAMES:
         first = f'{first} "{NICKNAMES[first]}"'
 
-    dob = _DOB_FIRST + dt.timedelta(days=(h1 >> 25) % _DOB_DAYS)
-    start = plan.today - dt.timedelta(days=h2 % 1095)
+    fromordinal = dt.date.fromordinal
+    dob = fromordinal(_DOB_FIRST + (h1 >> 25) % _DOB_DAYS)
+    elapsed = h2 % 1095
+    start = fromordinal(plan.today_ordinal - elapsed)
     end: dt.date | None = None
     if (h2 >> 12) % 10 == 0:
-        elapsed = (plan.today - start).days
         if (h2 >> 16) & 1 and elapsed > 1:
-            end = start + dt.timedelta(days=(h2 >> 20) % (elapsed - 1) + 1)
+            end = fromordinal(plan.today_ordinal - elapsed + (h2 >> 20) % (elapsed - 1) + 1)
         else:
-            end = plan.today + dt.timedelta(days=30 + (h2 >> 20) % 335)
+            end = fromordinal(plan.today_ordinal + 30 + (h2 >> 20) % 335)
 
     wanted = plan.mapped
     values: dict[str, Any] = {
@@ -592,7 +600,7 @@ def _member(plan: _Plan, k: int) -> tuple[dict[str, Any], bool]:
         values["gender"] = "U" if odd == 0 else "X" if odd == 1 else "F" if female else "M"
     if "email" in wanted:
         values["email"] = f"{_slug(base_first)}.{_slug(base_last)}@{plan.email_domain}"
-    if len(wanted) > len(values):
+    if plan.wants_contact_fields:
         h3 = _mix(h2)
         city, state, postal = CITIES[h3 % len(CITIES)]
         values.update(
@@ -607,10 +615,11 @@ def _member(plan: _Plan, k: int) -> tuple[dict[str, Any], bool]:
             group_id=f"GRP{(h3 >> 24) % 50:03d}",
             coverage_status="terminated" if end is not None and end < plan.today else "active",
         )
-    member = {field: values.get(field) for field in wanted}
-    override = plan.overrides.get(str(member.get(plan.identifier)))
-    if override:
-        member.update(override)
+    member = {field: values[field] for field in wanted}
+    if plan.overrides:
+        override = plan.overrides.get(member[plan.identifier])
+        if override:
+            member.update(override)
     for field, allowed in plan.enums:
         if member[field] not in allowed:
             member[field] = allowed[h2 % len(allowed)]
@@ -621,7 +630,7 @@ def _member(plan: _Plan, k: int) -> tuple[dict[str, Any], bool]:
     return member, multiline
 
 
-@dataclass
+@dataclass(slots=True)
 class _Row:
     position: int
     kind: str | None
@@ -1016,10 +1025,12 @@ def write_demo_world(
     for partner_id in sorted(configs):
         config = configs[partner_id]
         inbound = config.inbound
-        # partner-stable choices, so adding a partner does not change the others' files
+        # a per-partner seed, so adding a partner does not change the others' files
         salt = zlib.crc32(partner_id.encode("utf-8"))
-        windows_style = inbound.format != "xlsx" and salt % 2 == 0
-        bom = windows_style and inbound.format == "csv" and _is_utf8(inbound.csv_options.encoding)
+        # comma CSVs as Excel's "CSV UTF-8" export writes them; fixed width as moved off a mainframe
+        excel_csv = inbound.format == "csv" and inbound.csv_options.delimiter == ","
+        bom = excel_csv and _is_utf8(inbound.csv_options.encoding)
+        crlf = excel_csv or inbound.format == "fixed_width"
         generated = generate_partner_file(
             config,
             rows_per_partner,
@@ -1027,7 +1038,7 @@ def write_demo_world(
             seed=seed + salt,
             today=today,
             bom=bom,
-            crlf=windows_style,
+            crlf=crlf,
         )
         if inbound.transport == "sftp_push":
             folder = Path(platform_root) / partner_id / "inbound"

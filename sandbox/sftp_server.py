@@ -26,7 +26,7 @@ from typing import TypedDict
 
 import asyncssh
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sandbox.sftp_server")  # not __main__ under -m
 
 PARTNER_FOLDERS = ("inbound", "errors", "reports")
 

@@ -97,7 +97,6 @@ class Runtime:
         self.rate_limiter = RateLimiter()
         self.audit = self._new_audit_writer()
         self.pool: asyncpg.Pool | None = None
-        self.mart_present: bool | None = None
         self._listener: asyncpg.Connection | None = None
         self._mart_fingerprint: tuple[Any, ...] | None = None
         self._maintenance: asyncio.Task[None] | None = None
@@ -189,6 +188,7 @@ class Runtime:
                 min_size=self.pool_min_size,
                 max_size=self.pool_max_size,
                 timeout=5.0,
+                reset=_keep_session,
             )
         except DATABASE_ERRORS as exc:
             log.warning(
@@ -251,13 +251,18 @@ class Runtime:
         except DATABASE_ERRORS as exc:
             log.warning("mart refresh poll failed (%s)", type(exc).__name__)
             return
-        self.mart_present = mart_oid is not None
         # the OID changes when dbt swaps in a rebuilt table, even if no post-hook ran
         fingerprint = (mart_oid, tuple(version) if version else None)
         if fingerprint != self._mart_fingerprint:
             if self._mart_fingerprint is not None:
                 self.invalidate_lookups("poll")
             self._mart_fingerprint = fingerprint
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Skip asyncpg's reset query on release (a round trip per lookup): pool connections
+    run single statements and COPY only, never SET, LISTEN or advisory locks. An open
+    transaction is still rolled back by asyncpg before this is called."""
 
 
 def _partner_map(configs: PartnerConfigsArg | None) -> dict[str, PartnerConfig] | None:
@@ -319,10 +324,7 @@ async def check_eligibility(request: Request) -> Response:
         )
     except Unauthorized as exc:
         metrics.auth_failures.labels(exc.reason).inc()
-        challenge = 'Bearer realm="mdp"'
-        if exc.reason != "missing":
-            challenge += ', error="invalid_token"'
-        headers["WWW-Authenticate"] = challenge
+        headers["WWW-Authenticate"] = "Bearer"
         return _error(401, "unauthorized", exc.detail, headers)
     except DatabaseUnavailable as exc:
         return _error(503, "unavailable", str(exc), {**headers, "Retry-After": "5"})

@@ -4,7 +4,7 @@ Rows are cached per (partner_id, employee_id), including "not found", and the wh
 dropped when the mart is rebuilt. Two signals say so: dbt's post-hook NOTIFYs
 `mdp_mart_refreshed` (seen at once by a LISTEN connection), and, because a listening
 connection can drop silently, a poll of `serving.mart_refreshes` plus the mart's table OID
-every couple of seconds.
+every couple of seconds. `serving.app.Runtime` wires both to `LookupCache.clear`.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 
 PROBE_TIMEOUT_SECONDS = 2.0
 MART_OID_SQL = "select to_regclass('marts.mart_eligibility')::oid"
+_UNAVAILABLE_BODY = {"status": "unavailable", "database": "unreachable", "mart": "unknown"}
 
 
 class DatabaseUnavailable(Exception):
@@ -25,27 +26,17 @@ class DatabaseUnavailable(Exception):
 
 
 async def healthz(request: Request) -> JSONResponse:
-    """200 while Postgres answers (reporting whether the mart exists yet), else 503."""
-    runtime = request.app.state.runtime
-    listener = "ok" if runtime.listening else "down"
-    pool = runtime.pool
+    """200 while Postgres answers (reporting whether the mart exists yet), else 503.
+
+    The LISTEN connection's state is the `mdp_listener_up` metric, not part of health:
+    without it the API still works (polling), so it must not fail a load balancer check.
+    """
+    pool = request.app.state.runtime.pool
     if pool is None:
-        return _unavailable(listener)
+        return JSONResponse(_UNAVAILABLE_BODY, status_code=503)
     try:
         async with pool.acquire(timeout=PROBE_TIMEOUT_SECONDS) as conn:
             mart_oid = await conn.fetchval(MART_OID_SQL, timeout=PROBE_TIMEOUT_SECONDS)
     except DATABASE_ERRORS:
-        return _unavailable(listener)
-    return JSONResponse(
-        {
-            "status": "ok",
-            "database": "ok",
-            "mart": "ok" if mart_oid else "missing",
-            "listener": listener,
-        }
-    )
-
-
-def _unavailable(listener: str) -> JSONResponse:
-    body = {"status": "unavailable", "database": "unreachable", "mart": "unknown"}
-    return JSONResponse({**body, "listener": listener}, status_code=503)
+        return JSONResponse(_UNAVAILABLE_BODY, status_code=503)
+    return JSONResponse({"status": "ok", "database": "ok", "mart": "ok" if mart_oid else "missing"})

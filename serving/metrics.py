@@ -70,6 +70,11 @@ class ServingMetrics:
         self.audit_pending = Gauge(
             "mdp_audit_events_pending", "Audit rows waiting to be written.", registry=r
         )
+        self.listener_up = Gauge(
+            "mdp_listener_up",
+            "1 while the LISTEN connection for refresh notices is up.",
+            registry=r,
+        )
         self.cache_entries = Gauge(
             "mdp_eligibility_cache_entries", "Entries in the lookup cache.", registry=r
         )
@@ -138,4 +143,5 @@ async def metrics_endpoint(request: Request) -> Response:
     metrics: ServingMetrics = runtime.metrics
     metrics.audit_pending.set(runtime.audit.pending)
     metrics.cache_entries.set(len(runtime.lookup_cache))
+    metrics.listener_up.set(1 if runtime.listening else 0)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -178,12 +178,13 @@ class RowValidator:
         if "ssn" not in frame:
             empty = pd.Series([None] * len(frame), index=frame.index, dtype=object)
             return empty, empty
-        digits = frame["ssn"].map(lambda v: normalize_ssn(v) if v else None)
-        for pos in frame.index[frame["ssn"].notna() & digits.isna()]:
-            if not any(m.startswith("ssn:") for m in errors.get(pos, [])):
-                errors[pos].append("ssn: must have 9 digits")
-        hashed = digits.map(lambda d: keyed_hash(d) if d else None)
-        last4 = digits.map(lambda d: d[-4:] if d else None)
+        digits = [normalize_ssn(v) if isinstance(v, str) else None for v in frame["ssn"]]
+        for pos, (raw, clean) in enumerate(zip(frame["ssn"], digits, strict=True)):
+            if isinstance(raw, str) and clean is None:
+                if not any(m.startswith("ssn:") for m in errors.get(pos, [])):
+                    errors[pos].append("ssn: must have 9 digits")
+        hashed = pd.Series([keyed_hash(d) if d else None for d in digits], index=frame.index, dtype=object)
+        last4 = pd.Series([d[-4:] if d else None for d in digits], index=frame.index, dtype=object)
         frame["ssn"] = None  # the clear SSN goes no further than this line
         return hashed, last4
 

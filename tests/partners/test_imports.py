@@ -143,16 +143,17 @@ def test_a_file_still_growing_waits_and_a_marker_makes_it_ready_at_once(platform
     sftp = platform.sftp("acme_corp")
     try:
         handle = sftp.open("/inbound/enrollment_growing.csv", "wb")
-        half = len(generated.content) // 2
-        handle.write(generated.content[:half])
+        content = generated.content
+        pieces = [content[i : i + max(1, len(content) // 40)] for i in range(0, len(content), max(1, len(content) // 40))]
+        handle.write(pieces[0])
         handle.flush()
-        # A writer that keeps appending between the two polls is not picked up.
         import threading
 
-        def keep_writing():
-            time.sleep(0.1)
-            handle.write(generated.content[half:])
-            handle.flush()
+        def keep_writing():  # a slow upload: the file grows for ~2 s, across both polls
+            for piece in pieces[1:]:
+                time.sleep(0.05)
+                handle.write(piece)
+                handle.flush()
 
         writer = threading.Thread(target=keep_writing)
         writer.start()

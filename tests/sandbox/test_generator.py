@@ -442,3 +442,19 @@ def test_empty_and_truncated_files_are_unreadable() -> None:
 def test_bad_share_outside_zero_to_one_is_refused() -> None:
     with pytest.raises(ValueError, match="bad_share"):
         generate_partner_file(CONFIGS["acme_corp"], 10, bad_share=1.5)
+
+
+def test_contact_fields_are_filled_when_a_partner_sends_them() -> None:
+    mappings = {
+        **CONFIGS["acme_corp"].inbound.column_mappings,
+        "Phone": "phone",
+        "Zip": "postal_code",
+    }
+    config = _variant("acme_corp", column_mappings=mappings)
+    generated = generate_partner_file(config, 20, seed=1, today=TODAY)
+    assert all(m["phone"] and m["postal_code"] for m in generated.valid_members)
+
+
+def test_overrides_for_fields_the_file_does_not_carry_are_refused() -> None:
+    with pytest.raises(ValueError, match="does not carry"):
+        generate_partner_file(CONFIGS["acme_corp"], 5, overrides={"E0000001": {"phone": "1"}})
