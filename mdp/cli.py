@@ -106,7 +106,7 @@ def _report_run(result) -> None:
         if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION and e.asset_key
     ]
     checks = [
-        e.event_specific_data.asset_check_evaluation
+        e.event_specific_data
         for e in result.all_events
         if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
     ]

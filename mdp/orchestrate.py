@@ -60,5 +60,8 @@ def run_assets(settings: Settings, select: str | None = None, run_config: dict |
     else:
         job_name = "materialize_all"
     job = defs.resolve_job_def(job_name)
+    quiet_console = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     with dg.DagsterInstance.get() as instance:
-        return job.execute_in_process(instance=instance, run_config=run_config, raise_on_error=False)
+        return job.execute_in_process(
+            instance=instance, run_config={**quiet_console, **(run_config or {})}, raise_on_error=False
+        )

@@ -1,0 +1,154 @@
+"""Figures 1 and 3: parse + validate + load of one acme_corp CSV, beside a raw COPY.
+
+The import runs `process_archived_file` (the function the SFTP import and replay use) in a
+fresh child process, so its peak RSS is the import's own and the parent stays small. The
+baseline COPYs the same CSV file as-is (every row, header skipped) into a plain table of
+text columns on the same Postgres: the fastest way that database takes these rows.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import csv
+import datetime as dt
+import multiprocessing
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import PARTNER, Bench, Figure, phase
+
+BAD_SHARE = 0.02
+
+
+def write_file(bench: Bench, rows: int, seed: int, id_offset: int, sequence: int):
+    """An acme_corp CSV named as the partner names them (enrollment_YYYYMMDD_NNN.csv);
+    returns the generator's WrittenFile (path and the line of every bad row)."""
+    from sandbox.generator import partner_filename, write_partner_file
+
+    path = bench.root / "files" / partner_filename(bench.config, dt.date.today(), sequence)
+    started = time.perf_counter()
+    written = write_partner_file(
+        bench.config, path, rows, bad_share=BAD_SHARE, seed=seed, id_offset=id_offset
+    )
+    size = path.stat().st_size / 1e6
+    phase(f"  generated {path.name}: {rows:,} rows, {size:.1f} MB in {time.perf_counter() - started:.1f}s")
+    return written
+
+
+def _import_in_child(path: str) -> dict[str, Any]:
+    """Runs in a spawned process: one file through process_archived_file, timed, with RSS."""
+    import hashlib
+    import resource
+
+    from ingestion.partners import imports as ledger
+    from ingestion.partners.config import load_partner_configs
+    from ingestion.partners.imports import ImportRecord
+    from ingestion.partners.pipeline import process_archived_file
+    from mdp.database import connection_params
+    from mdp.settings import load_settings
+
+    settings = load_settings()
+    params = connection_params(settings)
+    config = load_partner_configs(settings.partner_config_dir).configs[PARTNER]
+    source = Path(path)
+    with source.open("rb") as handle:
+        sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
+    now = dt.datetime.now(dt.UTC)
+    record = ImportRecord(
+        file_id=f"{PARTNER}-{now:%Y%m%dT%H%M%S%f}-{sha256[:8]}",
+        partner_id=PARTNER,
+        filename=source.name,
+        sha256=sha256,
+        status="processing",
+        source_path=f"/{PARTNER}/inbound/{source.name}",
+        size_bytes=source.stat().st_size,
+        format=config.inbound.format,
+        archive_path=str(source),
+        received_at=now,
+    )
+    ledger.save(params, record)  # as import_remote_file does before processing
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    record.started_at = dt.datetime.now(dt.UTC)
+    started = time.perf_counter()
+    process_archived_file(record, source, config, settings, params)
+    seconds = time.perf_counter() - started
+    return {
+        "status": record.status,
+        "seconds": seconds,
+        "parse_seconds": record.parse_seconds,
+        "load_seconds": record.load_seconds,
+        "rows_total": record.rows_total,
+        "rows_loaded": record.rows_loaded,
+        "rows_rejected": record.rows_rejected,
+        "rss_before_mb": rss_before / 1024,  # ru_maxrss is in KiB on Linux
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def import_in_child(path: Path) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(_import_in_child, str(path)).result()
+
+
+def copy_baseline(bench: Bench, path: Path) -> tuple[float, int]:
+    """Best of two: COPY the CSV as-is into a fresh plain table of text columns."""
+    from mdp.database import connect
+
+    with path.open(newline="", encoding="utf-8") as handle:
+        width = len(next(csv.reader(handle)))
+    columns = ", ".join(f"c{i} text" for i in range(width))
+    best, rows = float("inf"), 0
+    for _ in range(2):
+        with connect(bench.params, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute(f"drop table if exists bench_copy; create table bench_copy ({columns})")
+            started = time.perf_counter()
+            with path.open("rb") as handle:
+                cur.copy_expert("copy bench_copy from stdin with (format csv, header true)", handle)
+            best = min(best, time.perf_counter() - started)
+            rows = cur.rowcount
+            cur.execute("drop table bench_copy")
+    return best, rows
+
+
+def run(bench: Bench, sizes: list[int]) -> list[Figure]:
+    figures: list[Figure] = []
+    for index, rows in enumerate(sizes):
+        label = f"{rows // 1000}K rows"
+        phase(f"partner load: {label}")
+        # members no other benchmark file uses, so every load inserts new members
+        path = write_file(bench, rows, seed=100 + index, id_offset=2_000_000 + 1_000_000 * index,
+                          sequence=100 + index).path
+        result = import_in_child(path)
+        if result["status"] != "loaded":
+            raise RuntimeError(f"the {label} import ended {result['status']}")
+        copy_seconds, copy_rows = copy_baseline(bench, path)
+        ours = result["rows_total"] / result["seconds"]
+        baseline = copy_rows / copy_seconds
+        phase(f"  ours {result['seconds']:.2f}s ({ours:,.0f} rows/s), COPY {copy_seconds:.2f}s "
+              f"({baseline:,.0f} rows/s), peak RSS {result['peak_rss_mb']:.0f} MB")
+        section = f"1. Partner file load, acme_corp CSV, {label} ({BAD_SHARE:.0%} bad)"
+        rows_note = (f"{result['rows_loaded']:,} loaded, {result['rows_rejected']:,} rejected "
+                     f"of {result['rows_total']:,}")
+        figures += [
+            Figure(section, "parse+validate+load", ours, "rows/s", note=rows_note),
+            Figure(section, "raw COPY of the same CSV (baseline)", baseline, "rows/s",
+                   note=f"{copy_rows:,} rows into a plain text-column table, best of 2"),
+            Figure(section, "ratio ours / COPY", ours / baseline, "x", 0.25, ">="),
+            Figure(section, "wall seconds (process_archived_file)", result["seconds"], "s"),
+            Figure(section, "  parse_seconds (read + validate)", result["parse_seconds"], "s"),
+            Figure(section, "  load_seconds (dlt merge)", result["load_seconds"], "s"),
+            Figure(section, "COPY seconds", copy_seconds, "s"),
+        ]
+        peak = Figure(
+            "3. Peak memory of the import (child process, ru_maxrss)",
+            f"peak RSS, {label}",
+            result["peak_rss_mb"],
+            "MB",
+            note=f"{result['rss_before_mb']:.0f} MB after imports, before the file",
+        )
+        if rows >= 500_000:
+            peak.target, peak.op = 1024, "<="
+        figures.append(peak)
+    return figures
