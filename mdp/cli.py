@@ -70,7 +70,10 @@ def stack_status_cmd(as_json: bool) -> None:
 def _print_status(status: dict) -> None:
     db, sftp, api = status["database"], status["sftp"], status["api"]
     up = lambda flag: "up" if flag else "down"  # noqa: E731
-    click.echo(f"postgres     {db['mode']}: {db['url']}" + (f" ({up(db['running'])})" if "running" in db else ""))
+    click.echo(
+        f"postgres     {db['mode']}: {db['url']}"
+        + (f" ({up(db['running'])})" if "running" in db else "")
+    )
     click.echo(
         f"sftp         sftp://{sftp['platform_user']}@{sftp['host']}:{sftp['port']} "
         f"password {sftp['platform_password']} ({up(sftp['running'])})"
@@ -91,8 +94,13 @@ def _print_status(status: dict) -> None:
 def run_cmd(select: str | None) -> None:
     """Materialize assets once, recorded in the Dagster instance `make dev` shows."""
     from mdp.orchestrate import run_assets
+    from mdp.stack import stack_up
 
-    result = run_assets(_settings(), select=select)
+    settings = _settings()
+    if not os.environ.get("MDP_SFTP_HOST"):
+        # No SFTP server configured: this is the local stack, so make sure the sandbox runs.
+        stack_up(settings, with_api=False)
+    result = run_assets(settings, select=select)
     _report_run(result)
     sys.exit(0 if result.success else 1)
 
@@ -129,9 +137,20 @@ def dev_cmd() -> None:
     stack_up(settings)
     prepare_environment(settings)
     prepare_dbt_manifest(settings)
-    os.execvp(
-        "dagster",
-        ["dagster", "dev", "-w", str(settings.project_root / "workspace.yaml"), "-h", "127.0.0.1", "-p", "3000"],
+    venv_bin = os.path.dirname(sys.executable)
+    os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+    os.execv(
+        os.path.join(venv_bin, "dagster"),
+        [
+            "dagster",
+            "dev",
+            "-w",
+            str(settings.project_root / "workspace.yaml"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "3000",
+        ],
     )
 
 
@@ -155,7 +174,11 @@ def partner() -> None:
 @click.argument("path", required=False, type=click.Path(exists=True, path_type=Path))
 def partner_validate(path: Path | None) -> None:
     """Validate one config file or every file in the partner config folder."""
-    from ingestion.partners.config import PartnerConfigError, load_partner_config, load_partner_configs
+    from ingestion.partners.config import (
+        PartnerConfigError,
+        load_partner_config,
+        load_partner_configs,
+    )
 
     settings = load_settings()
     if path is not None and path.is_file():
@@ -165,7 +188,9 @@ def partner_validate(path: Path | None) -> None:
             for problem in exc.problems:
                 click.echo(f"ERROR {problem}", err=True)
             sys.exit(1)
-        click.echo(f"ok    {path.name}: {config.partner_id} ({config.inbound.format}, {config.inbound.transport})")
+        click.echo(
+            f"ok    {path.name}: {config.partner_id} ({config.inbound.format}, {config.inbound.transport})"
+        )
         return
     loaded = load_partner_configs(path or settings.partner_config_dir)
     for partner_id, config in sorted(loaded.configs.items()):
@@ -235,11 +260,14 @@ def imports_list(partner_id: str | None, limit: int, as_json: bool) -> None:
     if as_json:
         _print_json(rows)
         return
-    click.echo(f"{'file_id':<48} {'status':<12} {'total':>7} {'loaded':>7} {'rejected':>8}  filename / reason")
+    click.echo(
+        f"{'file_id':<48} {'status':<12} {'total':>7} {'loaded':>7} {'rejected':>8}  filename / reason"
+    )
     for r in rows:
         click.echo(
             f"{r['file_id']:<48} {r['status']:<12} {r['rows_total'] or 0:>7} {r['rows_loaded'] or 0:>7} "
-            f"{r['rows_rejected'] or 0:>8}  {r['filename']}" + (f"  ({r['reason']})" if r["reason"] else "")
+            f"{r['rows_rejected'] or 0:>8}  {r['filename']}"
+            + (f"  ({r['reason']})" if r["reason"] else "")
         )
 
 

@@ -27,15 +27,25 @@ def run_demo(settings: Settings) -> int:
     from sandbox.generator import write_demo_world
     from serving.api_keys import create_key
 
-    click.echo("1/5 starting the stack (embedded Postgres, sandbox SFTP servers, eligibility API)...")
+    click.echo(
+        "1/5 starting the stack (embedded Postgres, sandbox SFTP servers, eligibility API)..."
+    )
     stack_up(settings)
     configs = load_partner_configs(settings.partner_config_dir).configs
 
-    click.echo("2/5 writing partner files (CSV, XLSX, fixed-width, SSN-keyed) into the SFTP inboxes...")
-    pull_roots = {pid: settings.pull_sftp_root / pid for pid, c in configs.items() if c.inbound.transport == "sftp_pull"}
+    click.echo(
+        "2/5 writing partner files (CSV, XLSX, fixed-width, SSN-keyed) into the SFTP inboxes..."
+    )
+    pull_roots = {
+        pid: settings.pull_sftp_root / pid
+        for pid, c in configs.items()
+        if c.inbound.transport == "sftp_pull"
+    }
     world = write_demo_world(configs, settings.sftp_root, pull_roots)
     for partner_id, generated in sorted(world.items()):
-        click.echo(f"    {partner_id:<15} {generated.filename} ({len(generated.bad_rows)} bad rows on purpose)")
+        click.echo(
+            f"    {partner_id:<15} {generated.filename} ({len(generated.bad_rows)} bad rows on purpose)"
+        )
 
     click.echo("3/5 materializing every asset (dlt import -> dbt build -> serving mart)...")
     result = run_assets(settings)
@@ -73,8 +83,10 @@ def run_demo(settings: Settings) -> int:
     click.echo(f"The platform is up. Eligibility check for a demo member (HTTP {status}):")
     click.echo(f"  {curl}")
     click.echo(f"Details (URL, key, member): {path}")
-    click.echo("Next: `make dev` for the Dagster UI (http://127.0.0.1:3000), "
-               "`.venv/bin/mdp imports list`, `.venv/bin/mdp stack status`, `make down` to stop.")
+    click.echo(
+        "Next: `make dev` for the Dagster UI (http://127.0.0.1:3000), "
+        "`.venv/bin/mdp imports list`, `.venv/bin/mdp stack status`, `make down` to stop."
+    )
     click.echo(f"Error reports went to the partners' errors/ folders under {settings.sftp_root}")
     return 0 if status == 200 else 1
 
@@ -103,7 +115,9 @@ def _wait_for_answer(url: str, api_key: str, body: dict, timeout: float = 30) ->
     status = 0
     while time.monotonic() < deadline:
         try:
-            status = httpx.post(url, json=body, headers={"Authorization": f"Bearer {api_key}"}, timeout=5).status_code
+            status = httpx.post(
+                url, json=body, headers={"Authorization": f"Bearer {api_key}"}, timeout=5
+            ).status_code
         except httpx.HTTPError:
             status = 0
         if status == 200:

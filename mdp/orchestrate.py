@@ -63,5 +63,7 @@ def run_assets(settings: Settings, select: str | None = None, run_config: dict |
     quiet_console = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     with dg.DagsterInstance.get() as instance:
         return job.execute_in_process(
-            instance=instance, run_config={**quiet_console, **(run_config or {})}, raise_on_error=False
+            instance=instance,
+            run_config={**quiet_console, **(run_config or {})},
+            raise_on_error=False,
         )

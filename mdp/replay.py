@@ -54,11 +54,17 @@ def replay_import(settings: Settings, file_id: str, rebuild: bool = True):
 
     with tqdm(desc=f"replaying {record.filename}", unit=" rows", disable=None) as bar:
         process_archived_file(
-            record, archive, config, settings, params,
+            record,
+            archive,
+            config,
+            settings,
+            params,
             progress=lambda _name, rows: bar.update(rows - bar.n),
         )
     run = None
     if rebuild:
-        raw = dg.AssetSelection.assets(dg.AssetKey([DATASET, MEMBERS_TABLE]), dg.AssetKey([DATASET, IMPORTS_TABLE]))
+        raw = dg.AssetSelection.assets(
+            dg.AssetKey([DATASET, MEMBERS_TABLE]), dg.AssetKey([DATASET, IMPORTS_TABLE])
+        )
         run = run_assets(settings, select=raw.downstream() - raw)
     return record, run

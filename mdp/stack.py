@@ -53,13 +53,17 @@ def _port_open(host: str, port: int) -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def start_service(settings: Settings, service: Service, host: str = "127.0.0.1", timeout: float = 60) -> int:
+def start_service(
+    settings: Settings, service: Service, host: str = "127.0.0.1", timeout: float = 60
+) -> int:
     """Start detached unless already running; wait until its port answers."""
     pid = running_pid(settings, service.name)
     if pid:
         return pid
     if _port_open(host, service.port):
-        raise RuntimeError(f"{service.name}: port {service.port} is already taken by another program")
+        raise RuntimeError(
+            f"{service.name}: port {service.port} is already taken by another program"
+        )
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     log_dir = settings.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -138,11 +142,17 @@ def sftp_services(settings: Settings) -> list[Service]:
     pull_users: dict[str, dict[str, str]] = {}
     for partner_id, config in configs.items():
         ensure_partner_home(settings.sftp_root, partner_id)
-        platform_users[partner_id] = {"password": partner_sftp_password(settings, partner_id), "home": partner_id}
+        platform_users[partner_id] = {
+            "password": partner_sftp_password(settings, partner_id),
+            "home": partner_id,
+        }
         if config.inbound.transport == "sftp_pull" and config.inbound.location:
             home = settings.pull_sftp_root / partner_id
             (home / config.inbound.location.path.strip("/")).mkdir(parents=True, exist_ok=True)
-            pull_users[partner_id] = {"password": partner_sftp_password(settings, partner_id), "home": partner_id}
+            pull_users[partner_id] = {
+                "password": partner_sftp_password(settings, partner_id),
+                "home": partner_id,
+            }
     sandbox_dir = settings.state_dir / "sandbox"
     _write_users(sandbox_dir / "platform_users.json", platform_users)
     _write_users(sandbox_dir / "pull_users.json", pull_users)
@@ -153,10 +163,17 @@ def sftp_services(settings: Settings) -> list[Service]:
             name,
             port,
             [
-                sys.executable, "-m", "sandbox.sftp_server",
-                "--root", str(root), "--port", str(port),
-                "--users-file", str(sandbox_dir / users),
-                "--host-key", str(sandbox_dir / f"{name}_host_key"),
+                sys.executable,
+                "-m",
+                "sandbox.sftp_server",
+                "--root",
+                str(root),
+                "--port",
+                str(port),
+                "--users-file",
+                str(sandbox_dir / users),
+                "--host-key",
+                str(sandbox_dir / f"{name}_host_key"),
             ],
         )
 
@@ -171,9 +188,18 @@ def api_service(settings: Settings) -> Service:
         "api",
         settings.api_port,
         [
-            sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory",
-            "--host", settings.api_host, "--port", str(settings.api_port),
-            "--no-access-log", "--log-level", "warning",
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "serving.app:create_app",
+            "--factory",
+            "--host",
+            settings.api_host,
+            "--port",
+            str(settings.api_port),
+            "--no-access-log",
+            "--log-level",
+            "warning",
         ],
     )
 

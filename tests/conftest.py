@@ -77,7 +77,9 @@ class Platform:
         sftp._owner = client  # keep the transport alive as long as the SFTP client
         return sftp
 
-    def upload(self, partner_id: str, filename: str, content: bytes, folder: str = "/inbound") -> None:
+    def upload(
+        self, partner_id: str, filename: str, content: bytes, folder: str = "/inbound"
+    ) -> None:
         """Upload as the partner does: through SFTP, with paramiko, into its own home."""
         sftp = self.sftp(partner_id)
         try:
@@ -119,9 +121,11 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             (pull_root / pid / config.inbound.location.path.strip("/")).mkdir(parents=True)
             pull_users[pid] = {"password": passwords[pid], "home": pid}
     saved_env = dict(os.environ)
-    with fresh_database() as params, SftpServerThread(
-        sftp_root, platform_users, host_key_path=state / "host_key"
-    ) as ours, SftpServerThread(pull_root, pull_users, host_key_path=state / "pull_host_key") as theirs:
+    with (
+        fresh_database() as params,
+        SftpServerThread(sftp_root, platform_users, host_key_path=state / "host_key") as ours,
+        SftpServerThread(pull_root, pull_users, host_key_path=state / "pull_host_key") as theirs,
+    ):
         os.environ.update(
             {
                 "MDP_DATABASE_URL": params.url(),

@@ -18,12 +18,18 @@ def test_key_create_prints_a_key_once_and_revoke_deactivates_it(platform):
     key = created.stdout.strip().splitlines()[-1]
     assert key.startswith("mdp_")
     [stored] = [k for k in list_keys(platform.params, "globex_health") if k.label == "ops"]
-    hashes = platform.query("select key_hash from serving.api_keys where key_id = %s", (stored.key_id,))
+    hashes = platform.query(
+        "select key_hash from serving.api_keys where key_id = %s", (stored.key_id,)
+    )
     assert key not in hashes[0][0]  # only the hash is stored
 
-    revoked = runner.invoke(main, ["partner", "key", "revoke", "globex_health", "--key-id", stored.key_id])
+    revoked = runner.invoke(
+        main, ["partner", "key", "revoke", "globex_health", "--key-id", stored.key_id]
+    )
     assert revoked.exit_code == 0
-    assert not [k for k in list_keys(platform.params, "globex_health") if k.key_id == stored.key_id][0].active
+    assert not [
+        k for k in list_keys(platform.params, "globex_health") if k.key_id == stored.key_id
+    ][0].active
     unknown = runner.invoke(main, ["partner", "key", "create", "no_such_partner"])
     assert unknown.exit_code != 0 and "no valid partner config" in unknown.output
 

@@ -39,7 +39,9 @@ def enrollment_members(batches: Iterable[pa.Table]):
     yield from batches
 
 
-def partner_pipeline(partner_id: str, params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipeline:
+def partner_pipeline(
+    partner_id: str, params: ConnectionParams, pipelines_dir: Path
+) -> dlt.Pipeline:
     """One pipeline per partner: dlt state must not be shared by runs that may overlap."""
     # Arrow rows get dlt's lineage columns too (off by default for Arrow), as dbt staging reads them.
     dlt.config["normalize.parquet_normalizer.add_dlt_load_id"] = True
@@ -54,8 +56,8 @@ def partner_pipeline(partner_id: str, params: ConnectionParams, pipelines_dir: P
 
 def ensure_raw_tables(params: ConnectionParams, pipelines_dir: Path) -> None:
     """Create the raw tables with every column before any file arrives, so dbt can build."""
-    from mdp.schema import ensure_schema
     from ingestion.partners.validation import MEMBER_ARROW_SCHEMA
+    from mdp.schema import ensure_schema
 
     ensure_schema(params)
     pipeline = partner_pipeline("setup", params, pipelines_dir)

@@ -34,7 +34,9 @@ def archive_stream(
     An existing archived file is never overwritten: a different file with the same name gets
     its checksum appended; identical bytes under the same name are the same archive entry.
     """
-    day_dir = archive_dir / partner_id / f"{received_at:%Y}" / f"{received_at:%m}" / f"{received_at:%d}"
+    day_dir = (
+        archive_dir / partner_id / f"{received_at:%Y}" / f"{received_at:%m}" / f"{received_at:%d}"
+    )
     day_dir.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     size = 0

@@ -157,15 +157,21 @@ class Inbound(_Strict):
             raise ValueError("format fixed_width needs a 'fixed_width' section with its fields")
         mapped = set(self.column_mappings.values())
         if self.identifier not in mapped:
-            raise ValueError(f"identifier {self.identifier!r} is not the target of any column mapping")
+            raise ValueError(
+                f"identifier {self.identifier!r} is not the target of any column mapping"
+            )
         missing = [name for name in self.required_fields if name not in mapped]
         if missing:
-            raise ValueError(f"required field(s) {missing} are not the target of any column mapping")
+            raise ValueError(
+                f"required field(s) {missing} are not the target of any column mapping"
+            )
         if self.format == "fixed_width" and self.fixed_width is not None:
             names = {f.name for f in self.fixed_width.fields}
             absent = sorted(set(self.column_mappings) - names)
             if absent:
-                raise ValueError(f"column_mappings name field(s) {absent} missing from fixed_width.fields")
+                raise ValueError(
+                    f"column_mappings name field(s) {absent} missing from fixed_width.fields"
+                )
         return self
 
     @property
@@ -245,7 +251,9 @@ def load_partner_config(path: Path) -> PartnerConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise PartnerConfigError([ConfigProblem(path, where, f"not valid YAML: {problem}")]) from None
+        raise PartnerConfigError(
+            [ConfigProblem(path, where, f"not valid YAML: {problem}")]
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise PartnerConfigError([ConfigProblem(path, "", f"cannot read: {exc}")]) from None
     if not isinstance(raw, dict):
@@ -260,7 +268,13 @@ def load_partner_config(path: Path) -> PartnerConfig:
         raise PartnerConfigError(problems) from None
     if config.partner_id != path.stem:
         raise PartnerConfigError(
-            [ConfigProblem(path, "partner_id", f"{config.partner_id!r} must match the file name {path.stem!r}")]
+            [
+                ConfigProblem(
+                    path,
+                    "partner_id",
+                    f"{config.partner_id!r} must match the file name {path.stem!r}",
+                )
+            ]
         )
     return config
 
@@ -275,7 +289,9 @@ def load_partner_configs(directory: Path) -> PartnerConfigs:
     """Load every `*.yaml`/`*.yml` in a folder; bad files are reported, good ones still load."""
     configs: dict[str, PartnerConfig] = {}
     problems: list[ConfigProblem] = []
-    paths = sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]) if directory.is_dir() else []
+    paths = (
+        sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]) if directory.is_dir() else []
+    )
     for path in paths:
         try:
             config = load_partner_config(path)

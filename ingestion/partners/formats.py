@@ -102,7 +102,9 @@ def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                 f" (byte 0x{exc.object[exc.start]:02x})"
             ) from None
         except csv.Error as exc:
-            raise UnreadableFileError(f"CSV structure broken near line {last_line + 1}: {exc}") from None
+            raise UnreadableFileError(
+                f"CSV structure broken near line {last_line + 1}: {exc}"
+            ) from None
 
 
 def _values_from(record: list[str], columns: dict[int, str]) -> dict[str, str | None]:
@@ -157,7 +159,9 @@ def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
     try:
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except (zipfile.BadZipFile, KeyError, EOFError, OSError, ValueError) as exc:
-        raise UnreadableFileError(f"not a readable Excel workbook (truncated or corrupt?): {exc}") from None
+        raise UnreadableFileError(
+            f"not a readable Excel workbook (truncated or corrupt?): {exc}"
+        ) from None
     try:
         if options.sheet is None:
             sheet = workbook.worksheets[0]
@@ -178,7 +182,9 @@ def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                 if cells is None or all(c is None or str(c).strip() == "" for c in cells):
                     continue
                 values = {
-                    target: _cell_text(cells[i] if i < len(cells) else None, target, inbound.date_format)
+                    target: _cell_text(
+                        cells[i] if i < len(cells) else None, target, inbound.date_format
+                    )
                     for i, target in columns.items()
                 }
                 yield RawRow(options.header_row + offset, values)

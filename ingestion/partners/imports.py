@@ -55,7 +55,9 @@ def save(params: ConnectionParams, record: ImportRecord) -> None:
         )
 
 
-def finished_import_with_checksum(params: ConnectionParams, partner_id: str, sha256: str) -> str | None:
+def finished_import_with_checksum(
+    params: ConnectionParams, partner_id: str, sha256: str
+) -> str | None:
     with connect(params) as conn, conn.cursor() as cur:
         cur.execute(
             "select file_id from raw_partners.file_imports where partner_id = %s and sha256 = %s"
@@ -66,7 +68,9 @@ def finished_import_with_checksum(params: ConnectionParams, partner_id: str, sha
     return row[0] if row else None
 
 
-def already_seen_remote(params: ConnectionParams, partner_id: str, path: str, size: int, mtime: float) -> bool:
+def already_seen_remote(
+    params: ConnectionParams, partner_id: str, path: str, size: int, mtime: float
+) -> bool:
     """For pull partners, whose server we leave untouched: was this exact remote file handled?"""
     with connect(params) as conn, conn.cursor() as cur:
         cur.execute(
@@ -83,7 +87,10 @@ def get(params: ConnectionParams, file_id: str) -> dict[str, Any] | None:
 
 
 def list_imports(
-    params: ConnectionParams, partner_id: str | None = None, file_id: str | None = None, limit: int = 100
+    params: ConnectionParams,
+    partner_id: str | None = None,
+    file_id: str | None = None,
+    limit: int = 100,
 ) -> list[dict[str, Any]]:
     clauses, args = [], []
     if partner_id:

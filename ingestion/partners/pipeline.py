@@ -43,7 +43,12 @@ from mdp.settings import Settings
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 50_000
-PREVIEW_COLUMNS = ("source_line_number", "program", "eligibility_start_date", "eligibility_end_date")
+PREVIEW_COLUMNS = (
+    "source_line_number",
+    "program",
+    "eligibility_start_date",
+    "eligibility_end_date",
+)
 
 Progress = Callable[[str, int], None]  # (filename, rows read so far)
 
@@ -74,7 +79,9 @@ def import_partner_files(
                     params, config.partner_id, remote.path, remote.size, remote.mtime
                 ):
                     continue
-                records.append(import_remote_file(remote, sftp, location, config, settings, params, progress))
+                records.append(
+                    import_remote_file(remote, sftp, location, config, settings, params, progress)
+                )
             return records
 
 
@@ -88,7 +95,9 @@ def partner_lock(params: ConnectionParams, partner_id: str) -> Iterator[bool]:
             yield acquired
         finally:
             if acquired:
-                cur.execute("select pg_advisory_unlock(hashtext(%s))", (f"partner-import:{partner_id}",))
+                cur.execute(
+                    "select pg_advisory_unlock(hashtext(%s))", (f"partner-import:{partner_id}",)
+                )
 
 
 def _new_file_id(partner_id: str, received_at: dt.datetime, sha256: str) -> str:
@@ -107,7 +116,9 @@ def import_remote_file(
     received_at = dt.datetime.now(dt.UTC)
     with sftp.open(remote.path, "rb") as handle:
         handle.prefetch(remote.size)
-        archived = archive_stream(handle, settings.archive_dir, config.partner_id, remote.name, received_at)
+        archived = archive_stream(
+            handle, settings.archive_dir, config.partner_id, remote.name, received_at
+        )
     record = ImportRecord(
         file_id=_new_file_id(config.partner_id, received_at, archived.sha256),
         partner_id=config.partner_id,
@@ -158,11 +169,17 @@ def process_archived_file(
         record.rows_total, record.rows_loaded, record.rows_rejected = total, loaded, len(rejects)
         record.preview = _preview(tables)
         if rejects:
-            record.error_report_path = str(deliver_error_report(record, path, config, settings, rejects))
+            record.error_report_path = str(
+                deliver_error_report(record, path, config, settings, rejects)
+            )
         record.status = "loaded"
         log.info(
             "%s: %s loaded %d of %d rows (%d rejected)",
-            config.partner_id, record.filename, loaded, total, len(rejects),
+            config.partner_id,
+            record.filename,
+            loaded,
+            total,
+            len(rejects),
         )
     except UnreadableFileError as exc:
         record.status, record.reason = "quarantined", exc.reason
@@ -206,7 +223,6 @@ def parse_and_validate(
     return tables, rejects, total
 
 
-
 def _elapsed(since: dt.datetime | None) -> float | None:
     return (dt.datetime.now(dt.UTC) - since).total_seconds() if since else None
 
@@ -218,7 +234,11 @@ def _preview(tables: list[pa.Table], limit: int = 5) -> list[dict[str, object]]:
 
 
 def deliver_error_report(
-    record: ImportRecord, source: Path, config: PartnerConfig, settings: Settings, rejects: list[Reject]
+    record: ImportRecord,
+    source: Path,
+    config: PartnerConfig,
+    settings: Settings,
+    rejects: list[Reject],
 ) -> Path:
     """Archive the report beside the original and upload it to the partner's errors/ folder."""
     report = source.parent / f"{record.file_id}.errors.csv"
@@ -229,7 +249,9 @@ def deliver_error_report(
     return report
 
 
-def deliver_quarantine_note(record: ImportRecord, config: PartnerConfig, settings: Settings) -> None:
+def deliver_quarantine_note(
+    record: ImportRecord, config: PartnerConfig, settings: Settings
+) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as note:
         note.write(
             f"File {record.filename} (sha256 {record.sha256}) could not be read and was not loaded.\n"

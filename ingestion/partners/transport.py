@@ -50,12 +50,18 @@ def _required_env(name: str, partner_id: str) -> str:
 
 
 def pull_endpoint(partner_id: str, location: RemoteLocation) -> SftpEndpoint:
-    port = int(os.environ.get(location.port_env, location.port)) if location.port_env else location.port
+    port = (
+        int(os.environ.get(location.port_env, location.port))
+        if location.port_env
+        else location.port
+    )
     return SftpEndpoint(
         host=_required_env(location.host_env, partner_id),
         port=port,
         username=_required_env(location.username_env, partner_id),
-        password=_required_env(location.password_env, partner_id) if location.password_env else None,
+        password=_required_env(location.password_env, partner_id)
+        if location.password_env
+        else None,
         key_path=_required_env(location.key_env, partner_id) if location.key_env else None,
     )
 
@@ -73,7 +79,9 @@ def inbox_location(config: PartnerConfig, settings: Settings) -> InboxLocation:
     inbound = config.inbound
     if inbound.transport == "sftp_pull":
         assert inbound.location is not None
-        return InboxLocation(pull_endpoint(config.partner_id, inbound.location), inbound.location.path, False)
+        return InboxLocation(
+            pull_endpoint(config.partner_id, inbound.location), inbound.location.path, False
+        )
     return InboxLocation(platform_endpoint(settings), f"/{config.partner_id}/inbound", True)
 
 
@@ -114,7 +122,9 @@ class RemoteFile:
     mtime: float
 
 
-def list_inbox(sftp: paramiko.SFTPClient, directory: str, pattern: str) -> tuple[list[RemoteFile], set[str]]:
+def list_inbox(
+    sftp: paramiko.SFTPClient, directory: str, pattern: str
+) -> tuple[list[RemoteFile], set[str]]:
     """Files matching the partner's pattern, and the names that have a completion marker."""
     files: list[RemoteFile] = []
     names: set[str] = set()
@@ -127,7 +137,12 @@ def list_inbox(sftp: paramiko.SFTPClient, directory: str, pattern: str) -> tuple
             continue
         if fnmatch.fnmatch(name, pattern):
             files.append(
-                RemoteFile(posixpath.join(directory, name), name, entry.st_size or 0, float(entry.st_mtime or 0))
+                RemoteFile(
+                    posixpath.join(directory, name),
+                    name,
+                    entry.st_size or 0,
+                    float(entry.st_mtime or 0),
+                )
             )
     marked = {n for n in (f.name for f in files) if any(n + s in names for s in MARKER_SUFFIXES)}
     return files, marked
@@ -145,7 +160,11 @@ def complete_files(
         second = {f.name: f for f in list_inbox(sftp, directory, pattern)[0]}
         for before in unmarked:
             after = second.get(before.name)
-            if after is not None and (after.size, after.mtime) == (before.size, before.mtime) and after.size > 0:
+            if (
+                after is not None
+                and (after.size, after.mtime) == (before.size, before.mtime)
+                and after.size > 0
+            ):
                 ready.append(after)
             elif after is not None and after.size == 0 and before.size == 0:
                 ready.append(after)  # an empty file that stays empty is complete (and quarantined)

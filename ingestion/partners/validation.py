@@ -71,9 +71,7 @@ def _rule_checks(name: str, rule: FieldRule, today: dt.date) -> list[pa.Check]:
             limit = today if bound == "today" else dt.date.fromisoformat(str(bound))
             label = f"today ({limit})" if bound == "today" else str(limit)
             word = "before" if op == "ge" else "after"
-            checks.append(
-                getattr(pa.Check, op)(pd.Timestamp(limit), error=f"is {word} {label}")
-            )
+            checks.append(getattr(pa.Check, op)(pd.Timestamp(limit), error=f"is {word} {label}"))
     return checks
 
 
@@ -114,9 +112,9 @@ class RowValidator:
         for pos, row in enumerate(rows):
             if row.problem:
                 errors[pos].append(row.problem)
-        frame = pd.DataFrame.from_records(
-            [row.values for row in rows], columns=self.fields
-        ).astype(object)
+        frame = pd.DataFrame.from_records([row.values for row in rows], columns=self.fields).astype(
+            object
+        )
         frame = frame.where(frame.notna(), None)
         unparsed_dates = self._parse_dates(frame, errors)
         self._run_schema(frame, errors, unparsed_dates)
@@ -131,9 +129,13 @@ class RowValidator:
         valid_mask = pd.Series(True, index=frame.index)
         if errors:
             valid_mask.iloc[list(errors)] = False
-        return ValidatedChunk(self._to_arrow(frame, rows, keys, ssn_hash, ssn_last4, valid_mask), rejects)
+        return ValidatedChunk(
+            self._to_arrow(frame, rows, keys, ssn_hash, ssn_last4, valid_mask), rejects
+        )
 
-    def _parse_dates(self, frame: pd.DataFrame, errors: dict[int, list[str]]) -> dict[str, set[int]]:
+    def _parse_dates(
+        self, frame: pd.DataFrame, errors: dict[int, list[str]]
+    ) -> dict[str, set[int]]:
         unparsed: dict[str, set[int]] = {}
         fmt = self.inbound.date_format
         for name in self.fields:
@@ -183,7 +185,9 @@ class RowValidator:
             if isinstance(raw, str) and clean is None:
                 if not any(m.startswith("ssn:") for m in errors.get(pos, [])):
                     errors[pos].append("ssn: must have 9 digits")
-        hashed = pd.Series([keyed_hash(d) if d else None for d in digits], index=frame.index, dtype=object)
+        hashed = pd.Series(
+            [keyed_hash(d) if d else None for d in digits], index=frame.index, dtype=object
+        )
         last4 = pd.Series([d[-4:] if d else None for d in digits], index=frame.index, dtype=object)
         frame["ssn"] = None  # the clear SSN goes no further than this line
         return hashed, last4
@@ -231,7 +235,9 @@ class RowValidator:
                 continue
             kept = series[valid]
             if name in DATE_FIELDS:
-                columns[name] = pa_arrow.array(kept.dt.date.where(kept.notna(), None), pa_arrow.date32())
+                columns[name] = pa_arrow.array(
+                    kept.dt.date.where(kept.notna(), None), pa_arrow.date32()
+                )
             else:
                 columns[name] = pa_arrow.array(kept.tolist(), pa_arrow.string())
         columns["source_file_id"] = [self.file_id] * count

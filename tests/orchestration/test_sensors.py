@@ -15,7 +15,9 @@ def _tick(cursor: str | None):
 
 
 def test_a_file_is_requested_on_the_second_unchanged_poll_and_a_marker_needs_none(platform):
-    generated = generate_partner_file(platform.configs["globex_health"], rows=5, seed=2, id_offset=10)
+    generated = generate_partner_file(
+        platform.configs["globex_health"], rows=5, seed=2, id_offset=10
+    )
     platform.upload("globex_health", "members_sensor.xlsx", generated.content)
 
     first, cursor = _tick(None)

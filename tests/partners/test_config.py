@@ -26,10 +26,22 @@ def test_the_shipped_partner_configs_are_valid():
     [
         ("inbound:\n  format: parquet\n", "inbound.format", "csv"),
         ("inbound:\n  csv: {delimiter: ';;'}\n", "inbound.csv.delimiter", "at most 1"),
-        ("inbound:\n  column_mappings: {X: favourite_colour}\n", "inbound.column_mappings", "unknown field"),
-        ("inbound:\n  validations: {employee_id: {pattern: '([a-z'}}\n", "inbound.validations.employee_id.pattern", "regular expression"),
+        (
+            "inbound:\n  column_mappings: {X: favourite_colour}\n",
+            "inbound.column_mappings",
+            "unknown field",
+        ),
+        (
+            "inbound:\n  validations: {employee_id: {pattern: '([a-z'}}\n",
+            "inbound.validations.employee_id.pattern",
+            "regular expression",
+        ),
         ("inbound:\n  transport: sftp_pull\n", "inbound", "location"),
-        ("eligibility_api: {rate_limit_per_minute: 0}\n", "eligibility_api.rate_limit_per_minute", "greater than"),
+        (
+            "eligibility_api: {rate_limit_per_minute: 0}\n",
+            "eligibility_api.rate_limit_per_minute",
+            "greater than",
+        ),
         ("inbound:\n  unknown_key: 1\n", "inbound.unknown_key", "not permitted"),
     ],
 )
@@ -50,7 +62,9 @@ def _merge(base: str, override: str) -> str:
 
     def deep(a, b):
         for k, v in b.items():
-            a[k] = deep(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+            a[k] = (
+                deep(a.get(k, {}), v) if isinstance(v, dict) and isinstance(a.get(k), dict) else v
+            )
         return a
 
     return yaml.safe_dump(deep(yaml.safe_load(base), yaml.safe_load(override)))
@@ -70,7 +84,9 @@ def test_one_broken_file_does_not_stop_the_others_from_loading(tmp_path):
 def test_partner_validate_command_reports_problems_and_exits_nonzero(tmp_path):
     shutil.copy(REPO / "partner_configs" / "acme_corp.yaml", tmp_path)
     (tmp_path / "typo.yaml").write_text(
-        (REPO / "partner_configs" / "acme_corp.yaml").read_text().replace("partner_id: acme_corp", "partner_id: typo")
+        (REPO / "partner_configs" / "acme_corp.yaml")
+        .read_text()
+        .replace("partner_id: acme_corp", "partner_id: typo")
         .replace("format: csv\n  csv:", "format: cvs\n  csv:")
     )
     result = CliRunner().invoke(main, ["partner", "validate", str(tmp_path)])

@@ -28,7 +28,10 @@ def _check(client: TestClient, key: str, member: dict) -> tuple[int, dict]:
     response = client.post(
         "/api/v1/eligibility/check",
         headers={"Authorization": f"Bearer {key}"},
-        json={"employee_id": member["employee_id"], "date_of_birth": member["date_of_birth"].isoformat()},
+        json={
+            "employee_id": member["employee_id"],
+            "date_of_birth": member["date_of_birth"].isoformat(),
+        },
     )
     return response.status_code, response.json()
 
@@ -38,7 +41,9 @@ def acme_file(platform):
     return generate_partner_file(platform.configs["acme_corp"], rows=60, bad_share=0.1, seed=11)
 
 
-def test_uploaded_file_is_checkable_resubmission_is_duplicate_and_correction_keeps_history(platform, acme_file):
+def test_uploaded_file_is_checkable_resubmission_is_duplicate_and_correction_keeps_history(
+    platform, acme_file
+):
     platform.upload("acme_corp", acme_file.filename, acme_file.content)
     result = run_assets(platform.settings)
     assert result.success
@@ -48,7 +53,9 @@ def test_uploaded_file_is_checkable_resubmission_is_duplicate_and_correction_kee
         " where partner_id = 'acme_corp'"
     )
     assert imports == [("loaded", 60, 54, 6)]
-    assert platform.query("select count(*) from raw_partners.enrollment_members where partner_id='acme_corp'") == [(54,)]
+    assert platform.query(
+        "select count(*) from raw_partners.enrollment_members where partner_id='acme_corp'"
+    ) == [(54,)]
     assert (platform.sftp_root / "acme_corp" / "errors").glob("*.errors.csv")
     assert not list((platform.sftp_root / "acme_corp" / "inbound").iterdir())
 
@@ -73,8 +80,12 @@ def test_uploaded_file_is_checkable_resubmission_is_duplicate_and_correction_kee
         # A corrected file ends the member's eligibility yesterday: updated in place, history kept.
         ended = TODAY - dt.timedelta(days=1)
         corrected = generate_partner_file(
-            platform.configs["acme_corp"], rows=60, bad_share=0.0, seed=11,
-            overrides={member["employee_id"]: {"eligibility_end_date": ended}}, sequence=2,
+            platform.configs["acme_corp"],
+            rows=60,
+            bad_share=0.0,
+            seed=11,
+            overrides={member["employee_id"]: {"eligibility_end_date": ended}},
+            sequence=2,
         )
         platform.upload("acme_corp", corrected.filename, corrected.content)
         assert run_assets(platform.settings).success

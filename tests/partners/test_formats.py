@@ -26,15 +26,17 @@ cell = st.text(
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
-    records=st.lists(st.lists(cell, min_size=len(HEADER), max_size=len(HEADER)), min_size=1, max_size=8),
+    records=st.lists(
+        st.lists(cell, min_size=len(HEADER), max_size=len(HEADER)), min_size=1, max_size=8
+    ),
     bom=st.booleans(),
     crlf=st.booleans(),
 )
 def test_csv_values_survive_quotes_delimiters_newlines_bom_and_crlf(tmp_path, records, bom, crlf):
     buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n" if crlf else "\n", quoting=csv.QUOTE_MINIMAL).writerows(
-        [HEADER, *records]
-    )
+    csv.writer(
+        buffer, lineterminator="\r\n" if crlf else "\n", quoting=csv.QUOTE_MINIMAL
+    ).writerows([HEADER, *records])
     path = tmp_path / "f.csv"
     path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + buffer.getvalue().encode())
     rows = list(read_rows(path, ACME.inbound))
@@ -57,7 +59,9 @@ def test_csv_values_survive_quotes_delimiters_newlines_bom_and_crlf(tmp_path, re
 def test_fixed_width_short_and_long_lines_are_row_problems_not_file_failures(tmp_path):
     good = "IN000001  SMITH               JOHN           19800102diabetes    20240101        "
     path = tmp_path / "f.txt"
-    path.write_text("\n".join([good, good[:40], good + "EXTRA", good.replace("IN000001", "IN000002")]) + "\n")
+    path.write_text(
+        "\n".join([good, good[:40], good + "EXTRA", good.replace("IN000001", "IN000002")]) + "\n"
+    )
     rows = list(read_rows(path, INITECH.inbound))
     assert [r.line for r in rows] == [1, 2, 3, 4]
     assert rows[0].problem is None and rows[3].problem is None
@@ -71,8 +75,11 @@ def test_fixed_width_short_and_long_lines_are_row_problems_not_file_failures(tmp
     [
         (b"", "empty"),
         (b"Employee ID,First Name\nAB123456,Ann\n", "missing required column"),
-        ("Employee ID,First Name,Last Name,Date of Birth\nAB123456,Ann,Lee,01/01/1980\n".encode()
-         + b"\xff\xfeAB,x,y,01/01/1980\n", "not valid utf-8"),
+        (
+            b"Employee ID,First Name,Last Name,Date of Birth\nAB123456,Ann,Lee,01/01/1980\n"
+            + b"\xff\xfeAB,x,y,01/01/1980\n",
+            "not valid utf-8",
+        ),
     ],
 )
 def test_unreadable_csv_raises_with_a_reason(tmp_path, content, reason):

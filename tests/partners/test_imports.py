@@ -35,7 +35,10 @@ def test_half_invalid_ten_thousand_rows_load_half_and_report_the_rest_to_the_par
     [record] = _import(platform, "acme_corp")
 
     assert (record.status, record.rows_total, record.rows_loaded, record.rows_rejected) == (
-        "loaded", 10_000, 5_000, 5_000,
+        "loaded",
+        10_000,
+        5_000,
+        5_000,
     )
     assert _member_count(platform, "acme_corp") - before == 5_000
     report = platform.sftp_root / "acme_corp" / "errors" / "enrollment_bulk.errors.csv"
@@ -57,7 +60,9 @@ def test_each_unreadable_file_is_quarantined_with_its_reason_while_good_files_lo
     workbook = generate_partner_file(globex, rows=30, seed=5)
     platform.upload("globex_health", "members_truncated.xlsx", truncated_xlsx(workbook.content))
 
-    records = {r.filename: r for r in _import(platform, "acme_corp") + _import(platform, "globex_health")}
+    records = {
+        r.filename: r for r in _import(platform, "acme_corp") + _import(platform, "globex_health")
+    }
 
     assert records["enrollment_a_good.csv"].status == "loaded"
     assert records["enrollment_a_good.csv"].rows_loaded == 20
@@ -71,7 +76,10 @@ def test_each_unreadable_file_is_quarantined_with_its_reason_while_good_files_lo
     assert "utf-8" in reasons["enrollment_b_undecodable.csv"]
     assert "missing required column" in reasons["enrollment_c_missing_column.csv"]
     assert "empty" in reasons["enrollment_d_empty.csv"]
-    assert "Excel" in reasons["members_truncated.xlsx"] or "corrupt" in reasons["members_truncated.xlsx"]
+    assert (
+        "Excel" in reasons["members_truncated.xlsx"]
+        or "corrupt" in reasons["members_truncated.xlsx"]
+    )
     notes = {p.name for p in (platform.sftp_root / "acme_corp" / "errors").iterdir()}
     assert "enrollment_d_empty.csv.quarantined.txt" in notes
     # nothing of an unreadable file reaches the raw table
@@ -94,7 +102,8 @@ def test_excel_file_loads_with_real_date_cells_and_serials(platform):
     loaded = dict(
         platform.query(
             "select employee_id, date_of_birth from raw_partners.enrollment_members"
-            " where source_file_id = %s", (record.file_id,),
+            " where source_file_id = %s",
+            (record.file_id,),
         )
     )
     assert loaded == expected
@@ -128,9 +137,12 @@ def test_ssn_partner_keeps_only_a_keyed_hash_and_last_four(platform):
     )
     text = " ".join(row[0] for row in dumped)
     assert not any(ssn in text or f"{ssn[:3]}-{ssn[3:5]}-{ssn[5:]}" in text for ssn in ssns)
-    last4 = {row[0] for row in platform.query(
-        "select ssn_last4 from raw_partners.enrollment_members where partner_id = 'umbrella_plan'"
-    )}
+    last4 = {
+        row[0]
+        for row in platform.query(
+            "select ssn_last4 from raw_partners.enrollment_members where partner_id = 'umbrella_plan'"
+        )
+    }
     assert last4 == {s[-4:] for s in ssns}
     report = (platform.sftp_root / "umbrella_plan" / "errors").glob("*.errors.csv")
     for path in report:
@@ -144,7 +156,10 @@ def test_a_file_still_growing_waits_and_a_marker_makes_it_ready_at_once(platform
     try:
         handle = sftp.open("/inbound/enrollment_growing.csv", "wb")
         content = generated.content
-        pieces = [content[i : i + max(1, len(content) // 40)] for i in range(0, len(content), max(1, len(content) // 40))]
+        pieces = [
+            content[i : i + max(1, len(content) // 40)]
+            for i in range(0, len(content), max(1, len(content) // 40))
+        ]
         handle.write(pieces[0])
         handle.flush()
         import threading
@@ -167,7 +182,10 @@ def test_a_file_still_growing_waits_and_a_marker_makes_it_ready_at_once(platform
         sftp._owner.close()
     [record] = _import(platform, "acme_corp")
     assert (record.filename, record.rows_loaded) == ("enrollment_growing.csv", 10)
-    assert not any(p.name.startswith("enrollment_growing") for p in (platform.sftp_root / "acme_corp" / "inbound").iterdir())
+    assert not any(
+        p.name.startswith("enrollment_growing")
+        for p in (platform.sftp_root / "acme_corp" / "inbound").iterdir()
+    )
 
 
 def test_a_file_left_half_processed_by_a_crash_is_loaded_once_on_retry(platform):
@@ -187,6 +205,7 @@ def test_a_file_left_half_processed_by_a_crash_is_loaded_once_on_retry(platform)
     ids = [m["employee_id"] for m in generated.valid_members]
     counts = platform.query(
         "select count(*), count(distinct employee_id) from raw_partners.enrollment_members"
-        " where partner_id = 'acme_corp' and employee_id = any(%s)", (ids,),
+        " where partner_id = 'acme_corp' and employee_id = any(%s)",
+        (ids,),
     )
     assert counts == [(15, 15)]

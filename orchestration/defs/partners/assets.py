@@ -1,10 +1,9 @@
 """Partner enrollment files -> raw tables (dlt), with the import ledger beside them."""
 
-
+import dagster as dg
 import paramiko
 import psycopg2
 
-import dagster as dg
 from ingestion.partners import DATASET, IMPORTS_TABLE, MEMBERS_TABLE, ensure_raw_tables
 from ingestion.partners.imports import ImportRecord
 from ingestion.partners.pipeline import import_partner_files
@@ -59,9 +58,13 @@ def _preview_table(records: list[ImportRecord]) -> str:
             description="The import ledger: one row per file received (checksum, counts, status).",
         ),
     ],
-    retry_policy=dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS),
+    retry_policy=dg.RetryPolicy(
+        max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+    ),
 )
-def partner_files(context: dg.AssetExecutionContext, config: PartnerImportConfig, platform: PlatformResource):
+def partner_files(
+    context: dg.AssetExecutionContext, config: PartnerImportConfig, platform: PlatformResource
+):
     """Import every complete file waiting in partner inboxes (push: our SFTP; pull: theirs)."""
     settings, params = platform.settings, platform.params
     ensure_raw_tables(params, settings.state_dir / "dlt")
@@ -118,7 +121,10 @@ def partner_files(context: dg.AssetExecutionContext, config: PartnerImportConfig
         asset_key=IMPORTS_KEY,
         metadata={
             "files_seen": dg.MetadataValue.int(len(records)),
-            **{f"files_{status}": dg.MetadataValue.int(n) for status, n in sorted(by_status.items())},
+            **{
+                f"files_{status}": dg.MetadataValue.int(n)
+                for status, n in sorted(by_status.items())
+            },
             "error_reports": dg.MetadataValue.json(
                 {r.filename: r.error_report_path for r in records if r.error_report_path}
             ),

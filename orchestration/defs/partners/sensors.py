@@ -1,6 +1,5 @@
 """The push-inbox sensor: a run when files on our SFTP server are complete."""
 
-
 import hashlib
 import json
 
@@ -27,11 +26,15 @@ def push_inbox_sensor(context: dg.SensorEvaluationContext, platform: PlatformRes
         for partner_id, config in sorted(configs.items()):
             if config.inbound.transport != "sftp_push":
                 continue
-            files, marked = list_inbox(sftp, f"/{partner_id}/inbound", config.inbound.filename_pattern)
+            files, marked = list_inbox(
+                sftp, f"/{partner_id}/inbound", config.inbound.filename_pattern
+            )
             for remote in files:
                 seen[remote.path] = [remote.size, remote.mtime]
                 if remote.name in marked or previous.get(remote.path) == seen[remote.path]:
-                    ready.setdefault(partner_id, []).append(f"{remote.path}:{remote.size}:{remote.mtime}")
+                    ready.setdefault(partner_id, []).append(
+                        f"{remote.path}:{remote.size}:{remote.mtime}"
+                    )
     context.update_cursor(json.dumps(seen))
     if not ready:
         return dg.SkipReason(f"no complete files ({len(seen)} still arriving)")

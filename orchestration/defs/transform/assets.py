@@ -25,7 +25,9 @@ class PlatformDbtTranslator(DagsterDbtTranslator):
         spec = super().get_asset_spec(manifest, unique_id, project)
         node = manifest["nodes"].get(unique_id) or manifest["sources"].get(unique_id) or {}
         if node.get("resource_type") in ("model", "snapshot"):
-            folder = node.get("fqn", ["", "", "other"])[1] if len(node.get("fqn", [])) > 2 else "marts"
+            folder = (
+                node.get("fqn", ["", "", "other"])[1] if len(node.get("fqn", [])) > 2 else "marts"
+            )
             spec = spec.replace_attributes(group_name=f"dbt_{folder}")
         return spec
 
