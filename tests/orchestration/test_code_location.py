@@ -42,6 +42,7 @@ def test_dbt_tests_are_asset_checks_and_sensors_and_schedules_are_registered(def
     graph = defs.resolve_asset_graph()
     checks = {check.name for check in graph.asset_check_keys}
     assert any(name.startswith("unique_") for name in checks)
+    assert {"no_stuck_imports", "partner_file_quality"} <= checks
     assert defs.resolve_sensor_def("push_inbox_sensor")
     assert defs.resolve_schedule_def("initech_pull").cron_schedule == "15 * * * *"
     assert defs.resolve_job_def("partner_import")
