@@ -10,6 +10,7 @@ DDL = """
 create schema if not exists raw_partners;
 create schema if not exists serving;
 create schema if not exists audit;
+create schema if not exists devices;
 
 -- one row per file seen; dbt's import report model reads it as a source
 create table if not exists raw_partners.file_imports (
@@ -53,6 +54,46 @@ create table if not exists serving.mart_refreshes (
     version       bigint not null default 1,
     refreshed_at  timestamptz not null default now()
 );
+
+-- one row per member device connection; OAuth tokens encrypted at rest (mdp.crypto)
+create table if not exists devices.connections (
+    connection_id       text primary key,
+    member_id           text not null,
+    provider            text not null,  -- fitbit | garmin | apple_health
+    provider_user_id    text not null,
+    status              text not null default 'active',  -- active | disconnected | revoked
+    primary_metrics     text[] not null default '{}',
+    access_token_enc    text,
+    refresh_token_enc   text,
+    access_token_hash   text,  -- sha256 of the token, to match Garmin's userAccessToken
+    token_expires_at    timestamptz,
+    timezone            text not null default 'UTC',
+    sync_cursor         jsonb not null default '{}'::jsonb,
+    backfill_progress   jsonb not null default '{}'::jsonb,
+    last_success_at     timestamptz,
+    last_notified_at    timestamptz,
+    created_at          timestamptz not null default now(),
+    disconnected_at     timestamptz,
+    unique (provider, provider_user_id)
+);
+
+-- provider notifications, stored idempotently and answered fast; a sensor turns them into syncs.
+-- One pending row per dedupe_key (Fitbit: ownerId/collectionType/date); repeats bump a counter.
+create table if not exists devices.webhook_inbox (
+    inbox_id          bigserial primary key,
+    provider          text not null,
+    dedupe_key        text not null,
+    provider_user_id  text,
+    collection_type   text,
+    resource_date     date,
+    payload           jsonb not null,
+    received_at       timestamptz not null default now(),
+    last_received_at  timestamptz not null default now(),
+    times_received    integer not null default 1,
+    processed_at      timestamptz
+);
+create unique index if not exists webhook_inbox_pending
+    on devices.webhook_inbox (dedupe_key) where processed_at is null;
 
 -- append-only: who read which member's data, when and why (no PHI: member_ref is a keyed hash)
 create table if not exists audit.access_log (
