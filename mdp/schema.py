@@ -77,6 +77,17 @@ create table if not exists devices.connections (
     unique (provider, provider_user_id)
 );
 
+-- provider quotas shared by every concurrent run: per user (from the provider's headers) and
+-- global (e.g. Garmin's 5000 requests/day), read before each request
+create table if not exists devices.rate_limits (
+    provider    text not null,
+    subject     text not null,  -- a provider user id, or 'global'
+    remaining   integer not null,
+    reset_at    timestamptz not null,
+    updated_at  timestamptz not null default now(),
+    primary key (provider, subject)
+);
+
 -- provider notifications, stored idempotently and answered fast; a sensor turns them into syncs.
 -- One pending row per dedupe_key (Fitbit: ownerId/collectionType/date); repeats bump a counter.
 create table if not exists devices.webhook_inbox (

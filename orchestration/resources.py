@@ -28,3 +28,20 @@ class PlatformResource(dg.ConfigurableResource):
 
     def partner_configs(self) -> PartnerConfigs:
         return load_partner_configs(self.settings.partner_config_dir)
+
+
+class FitbitResource(dg.ConfigurableResource):
+    """Fitbit Web API app credentials; the base URL points at the sandbox emulator locally."""
+
+    base_url: str | None = None  # None: FITBIT_API_BASE_URL, else the real API
+
+    def app(self):
+        from ingestion.devices.fitbit.client import DEFAULT_BASE_URL, FitbitApp
+        from mdp.settings import secret
+
+        base_url = self.base_url or os.environ.get("FITBIT_API_BASE_URL") or DEFAULT_BASE_URL
+        return FitbitApp(
+            base_url=base_url.rstrip("/"),
+            client_id=os.environ.get("FITBIT_CLIENT_ID", "mdp-sandbox-client"),
+            client_secret=secret("FITBIT_CLIENT_SECRET"),
+        )

@@ -60,5 +60,8 @@ def ensure_raw_tables(params: ConnectionParams, pipelines_dir: Path) -> None:
     from mdp.schema import ensure_schema
 
     ensure_schema(params)
+    from ingestion.devices.fitbit import ensure_raw_tables as ensure_device_raw_tables
+
+    ensure_device_raw_tables(params)
     pipeline = partner_pipeline("setup", params, pipelines_dir)
     pipeline.run(enrollment_members([MEMBER_ARROW_SCHEMA.empty_table()]), loader_file_format="csv")

@@ -6,7 +6,7 @@ import dagster as dg
 from dagster_dbt import DbtCliResource
 
 from orchestration.defs.transform.project import dbt_project
-from orchestration.resources import PlatformResource
+from orchestration.resources import FitbitResource, PlatformResource
 
 
 def _dbt_executable() -> str:
@@ -20,6 +20,7 @@ def resources() -> dg.Definitions:
     return dg.Definitions(
         resources={
             "platform": PlatformResource(),
+            "fitbit": FitbitResource(),
             "dbt": DbtCliResource(project_dir=dbt_project, dbt_executable=_dbt_executable()),
         }
     )

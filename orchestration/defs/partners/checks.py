@@ -39,7 +39,10 @@ def partner_file_quality(platform: PlatformResource) -> dg.AssetCheckResult:
             " group by partner_id order by partner_id"
         )
         rows = cur.fetchall()
-    table = ["| partner | rows | rejected | reject rate | quarantined files |", "|---|---|---|---|---|"]
+    table = [
+        "| partner | rows | rejected | reject rate | quarantined files |",
+        "|---|---|---|---|---|",
+    ]
     bad = []
     for partner_id, rejected, total, quarantined in rows:
         rate = rejected / total if total else 0.0

@@ -1,0 +1,279 @@
+"""Fitbit: notifications and polling turned into windowed pulls, loaded by dlt into raw_fitbit.
+
+Revised values replace old ones (merge on the natural key); a window is marked done only
+after its rows are loaded, so a crash or an outage retries it instead of dropping it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dlt
+
+from ingestion.devices.connections import (
+    Connection,
+    active_connections,
+    advance_cursor,
+    cursor_date,
+    disconnect,
+    find_connection,
+)
+from ingestion.devices.fitbit.client import (
+    FitbitApp,
+    FitbitClient,
+    ProviderUnavailable,
+    RateLimited,
+    TokenRevoked,
+)
+from mdp.database import ConnectionParams, connect
+
+log = logging.getLogger(__name__)
+
+DATASET = "raw_fitbit"
+METRIC_FOR_COLLECTION = {"activities": "steps", "body": "weight"}
+WEIGHT_MAX_DAYS = 31
+
+
+@dataclass
+class SyncWindow:
+    connection_id: str
+    metric: str  # steps | weight
+    start: dt.date
+    end: dt.date
+    inbox_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SyncResult:
+    steps_rows: int = 0
+    weight_rows: int = 0
+    requests: int = 0
+    windows_done: int = 0
+    deferred: list[str] = field(default_factory=list)  # why some windows wait for the next run
+    disconnected: list[str] = field(default_factory=list)
+
+
+def pending_inbox(
+    params: ConnectionParams, limit: int = 10_000
+) -> list[tuple[int, str, str, dt.date | None]]:
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select inbox_id, provider_user_id, collection_type, resource_date from devices.webhook_inbox"
+            " where provider = 'fitbit' and processed_at is null order by inbox_id limit %s",
+            (limit,),
+        )
+        return cur.fetchall()
+
+
+def plan_from_inbox(params: ConnectionParams) -> tuple[list[SyncWindow], list[int], list[int]]:
+    """Coalesced windows from notifications; plus inbox ids to close (revocations, unknown users)."""
+    windows: dict[tuple[str, str], SyncWindow] = {}
+    revoked: list[int] = []
+    orphaned: list[int] = []
+    for inbox_id, owner, collection, day in pending_inbox(params):
+        connection = find_connection(params, "fitbit", owner)
+        if connection is None or connection.status != "active":
+            orphaned.append(inbox_id)
+            continue
+        if collection == "userRevokedAccess":
+            disconnect(params, connection.connection_id, status="revoked")
+            revoked.append(inbox_id)
+            continue
+        metric = METRIC_FOR_COLLECTION.get(collection)
+        if metric is None or day is None:
+            orphaned.append(inbox_id)
+            continue
+        key = (connection.connection_id, metric)
+        window = windows.setdefault(key, SyncWindow(connection.connection_id, metric, day, day))
+        window.start, window.end = min(window.start, day), max(window.end, day)
+        window.inbox_ids.append(inbox_id)
+    return list(windows.values()), revoked, orphaned
+
+
+def plan_polling(
+    params: ConnectionParams,
+    today: dt.date,
+    quiet_for: dt.timedelta = dt.timedelta(hours=1),
+    first_sync_days: int = 7,
+) -> list[SyncWindow]:
+    """The backup path: connections that have not notified lately get cursor..today pulled."""
+    now = dt.datetime.now(dt.UTC)
+    windows = []
+    for connection in active_connections(params, "fitbit"):
+        if connection.last_notified_at and now - connection.last_notified_at < quiet_for:
+            continue
+        for metric in ("steps", "weight"):
+            since = cursor_date(connection, metric)
+            # today and yesterday are re-read: a day's totals keep changing until it is over
+            start = (
+                min(since, today - dt.timedelta(days=1))
+                if since
+                else today - dt.timedelta(days=first_sync_days)
+            )
+            windows.append(SyncWindow(connection.connection_id, metric, start, today))
+    return windows
+
+
+def _chunks(start: dt.date, end: dt.date, days: int):
+    while start <= end:
+        stop = min(end, start + dt.timedelta(days=days - 1))
+        yield start, stop
+        start = stop + dt.timedelta(days=1)
+
+
+def fetch_window(client: FitbitClient, window: SyncWindow) -> list[dict]:
+    connection = client.connection
+    fetched_at = dt.datetime.now(dt.UTC)
+    rows: list[dict] = []
+    if window.metric == "steps":
+        body = client.get_json(
+            f"/1/user/-/activities/steps/date/{window.start.isoformat()}/{window.end.isoformat()}.json"
+        )
+        for item in body.get("activities-steps", []):
+            rows.append(
+                {
+                    "connection_id": connection.connection_id,
+                    "member_id": connection.member_id,
+                    "activity_date": dt.date.fromisoformat(item["dateTime"]),
+                    "steps": int(float(item["value"])),
+                    "timezone": connection.timezone,
+                    "fetched_at": fetched_at,
+                }
+            )
+    else:
+        for start, end in _chunks(window.start, window.end, WEIGHT_MAX_DAYS):
+            body = client.get_json(
+                f"/1/user/-/body/log/weight/date/{start.isoformat()}/{end.isoformat()}.json"
+            )
+            for item in body.get("weight", []):
+                rows.append(
+                    {
+                        "connection_id": connection.connection_id,
+                        "member_id": connection.member_id,
+                        "log_id": int(item["logId"]),
+                        "log_date": dt.date.fromisoformat(item["date"]),
+                        "log_time": item.get("time"),
+                        "weight_kg": float(item["weight"]),
+                        "bmi": item.get("bmi"),
+                        "source": item.get("source"),
+                        "timezone": connection.timezone,
+                        "fetched_at": fetched_at,
+                    }
+                )
+    return rows
+
+
+@dlt.resource(
+    name="daily_steps",
+    primary_key=("connection_id", "activity_date"),
+    write_disposition="merge",
+    columns={"activity_date": {"data_type": "date"}, "steps": {"data_type": "bigint"}},
+)
+def daily_steps(rows: list[dict]):
+    """One row per connection and member-local day; a revised total replaces the old one."""
+    yield rows
+
+
+@dlt.resource(
+    name="weight_logs",
+    primary_key=("connection_id", "log_id"),
+    write_disposition="merge",
+    columns={
+        "log_date": {"data_type": "date"},
+        "weight_kg": {"data_type": "double"},
+        "bmi": {"data_type": "double"},
+        "log_time": {"data_type": "text"},
+        "source": {"data_type": "text"},
+    },
+)
+def weight_logs(rows: list[dict]):
+    """Body weight logs in kg (we never send Accept-Language: en_US, so no pounds arrive)."""
+    yield rows
+
+
+def fitbit_pipeline(params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipeline:
+    return dlt.pipeline(
+        pipeline_name="devices_fitbit",
+        destination=dlt.destinations.postgres(credentials=params.dlt_credentials()),
+        dataset_name=DATASET,
+        pipelines_dir=str(pipelines_dir),
+    )
+
+
+def sync_fitbit(
+    app: FitbitApp, params: ConnectionParams, windows: list[SyncWindow], pipelines_dir: Path
+) -> SyncResult:
+    """Fetch every window it can, load them in one dlt run, then close inbox rows and cursors."""
+    result = SyncResult()
+    by_connection: dict[str, list[SyncWindow]] = defaultdict(list)
+    for window in windows:
+        by_connection[window.connection_id].append(window)
+    steps: list[dict] = []
+    weights: list[dict] = []
+    done: list[SyncWindow] = []
+    for connection_id, own_windows in by_connection.items():
+        connection = _active(params, connection_id)
+        if connection is None:
+            continue
+        client = FitbitClient(app, params, connection)
+        try:
+            for window in own_windows:
+                rows = fetch_window(client, window)
+                (steps if window.metric == "steps" else weights).extend(rows)
+                done.append(window)
+        except TokenRevoked:
+            disconnect(params, connection_id, status="revoked")
+            result.disconnected.append(connection_id)
+        except (RateLimited, ProviderUnavailable) as exc:
+            result.deferred.append(f"{connection_id}: {exc}")
+        finally:
+            result.requests += client.requests_made
+    if steps or weights:
+        fitbit_pipeline(params, pipelines_dir).run([daily_steps(steps), weight_logs(weights)])
+    result.steps_rows, result.weight_rows = len(steps), len(weights)
+    for window in done:
+        advance_cursor(params, window.connection_id, window.metric, window.end)
+        mark_processed(params, window.inbox_ids)
+    result.windows_done = len(done)
+    return result
+
+
+def _active(params: ConnectionParams, connection_id: str) -> Connection | None:
+    from ingestion.devices.connections import get_connection
+
+    connection = get_connection(params, connection_id)
+    return connection if connection and connection.status == "active" else None
+
+
+def mark_processed(params: ConnectionParams, inbox_ids: list[int]) -> None:
+    if not inbox_ids:
+        return
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            "update devices.webhook_inbox set processed_at = now() where inbox_id = any(%s)",
+            (inbox_ids,),
+        )
+
+
+RAW_TABLES_DDL = f"""
+create schema if not exists {DATASET};
+create table if not exists {DATASET}.daily_steps (
+    connection_id text not null, member_id text, activity_date date not null, steps bigint,
+    timezone text, fetched_at timestamptz, _dlt_load_id text not null, _dlt_id text not null
+);
+create table if not exists {DATASET}.weight_logs (
+    connection_id text not null, member_id text, log_id bigint not null, log_date date,
+    log_time text, weight_kg double precision, bmi double precision, source text, timezone text,
+    fetched_at timestamptz, _dlt_load_id text not null, _dlt_id text not null
+);
+"""
+
+
+def ensure_raw_tables(params: ConnectionParams) -> None:
+    """Empty raw tables before the first sync, so dbt builds on a fresh install."""
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(RAW_TABLES_DDL)

@@ -1,0 +1,158 @@
+"""A Fitbit Web API client: bearer tokens with single-use refresh, quotas kept in Postgres."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import requests
+
+from ingestion.devices.connections import Connection, get_connection, store_tokens
+from mdp.database import ConnectionParams, connect
+
+DEFAULT_BASE_URL = "https://api.fitbit.com"
+TIMEOUT = (5, 20)  # connect, read: never an unbounded call
+
+
+class FitbitError(Exception):
+    pass
+
+
+class RateLimited(FitbitError):
+    def __init__(self, retry_after: float):
+        self.retry_after = retry_after
+        super().__init__(f"rate limited; retry after {retry_after:.0f}s")
+
+
+class ProviderUnavailable(FitbitError):
+    """5xx, timeouts, connection errors: transient, retried later."""
+
+
+class TokenRevoked(FitbitError):
+    """The member revoked access (invalid_grant): disconnect, keep history."""
+
+
+@dataclass(frozen=True)
+class FitbitApp:
+    base_url: str
+    client_id: str
+    client_secret: str
+
+
+def quota_wait(params: ConnectionParams, provider: str, subject: str) -> float:
+    """Seconds until the shared quota allows another request (0: go)."""
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select remaining, reset_at from devices.rate_limits where provider = %s and subject = %s",
+            (provider, subject),
+        )
+        row = cur.fetchone()
+    if row is None or row[0] > 0:
+        return 0.0
+    return max(0.0, (row[1] - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+def record_quota(
+    params: ConnectionParams, provider: str, subject: str, remaining: int, reset_in: float
+) -> None:
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            "insert into devices.rate_limits (provider, subject, remaining, reset_at)"
+            " values (%s, %s, %s, now() + make_interval(secs => %s))"
+            " on conflict (provider, subject) do update set remaining = excluded.remaining,"
+            " reset_at = excluded.reset_at, updated_at = now()",
+            (provider, subject, remaining, reset_in),
+        )
+
+
+class FitbitClient:
+    def __init__(
+        self,
+        app: FitbitApp,
+        params: ConnectionParams,
+        connection: Connection,
+        session: requests.Session | None = None,
+    ):
+        self.app = app
+        self.params = params
+        self.connection = connection
+        self.session = session or requests.Session()
+        self.requests_made = 0
+
+    def get_json(self, path: str) -> dict:
+        subject = self.connection.provider_user_id
+        wait = quota_wait(self.params, "fitbit", subject)
+        if wait > 0:
+            raise RateLimited(wait)
+        response = self._get(path)
+        if response.status_code == 401:
+            self.refresh()
+            response = self._get(path)
+        self._record_headers(response)
+        if response.status_code == 429:
+            raise RateLimited(float(response.headers.get("Retry-After", 60)))
+        if response.status_code >= 500:
+            raise ProviderUnavailable(f"fitbit {response.status_code} on {path.split('?')[0]}")
+        if response.status_code != 200:
+            raise FitbitError(
+                f"fitbit {response.status_code} on {path.split('?')[0]}: {response.text[:200]}"
+            )
+        return response.json()
+
+    def _get(self, path: str) -> requests.Response:
+        self.requests_made += 1
+        try:
+            return self.session.get(
+                self.app.base_url + path,
+                headers={"Authorization": f"Bearer {self.connection.access_token}"},
+                timeout=TIMEOUT,
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise ProviderUnavailable(f"fitbit unreachable: {type(exc).__name__}") from None
+
+    def _record_headers(self, response: requests.Response) -> None:
+        remaining = response.headers.get("Fitbit-Rate-Limit-Remaining")
+        reset = response.headers.get("Fitbit-Rate-Limit-Reset")
+        if remaining is not None and reset is not None:
+            record_quota(
+                self.params,
+                "fitbit",
+                self.connection.provider_user_id,
+                int(remaining),
+                float(reset),
+            )
+
+    def refresh(self) -> None:
+        """Exchange the single-use refresh token; the new pair is stored before it is used."""
+        try:
+            response = self.session.post(
+                self.app.base_url + "/oauth2/token",
+                data={
+                    "grant_type": "refresh_token",
+                    "refresh_token": self.connection.refresh_token,
+                },
+                auth=(self.app.client_id, self.app.client_secret),
+                timeout=TIMEOUT,
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise ProviderUnavailable(
+                f"fitbit token endpoint unreachable: {type(exc).__name__}"
+            ) from None
+        if response.status_code >= 500:
+            raise ProviderUnavailable(f"fitbit token endpoint {response.status_code}")
+        body = response.json() if response.content else {}
+        if response.status_code != 200:
+            kinds = {e.get("errorType") for e in body.get("errors", [])}
+            if "invalid_grant" in kinds:
+                raise TokenRevoked("refresh token refused (invalid_grant)")
+            raise FitbitError(f"token refresh failed with {response.status_code}: {kinds}")
+        store_tokens(
+            self.params,
+            self.connection.connection_id,
+            body["access_token"],
+            body["refresh_token"],
+            int(body.get("expires_in", 28800)),
+        )
+        refreshed = get_connection(self.params, self.connection.connection_id)
+        assert refreshed is not None
+        self.connection = refreshed
