@@ -16,7 +16,7 @@ import pyarrow as pa_arrow
 
 from ingestion.partners.config import FieldRule, PartnerConfig
 from ingestion.partners.fields import CANONICAL_FIELDS, DATE_FIELDS, STORED_MEMBER_FIELDS
-from ingestion.partners.formats import RawRow
+from ingestion.partners.formats import RawRow, mapped_fields
 from mdp.phi import keyed_hash, normalize_ssn
 
 MEMBER_ARROW_SCHEMA = pa_arrow.schema(
@@ -90,7 +90,7 @@ class RowValidator:
         self.file_id = file_id
         self.received_at = received_at
         self.today = today or dt.date.today()
-        self.fields = list(dict.fromkeys(self.inbound.column_mappings.values()))
+        self.fields = mapped_fields(self.inbound)
         self._first_line_of: dict[str, int] = {}
         self.schema = pa.DataFrameSchema(
             {

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from ingestion.partners.config import load_partner_config
 from ingestion.partners.errors import UnreadableFileError
-from ingestion.partners.formats import read_rows
+from ingestion.partners.formats import read_rows, row_dict
 
 REPO = Path(__file__).resolve().parents[2]
 ACME = load_partner_config(REPO / "partner_configs" / "acme_corp.yaml")
@@ -52,7 +52,7 @@ def test_csv_values_survive_quotes_delimiters_newlines_bom_and_crlf(tmp_path, re
         source = by_line[row.line]
         for name, target in ACME.inbound.column_mappings.items():
             expected = source[HEADER.index(name)].strip() or None
-            assert row.values[target] == expected
+            assert row_dict(ACME.inbound, row)[target] == expected
     assert len(rows) >= len(non_blank) - sum(1 for r in records if not any(v.strip() for v in r))
 
 
@@ -67,7 +67,7 @@ def test_fixed_width_short_and_long_lines_are_row_problems_not_file_failures(tmp
     assert rows[0].problem is None and rows[3].problem is None
     assert "shorter" in rows[1].problem
     assert "longer" in rows[2].problem
-    assert rows[0].values["last_name"] == "SMITH"
+    assert row_dict(INITECH.inbound, rows[0])["last_name"] == "SMITH"
 
 
 @pytest.mark.parametrize(

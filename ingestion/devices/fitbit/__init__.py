@@ -48,6 +48,14 @@ class SyncWindow:
 
 
 @dataclass
+class InboxPlan:
+    windows: list[SyncWindow]
+    revoked: list[int]
+    orphaned: list[int]
+    read_at: dt.datetime  # inbox rows re-notified after this stay pending
+
+
+@dataclass
 class SyncResult:
     steps_rows: int = 0
     weight_rows: int = 0
@@ -59,22 +67,25 @@ class SyncResult:
 
 def pending_inbox(
     params: ConnectionParams, limit: int = 10_000
-) -> list[tuple[int, str, str, dt.date | None]]:
+) -> tuple[list[tuple[int, str, str, dt.date | None]], dt.datetime]:
     with connect(params) as conn, conn.cursor() as cur:
+        cur.execute("select now()")
+        read_at = cur.fetchone()[0]
         cur.execute(
             "select inbox_id, provider_user_id, collection_type, resource_date from devices.webhook_inbox"
             " where provider = 'fitbit' and processed_at is null order by inbox_id limit %s",
             (limit,),
         )
-        return cur.fetchall()
+        return cur.fetchall(), read_at
 
 
-def plan_from_inbox(params: ConnectionParams) -> tuple[list[SyncWindow], list[int], list[int]]:
+def plan_from_inbox(params: ConnectionParams) -> InboxPlan:
     """Coalesced windows from notifications; plus inbox ids to close (revocations, unknown users)."""
     windows: dict[tuple[str, str], SyncWindow] = {}
     revoked: list[int] = []
     orphaned: list[int] = []
-    for inbox_id, owner, collection, day in pending_inbox(params):
+    pending, read_at = pending_inbox(params)
+    for inbox_id, owner, collection, day in pending:
         connection = find_connection(params, "fitbit", owner)
         if connection is None or connection.status != "active":
             orphaned.append(inbox_id)
@@ -91,7 +102,7 @@ def plan_from_inbox(params: ConnectionParams) -> tuple[list[SyncWindow], list[in
         window = windows.setdefault(key, SyncWindow(connection.connection_id, metric, day, day))
         window.start, window.end = min(window.start, day), max(window.end, day)
         window.inbox_ids.append(inbox_id)
-    return list(windows.values()), revoked, orphaned
+    return InboxPlan(list(windows.values()), revoked, orphaned, read_at)
 
 
 def plan_polling(
@@ -205,7 +216,11 @@ def fitbit_pipeline(params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipeli
 
 
 def sync_fitbit(
-    app: FitbitApp, params: ConnectionParams, windows: list[SyncWindow], pipelines_dir: Path
+    app: FitbitApp,
+    params: ConnectionParams,
+    windows: list[SyncWindow],
+    pipelines_dir: Path,
+    read_at: dt.datetime | None = None,
 ) -> SyncResult:
     """Fetch every window it can, load them in one dlt run, then close inbox rows and cursors."""
     result = SyncResult()
@@ -237,7 +252,7 @@ def sync_fitbit(
     result.steps_rows, result.weight_rows = len(steps), len(weights)
     for window in done:
         advance_cursor(params, window.connection_id, window.metric, window.end)
-        mark_processed(params, window.inbox_ids)
+        mark_processed(params, window.inbox_ids, read_at)
     result.windows_done = len(done)
     return result
 
@@ -249,13 +264,17 @@ def _active(params: ConnectionParams, connection_id: str) -> Connection | None:
     return connection if connection and connection.status == "active" else None
 
 
-def mark_processed(params: ConnectionParams, inbox_ids: list[int]) -> None:
+def mark_processed(
+    params: ConnectionParams, inbox_ids: list[int], read_at: dt.datetime | None = None
+) -> None:
+    """Close inbox rows; one re-notified after we read it stays pending for the next run."""
     if not inbox_ids:
         return
     with connect(params) as conn, conn.cursor() as cur:
         cur.execute(
-            "update devices.webhook_inbox set processed_at = now() where inbox_id = any(%s)",
-            (inbox_ids,),
+            "update devices.webhook_inbox set processed_at = now() where inbox_id = any(%s)"
+            " and (%s::timestamptz is null or last_received_at <= %s::timestamptz)",
+            (inbox_ids, read_at, read_at),
         )
 
 

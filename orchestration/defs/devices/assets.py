@@ -50,9 +50,15 @@ def fitbit_sync(
 ):
     """Pull what notifications asked for (and, as a backup, quiet connections), then load."""
     params = platform.params
-    windows, revoked, orphaned = [], [], []
+    windows, revoked, orphaned, read_at = [], [], [], None
     if config.mode in ("inbox", "both"):
-        windows, revoked, orphaned = plan_from_inbox(params)
+        plan = plan_from_inbox(params)
+        windows, revoked, orphaned, read_at = (
+            plan.windows,
+            plan.revoked,
+            plan.orphaned,
+            plan.read_at,
+        )
     if config.mode in ("poll", "both"):
         notified = {w.connection_id for w in windows}
         windows += [
@@ -60,9 +66,11 @@ def fitbit_sync(
         ]
     from ingestion.devices.fitbit import mark_processed
 
-    mark_processed(params, revoked + orphaned)
+    mark_processed(params, revoked + orphaned, read_at)
     context.log.info(f"fitbit: {len(windows)} windows to pull ({len(revoked)} revocations)")
-    result = sync_fitbit(fitbit.app(), params, windows, platform.settings.state_dir / "dlt")
+    result = sync_fitbit(
+        fitbit.app(), params, windows, platform.settings.state_dir / "dlt", read_at
+    )
     for reason in result.deferred:
         context.log.warning(f"deferred to the next run: {reason}")
     common = {
