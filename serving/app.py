@@ -49,6 +49,7 @@ from serving.eligibility import (
 from serving.health import DATABASE_ERRORS, MART_OID_SQL, DatabaseUnavailable, healthz
 from serving.metrics import MetricsMiddleware, ServingMetrics, metrics_endpoint
 from serving.rate_limit import RateLimiter, retry_after_header
+from serving.webhooks import WEBHOOK_ROUTES, Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ MART = "mart_eligibility"
 MART_REFRESHED_CHANNEL = "mdp_mart_refreshed"
 REFRESH_VERSION_SQL = "select version, refreshed_at from serving.mart_refreshes where mart = $1"
 HAS_REFRESHES_SQL = "select to_regclass('serving.mart_refreshes') is not null"
-ROUTES = (CHECK_PATH, "/healthz", "/metrics", "/openapi.json")
+ROUTES = (CHECK_PATH, "/healthz", "/metrics", "/openapi.json", *WEBHOOK_ROUTES)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 PartnerConfigsArg = (
@@ -410,9 +411,13 @@ def create_app(
     audit_flush_interval: float = 0.2,
     pool_min_size: int = 2,
     pool_max_size: int = 10,
+    fitbit_client_secret: str | None = None,
+    fitbit_verification_code: str | None = None,
+    garmin_client_id: str | None = None,
 ) -> Starlette:
     """Build the app. Unset arguments are resolved at startup from the environment
-    (`load_settings()`, `connection_params()`, the partner config folder)."""
+    (`load_settings()`, `connection_params()`, the partner config folder); unset webhook
+    credentials on a webhook's first request (`mdp.settings.secret`)."""
     if isinstance(params, str):
         params = ConnectionParams.from_url(params)
     runtime = Runtime(
@@ -424,6 +429,13 @@ def create_app(
         audit_flush_interval=audit_flush_interval,
         pool_min_size=pool_min_size,
         pool_max_size=pool_max_size,
+    )
+
+    webhooks = Webhooks(
+        runtime.metrics.registry,
+        fitbit_client_secret=fitbit_client_secret,
+        fitbit_verification_code=fitbit_verification_code,
+        garmin_client_id=garmin_client_id,
     )
 
     @contextlib.asynccontextmanager
@@ -440,12 +452,14 @@ def create_app(
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+            *webhooks.routes(),
         ],
         middleware=[Middleware(MetricsMiddleware, metrics=runtime.metrics, routes=ROUTES)],
         exception_handlers={500: _internal_error},
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.webhooks = webhooks
     return app
 
 

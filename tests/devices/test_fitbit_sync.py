@@ -1,0 +1,106 @@
+"""Fitbit end to end: emulator -> signed webhook -> inbox -> Dagster sync (dlt) -> dbt marts."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+
+import dagster as dg
+import pytest
+from starlette.testclient import TestClient
+
+from ingestion.devices.connections import connect_device, find_connection
+from mdp.orchestrate import run_assets
+from sandbox.emulator_server import EmulatorServer
+from sandbox.fitbit_emulator import FitbitState, build_notification, create_fitbit_app, sign
+from serving.app import create_app
+
+USER = "FBUSR1"
+DEVICE_KEYS = [["raw_fitbit", "daily_steps"], ["raw_fitbit", "weight_logs"], ["devices", "connections"]]
+
+
+@pytest.fixture(scope="module")
+def fitbit(platform):
+    state = FitbitState()
+    with EmulatorServer(create_fitbit_app(state)) as base_url:
+        os.environ.update(
+            {
+                "FITBIT_API_BASE_URL": base_url,
+                "FITBIT_CLIENT_ID": state.client_id,
+                "FITBIT_CLIENT_SECRET": state.client_secret,
+            }
+        )
+        access, refresh = state.add_user(USER, timezone="America/Chicago", units="lb")
+        connect_device(
+            platform.params, "member-fitbit-1", "fitbit", USER, access, refresh, 28800,
+            timezone="America/Chicago",
+        )
+        yield state
+
+
+def _sync(platform):
+    selection = dg.AssetSelection.assets(*[dg.AssetKey(k) for k in DEVICE_KEYS]).downstream()
+    result = run_assets(
+        platform.settings,
+        select=selection,
+        run_config={"ops": {"fitbit_sync": {"config": {"mode": "inbox"}}}},
+    )
+    assert result.success
+
+
+def _notify(client: TestClient, state: FitbitState, collection: str, day: dt.date, secret=None):
+    body = json.dumps(build_notification(USER, collection, day)).encode()
+    return client.post(
+        "/webhooks/fitbit",
+        content=body,
+        headers={"X-Fitbit-Signature": sign(body, secret or state.client_secret),
+                 "Content-Type": "application/json"},
+    )
+
+
+def _steps(platform, day: dt.date):
+    return platform.query(
+        "select steps, devices_reporting from marts.fct_daily_steps"
+        " where member_id = 'member-fitbit-1' and local_date = %s", (day,),
+    )
+
+
+def test_notified_day_reaches_the_marts_once_and_a_revision_replaces_it(platform, fitbit):
+    day = fitbit.local_now(USER).date() - dt.timedelta(days=1)
+    app = create_app(fitbit_client_secret=fitbit.client_secret, fitbit_verification_code="v")
+    with TestClient(app) as client:
+        assert [_notify(client, fitbit, "activities", day).status_code for _ in range(3)] == [204] * 3
+        assert _notify(client, fitbit, "activities", day, secret="forged").status_code == 404
+        pending = platform.query(
+            "select count(*), max(times_received) from devices.webhook_inbox where processed_at is null"
+        )
+        assert pending == [(1, 3)]
+
+        _sync(platform)
+        assert _steps(platform, day) == [(fitbit.steps(USER, day), 1)]
+
+        fitbit.revise(USER, day)
+        fitbit.expire_access_token(USER)  # the sync must refresh (single-use) and carry on
+        _notify(client, fitbit, "activities", day)
+        _sync(platform)
+    assert _steps(platform, day) == [(fitbit.steps(USER, day), 1)]
+    assert platform.query(
+        "select count(*) from raw_fitbit.daily_steps where activity_date = %s", (day,)
+    ) == [(1,)]
+    connection = find_connection(platform.params, "fitbit", USER)
+    assert connection.access_token == fitbit.tokens(USER)[0]
+
+
+def test_a_revoked_member_is_disconnected_and_keeps_history(platform, fitbit):
+    day = fitbit.local_now(USER).date() - dt.timedelta(days=1)
+    fitbit.revoke(USER)
+    app = create_app(fitbit_client_secret=fitbit.client_secret, fitbit_verification_code="v")
+    with TestClient(app) as client:
+        assert _notify(client, fitbit, "userRevokedAccess", day).status_code == 204
+    _sync(platform)
+    assert find_connection(platform.params, "fitbit", USER).status == "revoked"
+    assert _steps(platform, day) != []
+    assert platform.query(
+        "select status, is_stale from marts.dim_device_connection where member_id = 'member-fitbit-1'"
+    ) == [("revoked", False)]
