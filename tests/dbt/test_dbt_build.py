@@ -20,6 +20,7 @@ import pytest
 from dbt.cli.main import dbtRunner
 
 from mdp.database import ConnectionParams
+from ingestion.devices.fitbit import ensure_raw_tables as ensure_device_raw_tables
 from mdp.schema import ensure_schema
 
 PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
@@ -186,7 +187,8 @@ def _fresh_database() -> Iterator[ConnectionParams]:
         conn.cursor().execute(f'create database "{dbname}"')
     try:
         params = ConnectionParams(admin.host, admin.port, admin.user, admin.password, dbname)
-        ensure_schema(params)  # raw_partners.file_imports and serving.mart_refreshes
+        ensure_schema(params)  # raw_partners.file_imports, serving.mart_refreshes, devices.*
+        ensure_device_raw_tables(params)  # the device models build on empty raw tables
         _execute(params, ENROLLMENT_MEMBERS_DDL)
         yield params
     finally:
