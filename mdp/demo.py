@@ -47,7 +47,13 @@ def run_demo(settings: Settings) -> int:
             f"    {partner_id:<15} {generated.filename} ({len(generated.bad_rows)} bad rows on purpose)"
         )
 
-    click.echo("3/5 materializing every asset (dlt import -> dbt build -> serving mart)...")
+    eligible = [m for m in world[DEMO_PARTNER].valid_members if _eligible_today(m)]
+    connected = connect_demo_devices(settings, eligible[:5])
+    click.echo(
+        f"    fitbit emulator: {connected} demo members connected and notified (signed webhooks)"
+    )
+
+    click.echo("3/5 materializing every asset (dlt import, device sync -> dbt build -> marts)...")
     result = run_assets(settings)
     if not result.success:
         click.echo("the run failed; see the Dagster logs above", err=True)
@@ -88,7 +94,63 @@ def run_demo(settings: Settings) -> int:
         "`.venv/bin/mdp imports list`, `.venv/bin/mdp stack status`, `make down` to stop."
     )
     click.echo(f"Error reports went to the partners' errors/ folders under {settings.sftp_root}")
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute("select count(*), count(distinct member_id) from marts.fct_daily_steps")
+        days, members = cur.fetchone()
+    click.echo(
+        f"Device data: {days} member-days of steps for {members} members in marts.fct_daily_steps"
+    )
     return 0 if status == 200 else 1
+
+
+def _eligible_today(member: dict) -> bool:
+    today = dt.date.today()
+    end = member.get("eligibility_end_date")
+    return member["eligibility_start_date"] <= today and (end is None or end >= today)
+
+
+def connect_demo_devices(settings: Settings, members: list[dict]) -> int:
+    """Connect members' Fitbits in the emulator and have it notify our webhook for yesterday."""
+    import hashlib
+
+    from ingestion.devices.connections import connect_device
+    from mdp.stack import fitbit_emulator_url
+
+    params = connection_params(settings)
+    base = fitbit_emulator_url(settings)
+    yesterday = dt.date.today() - dt.timedelta(days=1)
+    connected = 0
+    for member in members:
+        employee_id = str(member["employee_id"])
+        member_id = hashlib.md5(f"{DEMO_PARTNER}:{employee_id}".encode()).hexdigest()  # as dbt
+        user_id = "D" + hashlib.sha256(employee_id.encode()).hexdigest()[:5].upper()
+        created = httpx.post(f"{base}/_sandbox/users", json={"user_id": user_id}, timeout=10)
+        if created.status_code == 200 or created.status_code == 201:
+            body = created.json()
+            connect_device(
+                params,
+                member_id,
+                "fitbit",
+                user_id,
+                body["access_token"],
+                body["refresh_token"],
+                body["expires_in"],
+                timezone=body["timezone"],
+                primary_metrics=["steps"],
+            )
+        # else: already connected while this emulator has been running
+        httpx.post(
+            f"{base}/_sandbox/notify",
+            json={
+                "user_id": user_id,
+                "collection_type": "activities",
+                "date": yesterday.isoformat(),
+                "webhook_url": f"{settings.api_url}/webhooks/fitbit",
+            },
+            timeout=10,
+        )
+        connected += 1
+    return connected
 
 
 def _eligible_member(settings: Settings, candidates: list[dict]) -> dict[str, str]:

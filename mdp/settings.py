@@ -35,6 +35,7 @@ class Settings:
     api_host: str
     api_port: int
     settle_seconds: float
+    fitbit_emulator_port: int
 
     @property
     def embedded(self) -> bool:
@@ -83,6 +84,7 @@ def load_settings() -> Settings:
         api_host=_env("MDP_API_HOST", "127.0.0.1"),
         api_port=int(_env("MDP_API_PORT", "8000")),
         settle_seconds=float(_env("MDP_SETTLE_SECONDS", "2")),
+        fitbit_emulator_port=int(_env("MDP_FITBIT_EMULATOR_PORT", "8011")),
     )
 
 

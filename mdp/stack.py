@@ -204,9 +204,45 @@ def api_service(settings: Settings) -> Service:
     )
 
 
+def fitbit_emulator_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.fitbit_emulator_port}"
+
+
+def fitbit_emulator_service(settings: Settings) -> Service:
+    return Service(
+        "fitbit_emulator",
+        settings.fitbit_emulator_port,
+        [
+            sys.executable,
+            "-m",
+            "sandbox.fitbit_emulator",
+            "--port",
+            str(settings.fitbit_emulator_port),
+            "--client-id",
+            FITBIT_SANDBOX_CLIENT_ID,
+            "--client-secret",
+            local_secret(settings.state_dir, "FITBIT_CLIENT_SECRET"),
+            "--subscriber-url",
+            f"{settings.api_url}/webhooks/fitbit",
+        ],
+    )
+
+
+FITBIT_SANDBOX_CLIENT_ID = "SANDBOX1"
+
+
+def device_env(settings: Settings) -> dict[str, str]:
+    """Point the Fitbit client at the sandbox emulator (the secret comes from .mdp/secrets)."""
+    return {
+        "FITBIT_API_BASE_URL": fitbit_emulator_url(settings),
+        "FITBIT_CLIENT_ID": FITBIT_SANDBOX_CLIENT_ID,
+    }
+
+
 def write_stack_env(settings: Settings) -> Path:
     path = settings.state_dir / STACK_ENV
-    lines = [f"{k}={v}" for k, v in sorted(pull_partner_env(settings).items())]
+    env = {**pull_partner_env(settings), **device_env(settings)}
+    lines = [f"{k}={v}" for k, v in sorted(env.items())]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write("\n".join(lines) + "\n")
@@ -232,7 +268,7 @@ def stack_up(settings: Settings, with_api: bool = True) -> dict[str, object]:
     ensure_raw_tables(params, settings.state_dir / "dlt")
     write_stack_env(settings)
     load_stack_env(settings)
-    for service in sftp_services(settings):
+    for service in [*sftp_services(settings), fitbit_emulator_service(settings)]:
         start_service(settings, service)
     if with_api:
         start_service(settings, api_service(settings), host=settings.api_host)
@@ -240,7 +276,8 @@ def stack_up(settings: Settings, with_api: bool = True) -> dict[str, object]:
 
 
 def stack_down(settings: Settings) -> list[str]:
-    stopped = [name for name in ("api", "partner_sftp", "sftp") if stop_service(settings, name)]
+    names = ("api", "fitbit_emulator", "partner_sftp", "sftp")
+    stopped = [name for name in names if stop_service(settings, name)]
     if settings.embedded and stop_embedded(settings):
         stopped.append("postgres (embedded)")
     return stopped
@@ -277,6 +314,10 @@ def stack_status(settings: Settings) -> dict[str, object]:
             "port": settings.pull_sftp_port,
         },
         "api": {"running": running_pid(settings, "api") is not None, "url": settings.api_url},
+        "fitbit_emulator": {
+            "running": running_pid(settings, "fitbit_emulator") is not None,
+            "url": fitbit_emulator_url(settings),
+        },
         "dagster_home": str(settings.dagster_home),
         "archive_dir": str(settings.archive_dir),
     }

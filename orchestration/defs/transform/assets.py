@@ -32,7 +32,11 @@ class PlatformDbtTranslator(DagsterDbtTranslator):
         return spec
 
 
-translator = PlatformDbtTranslator(settings=DagsterDbtTranslatorSettings(enable_asset_checks=True))
+translator = PlatformDbtTranslator(
+    settings=DagsterDbtTranslatorSettings(
+        enable_asset_checks=True, enable_source_tests_as_checks=True
+    )
+)
 
 
 @dbt_assets(
