@@ -59,7 +59,7 @@ __all__ = [
     "records_to_table",
 ]
 
-UPLOAD_TYPES = {**RECORD_TYPES, WORKOUT_TYPE: "workout", "HKWorkout": "workout"}
+UPLOAD_TYPES = {**RECORD_TYPES, WORKOUT_TYPE: "workout"}
 UPLOAD_SCHEMA = (
     EXPORT_SCHEMA.append(pa.field("uuid", pa.string(), nullable=False))
     .append(pa.field("sync_identifier", pa.string()))
@@ -135,9 +135,10 @@ def _text(sample: dict[str, Any], name: str, required: bool = True) -> str | Non
 def _source(sample: dict[str, Any]) -> tuple[str, str | None]:
     source = sample.get("source")
     if isinstance(source, dict):  # HKSourceRevision as {"name", "version"}
-        name = _text(source, "name")
+        name = source.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidField("source.name", "must be a non-empty string")
         version = source.get("version")
-        assert name is not None
         return name, str(version) if version is not None else None
     name = _text(sample, "source")
     assert name is not None
@@ -267,10 +268,8 @@ def parse_upload_batch(payload: dict[str, Any], member_id: str | None = None) ->
         batch.rows.append(row)
     for index, value in enumerate(deleted):
         try:
-            deleted_uuid = _uuid(value)
+            batch.deleted_uuids.append(_uuid(value))
         except InvalidField as exc:
             batch.problems.append(UploadProblem(index, "deleted", exc.message))
-            continue
-        if deleted_uuid not in batch.deleted_uuids:
-            batch.deleted_uuids.append(deleted_uuid)
+    batch.deleted_uuids = list(dict.fromkeys(batch.deleted_uuids))
     return batch

@@ -540,7 +540,7 @@ class _ExportHandler(ContentHandler):
     def _shared_optional(self, text: str | None) -> str | None:
         return None if text is None else self._shared(text)
 
-    def startElement(self, name: str, attrs: AttributesImpl) -> None:  # noqa: N802 (SAX API)
+    def startElement(self, name: str, attrs: AttributesImpl) -> None:
         self.depth += 1
         depth = self.depth
         if depth == 1:
@@ -571,7 +571,7 @@ class _ExportHandler(ContentHandler):
         elif name == "ExportDate" and depth == 2:
             self.stats.export_date = attrs.get("value")
 
-    def endElement(self, name: str) -> None:  # noqa: N802 (SAX API)
+    def endElement(self, name: str) -> None:
         if name == "Correlation":
             self.correlation_depth -= 1
         elif name == "Workout" and self.depth == 2 and self.workout is not None:
@@ -782,6 +782,11 @@ def _xml_bytes(stream: BinaryIO, label: str, stats: ExportStats) -> Iterator[byt
     first = next(chunks, b"")
     if first.startswith((b"\xff\xfe", b"\xfe\xff", b"<\x00", b"\x00<")):
         raise HealthExportError("the file is UTF-16; exports are UTF-8", source=label, line=1)
+    if first.startswith(b"PK\x03\x04"):
+        raise HealthExportError(
+            "this is a zip in a stream that cannot seek; pass its path or a seekable file",
+            source=label,
+        )
     buffer = cleaned(first)
     at_eof = not first
     while True:
@@ -873,7 +878,7 @@ def _feed(parser: DefusedExpatParser, chunk: bytes, label: str) -> None:
         ) from None
     except DefusedXmlException as exc:
         raise HealthExportError(
-            f"refused: {exc}",
+            f"the hardened XML parser refused it: {exc}",
             source=label,
             line=parser.getLineNumber(),
             column=parser.getColumnNumber(),
