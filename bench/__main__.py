@@ -21,14 +21,18 @@ OUT = Path(__file__).resolve().parent / "out" / "results.json"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true",
-                        help="50K-row files only and a shorter API run (a sanity check)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="50K-row files only and a shorter API run (a sanity check)",
+    )
     args = parser.parse_args(argv)
     big = 50_000 if args.quick else 500_000
     sizes = [50_000] if args.quick else [50_000, 500_000]
     warmup, duration = (1.0, 4.0) if args.quick else (2.0, 10.0)
 
     started = time.perf_counter()
+    load = os.getloadavg()[0]
     phase(f"bench ({'quick' if args.quick else 'full'}): setting up database, SFTP server, env")
     figures: list[Figure] = []
     with bench_platform() as bench:
@@ -42,18 +46,27 @@ def main(argv: list[str] | None = None) -> int:
     figures.sort(key=lambda f: f.section.split(".")[0])  # stable: keeps the order within one
     elapsed = time.perf_counter() - started
 
-    print(f"\nResults ({'quick' if args.quick else 'full'} run, {elapsed:.0f}s, {database}, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()})")
+    print(
+        f"\nResults ({'quick' if args.quick else 'full'} run, {elapsed:.0f}s, {database}, "
+        f"{os.cpu_count()} CPUs, load average {load:.2f} at start, Python {platform.python_version()})"
+    )
     print(table(figures), flush=True)
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({
-        "mode": "quick" if args.quick else "full",
-        "seconds": round(elapsed, 1),
-        "database": database,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "figures": [f.as_dict() for f in figures],
-    }, indent=2) + "\n")
+    OUT.write_text(
+        json.dumps(
+            {
+                "mode": "quick" if args.quick else "full",
+                "seconds": round(elapsed, 1),
+                "database": database,
+                "cpus": os.cpu_count(),
+                "load_average_at_start": load,
+                "python": platform.python_version(),
+                "figures": [f.as_dict() for f in figures],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     print(f"\nwritten to {OUT.relative_to(Path.cwd()) if OUT.is_relative_to(Path.cwd()) else OUT}")
     return 0
 

@@ -226,12 +226,17 @@ def bench_platform() -> Iterator[Bench]:
 
 
 @contextlib.contextmanager
-def http_server(app: str, env: dict[str, str] | None = None, factory: bool = False,
-                ready_path: str = "/healthz", timeout: float = 60) -> Iterator[str]:
+def http_server(
+    app: str,
+    env: dict[str, str] | None = None,
+    factory: bool = False,
+    ready_path: str = "/healthz",
+    timeout: float = 60,
+) -> Iterator[str]:
     """`uvicorn APP` (one worker) as a subprocess on a free port; yields its base URL."""
     port = free_port()
-    cmd = [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--no-access-log", "--log-level", "warning"]
+    flags = "--host 127.0.0.1 --workers 1 --no-access-log --log-level warning".split()
+    cmd = [sys.executable, "-m", "uvicorn", app, "--port", str(port), *flags]
     if factory:
         cmd.insert(4, "--factory")
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})})

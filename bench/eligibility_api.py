@@ -153,16 +153,17 @@ def _wrk(port: int, requests: list[bytes], warmup: float, duration: float, root:
         "wrk.headers['Content-Type'] = 'application/json'\n"
         "request = function() i = i % #bodies + 1; return wrk.format(nil, nil, nil, bodies[i]) end\n"
         "done = function(summary, latency, requests)\n"
-        "  io.write(string.format('JSON {\"requests\": %d, \"seconds\": %f, \"p50_us\": %d, "
-        "\"p99_us\": %d, \"non2xx\": %d}\\n', summary.requests, summary.duration / 1e6,"
+        '  io.write(string.format(\'JSON {"requests": %d, "seconds": %f, "p50_us": %d, '
+        '"p99_us": %d, "non2xx": %d}\\n\', summary.requests, summary.duration / 1e6,'
         " latency:percentile(50), latency:percentile(99), summary.errors.status))\n"
         "end\n"
     )
     url = f"http://127.0.0.1:{port}{CHECK_PATH}"
     base = ["wrk", "-t1", f"-c{CONNECTIONS}", "-s", str(script), url]
     subprocess.run([*base[:3], f"-d{max(1, round(warmup))}s", *base[3:]], capture_output=True)
-    out = subprocess.run([*base[:3], f"-d{round(duration)}s", *base[3:]],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [*base[:3], f"-d{round(duration)}s", *base[3:]], capture_output=True, text=True, check=True
+    ).stdout
     stats = json.loads(out.split("JSON ", 1)[1].splitlines()[0])
     return {
         "requests": stats["requests"],
@@ -228,8 +229,12 @@ def _partner_configs_without_limit(root: Path) -> Path:
 def _cache_counters(url: str) -> dict[str, float]:
     with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
         text = response.read().decode()
-    wanted = ("mdp_eligibility_cache_hits_total", "mdp_eligibility_cache_misses_total",
-              "mdp_audit_events_written_total", "mdp_audit_events_dropped_total")
+    wanted = (
+        "mdp_eligibility_cache_hits_total",
+        "mdp_eligibility_cache_misses_total",
+        "mdp_audit_events_written_total",
+        "mdp_audit_events_dropped_total",
+    )
     values = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
@@ -248,25 +253,21 @@ def _statuses(result: dict) -> str:
 def run(bench: Bench, warmup: float, duration: float) -> list[Figure]:
     from serving.api_keys import create_key
 
-    section = f"4. Eligibility API, {CONNECTIONS} connections, {duration:g}s after {warmup:g}s warm-up"
     members = bench.query(
         "select employee_id, date_of_birth from marts.mart_eligibility"
-        " where partner_id = %s and date_of_birth is not null", (PARTNER,),
+        " where partner_id = %s and date_of_birth is not null",
+        (PARTNER,),
     )
     _, key = create_key(bench.params, PARTNER, label="bench-load")
     mixes = {
         "cached": build_mix(key, members, 100, seed=1),
         "uncached": build_mix(key, members, 200_000, seed=2),
     }
-    phase(f"eligibility API: {len(members):,} members in the mart; bare Starlette baseline")
-    with http_server("bench.bare_app:app") as url:
-        bare = measure(url, mixes["cached"], warmup, duration, bench.root)
-    phase(f"  bare: {bare['rps']:,.0f} req/s, p50 {bare['p50_ms']:.2f} ms, p99 {bare['p99_ms']:.2f} ms"
-          f" ({bare['generator']})")
-    figures = [
-        Figure(section, "bare Starlette endpoint (baseline)", bare["rps"], "req/s",
-               note=f"p50 {bare['p50_ms']:.2f} ms, p99 {bare['p99_ms']:.2f} ms; {_statuses(bare)}"),
-    ]
+    phase(f"eligibility API: {len(members):,} members in the mart; settling the database")
+    settle(bench)
+    # the baseline runs before and after the app; the better run counts (the stricter ratio)
+    bare_runs = [_bare(bench, mixes["cached"], warmup, duration)]
+    app_runs = {}
     env = {"MDP_PARTNER_CONFIG_DIR": str(_partner_configs_without_limit(bench.root))}
     with http_server("serving.app:create_app", env=env, factory=True) as url:
         for name, requests in mixes.items():
@@ -274,18 +275,67 @@ def run(bench: Bench, warmup: float, duration: float) -> list[Figure]:
             before = _cache_counters(url)
             result = measure(url, requests, warmup, duration, bench.root)
             after = _cache_counters(url)
-            delta = {k: after[k] - before.get(k, 0) for k in after}
-            lookups = (delta["eligibility_cache_hits"] + delta["eligibility_cache_misses"]) or 1
-            hit_share = delta["eligibility_cache_hits"] / lookups
-            phase(f"  {name}: {result['rps']:,.0f} req/s, p50 {result['p50_ms']:.2f} ms, "
-                  f"p99 {result['p99_ms']:.2f} ms, cache hits {hit_share:.0%}")
-            note = (f"{_statuses(result)}; cache hits {hit_share:.0%} (warm-up included); "
-                    f"audit rows dropped {delta['audit_events_dropped']:.0f}")
-            figures += [
-                Figure(section, f"app, {name} mix", result["rps"], "req/s", note=note),
-                Figure(section, f"  ratio app / bare ({name})", result["rps"] / bare["rps"], "x",
-                       0.35, ">="),
-                Figure(section, f"  p50 ({name})", result["p50_ms"], "ms"),
-                Figure(section, f"  p99 ({name})", result["p99_ms"], "ms", 10, "<="),
-            ]
+            result["counters"] = {k: after[k] - before.get(k, 0) for k in after}
+            app_runs[name] = result
+            phase(
+                f"  {name}: {result['rps']:,.0f} req/s, p50 {result['p50_ms']:.2f} ms, "
+                f"p99 {result['p99_ms']:.2f} ms"
+            )
+    bare_runs.append(_bare(bench, mixes["cached"], warmup, duration))
+    bare = max(bare_runs, key=lambda r: r["rps"])
+
+    section = (
+        f"4. Eligibility API, {CONNECTIONS} connections, {duration:g}s after {warmup:g}s warm-up"
+    )
+    runs = " and ".join(f"{r['rps']:,.0f}" for r in bare_runs)
+    figures = [
+        Figure(
+            section,
+            "bare Starlette endpoint (baseline)",
+            bare["rps"],
+            "req/s",
+            note=f"best of {runs} req/s (before and after the app); "
+            f"p50 {bare['p50_ms']:.2f} ms, p99 {bare['p99_ms']:.2f} ms",
+        ),
+    ]
+    for name, result in app_runs.items():
+        counters = result["counters"]
+        lookups = counters["eligibility_cache_hits"] + counters["eligibility_cache_misses"]
+        note = (
+            f"{_statuses(result)}; cache hits {counters['eligibility_cache_hits'] / (lookups or 1):.0%}"
+            f" (warm-up included); audit rows dropped {counters['audit_events_dropped']:.0f}"
+        )
+        figures += [
+            Figure(section, f"app, {name} mix", result["rps"], "req/s", note=note),
+            Figure(
+                section,
+                f"  ratio app / bare ({name})",
+                result["rps"] / bare["rps"],
+                "x",
+                0.35,
+                ">=",
+            ),
+            Figure(section, f"  p50 ({name})", result["p50_ms"], "ms"),
+            Figure(section, f"  p99 ({name})", result["p99_ms"], "ms", 10, "<="),
+        ]
     return figures
+
+
+def _bare(bench: Bench, requests: list[bytes], warmup: float, duration: float) -> dict:
+    with http_server("bench.bare_app:app") as url:
+        result = measure(url, requests, warmup, duration, bench.root)
+    phase(
+        f"  bare Starlette: {result['rps']:,.0f} req/s, p50 {result['p50_ms']:.2f} ms, "
+        f"p99 {result['p99_ms']:.2f} ms ({result['generator']})"
+    )
+    return result
+
+
+def settle(bench: Bench) -> None:
+    """Untimed: finish the background work the big loads left (autovacuum, dirty buffers),
+    so it does not run during one of the measurements and not the other."""
+    from mdp.database import connect
+
+    with connect(bench.params, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("vacuum analyze")
+        cur.execute("checkpoint")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.common import PARTNER, Bench, Figure, http_server, phase
+from bench.common import PARTNER, Bench, Figure, fmt, http_server, phase
 from bench.partner_load import write_file
 
 CHECK_PATH = "/api/v1/eligibility/check"
@@ -54,8 +54,9 @@ def _check(url: str, key: str, member: dict[str, str]) -> int:
     import httpx
 
     try:
-        response = httpx.post(url + CHECK_PATH, json=member, timeout=5,
-                              headers={"Authorization": f"Bearer {key}"})
+        response = httpx.post(
+            url + CHECK_PATH, json=member, timeout=5, headers={"Authorization": f"Bearer {key}"}
+        )
     except httpx.HTTPError:
         return 0
     return response.status_code
@@ -103,24 +104,41 @@ def run(bench: Bench, rows: int) -> list[Figure]:
     steps = _step_seconds(result)
     imported = bench.query(
         "select rows_total, rows_loaded, parse_seconds, load_seconds from raw_partners.file_imports"
-        " where filename = %s and status = 'loaded'", (path.name,),
+        " where filename = %s and status = 'loaded'",
+        (path.name,),
     )
     total = answered - started if status == 200 else None
-    phase(f"  run success={result.success}, steps {steps}, API {status}; total {total}")
     import_s, dbt_s = steps.get("partner_files"), steps.get("dbt_models")
+    phase(
+        f"  run success={result.success} in {ran - uploaded:.1f}s"
+        f" (import {fmt(import_s)}s, dbt {fmt(dbt_s)}s);"
+        f" API answered {status} {answered - ran:.2f}s after the run"
+    )
     note = "" if imported else "file not in the ledger as loaded"
     if imported:
         total_rows, loaded, parse_s, load_s = imported[0]
-        note = f"{loaded:,} of {total_rows:,} rows loaded (parse {parse_s:.1f}s, load {load_s:.1f}s)"
+        note = (
+            f"{loaded:,} of {total_rows:,} rows loaded (parse {parse_s:.1f}s, load {load_s:.1f}s)"
+        )
     return [
-        Figure(section, "upload -> API answers 200", total, "s", 60, "<=",
-               note=f"run success={result.success}; API said {before} before, {status} after"),
+        Figure(
+            section,
+            "upload -> API answers 200",
+            total,
+            "s",
+            60,
+            "<=",
+            note=f"run success={result.success}; API said {before} before, {status} after",
+        ),
         Figure(section, "  SFTP upload (paramiko)", uploaded - started, "s"),
         Figure(section, "  Dagster run (run_assets) total", ran - uploaded, "s"),
         Figure(section, "    partner import step", import_s, "s", note=note),
         Figure(section, "    dbt build step", dbt_s, "s"),
-        Figure(section, "    run overhead (dbt parse, code load, Dagster)",
-               (ran - uploaded) - (import_s or 0) - (dbt_s or 0), "s"),
+        Figure(
+            section,
+            "    run overhead (dbt parse, code load, Dagster)",
+            (ran - uploaded) - (import_s or 0) - (dbt_s or 0),
+            "s",
+        ),
         Figure(section, "  first API 200 after the run", answered - ran, "s"),
     ]
-

@@ -237,6 +237,34 @@ def key_revoke(partner_id: str, key_id: str | None) -> None:
         sys.exit(1)
 
 
+# --- devices -------------------------------------------------------------------------------
+
+
+@main.group()
+def devices() -> None:
+    """Device data: Apple Health exports, connections."""
+
+
+@devices.command("import-apple-export")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--member-id", required=True, help="The platform member the export belongs to.")
+def import_apple_export(path: Path, member_id: str) -> None:
+    """Stream a Health app export (export.xml or the zip) into raw_apple_health.samples."""
+    from ingestion.devices.apple_health import HealthExportError
+    from ingestion.devices.apple_health.load import import_export
+    from mdp.database import connection_params
+
+    settings = _settings()
+    try:
+        stats = import_export(
+            path, member_id, connection_params(settings), settings.state_dir / "dlt"
+        )
+    except HealthExportError as exc:
+        raise click.ClickException(f"refused: {exc}") from None
+    kept = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.kept.items())) or "nothing"
+    click.echo(f"imported {kept} from {path.name}; {stats.rejected} records rejected")
+
+
 # --- imports -------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import dlt
 import pyarrow as pa
 
-from mdp.database import ConnectionParams
+from mdp.database import ConnectionParams, connect
 
 DATASET = "raw_partners"
 MEMBERS_TABLE = "enrollment_members"
@@ -46,6 +46,8 @@ def partner_pipeline(
     # Arrow rows get dlt's lineage columns too (off by default for Arrow), as dbt staging reads them.
     dlt.config["normalize.parquet_normalizer.add_dlt_load_id"] = True
     dlt.config["normalize.parquet_normalizer.add_dlt_id"] = True
+    # gzip of the intermediate files cost ~4 s per 500K rows for a file that lives seconds
+    dlt.config["data_writer.disable_compression"] = True
     return dlt.pipeline(
         pipeline_name=f"partner_{partner_id}",
         destination=dlt.destinations.postgres(credentials=params.dlt_credentials()),
@@ -63,5 +65,14 @@ def ensure_raw_tables(params: ConnectionParams, pipelines_dir: Path) -> None:
     from ingestion.devices.fitbit import ensure_raw_tables as ensure_device_raw_tables
 
     ensure_device_raw_tables(params)
+    from ingestion.devices.apple_health.load import ensure_raw_tables as ensure_apple_raw_tables
+
+    ensure_apple_raw_tables(params, pipelines_dir)
     pipeline = partner_pipeline("setup", params, pipelines_dir)
     pipeline.run(enrollment_members([MEMBER_ARROW_SCHEMA.empty_table()]), loader_file_format="csv")
+    with connect(params) as conn, conn.cursor() as cur:
+        # dlt's merge deletes by key: without this index every import scans the whole table
+        cur.execute(
+            f"create unique index if not exists enrollment_members_key"
+            f" on {DATASET}.{MEMBERS_TABLE} (partner_id, employee_id)"
+        )

@@ -17,7 +17,11 @@ from sandbox.fitbit_emulator import FitbitState, build_notification, create_fitb
 from serving.app import create_app
 
 USER = "FBUSR1"
-DEVICE_KEYS = [["raw_fitbit", "daily_steps"], ["raw_fitbit", "weight_logs"], ["devices", "connections"]]
+DEVICE_KEYS = [
+    ["raw_fitbit", "daily_steps"],
+    ["raw_fitbit", "weight_logs"],
+    ["devices", "connections"],
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,13 @@ def fitbit(platform):
         )
         access, refresh = state.add_user(USER, timezone="America/Chicago", units="lb")
         connect_device(
-            platform.params, "member-fitbit-1", "fitbit", USER, access, refresh, 28800,
+            platform.params,
+            "member-fitbit-1",
+            "fitbit",
+            USER,
+            access,
+            refresh,
+            28800,
             timezone="America/Chicago",
         )
         yield state
@@ -54,15 +64,18 @@ def _notify(client: TestClient, state: FitbitState, collection: str, day: dt.dat
     return client.post(
         "/webhooks/fitbit",
         content=body,
-        headers={"X-Fitbit-Signature": sign(body, secret or state.client_secret),
-                 "Content-Type": "application/json"},
+        headers={
+            "X-Fitbit-Signature": sign(body, secret or state.client_secret),
+            "Content-Type": "application/json",
+        },
     )
 
 
 def _steps(platform, day: dt.date):
     return platform.query(
         "select steps, devices_reporting from marts.fct_daily_steps"
-        " where member_id = 'member-fitbit-1' and local_date = %s", (day,),
+        " where member_id = 'member-fitbit-1' and local_date = %s",
+        (day,),
     )
 
 
@@ -70,7 +83,9 @@ def test_notified_day_reaches_the_marts_once_and_a_revision_replaces_it(platform
     day = fitbit.local_now(USER).date() - dt.timedelta(days=1)
     app = create_app(fitbit_client_secret=fitbit.client_secret, fitbit_verification_code="v")
     with TestClient(app) as client:
-        assert [_notify(client, fitbit, "activities", day).status_code for _ in range(3)] == [204] * 3
+        assert [_notify(client, fitbit, "activities", day).status_code for _ in range(3)] == [
+            204
+        ] * 3
         assert _notify(client, fitbit, "activities", day, secret="forged").status_code == 404
         pending = platform.query(
             "select count(*), max(times_received) from devices.webhook_inbox where processed_at is null"

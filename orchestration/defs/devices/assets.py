@@ -88,3 +88,46 @@ def fitbit_sync(
             "disconnected": dg.MetadataValue.json(result.disconnected + [str(i) for i in revoked])
         },
     )
+
+
+APPLE_SAMPLES_KEY = dg.AssetKey(["raw_apple_health", "samples"])
+
+
+@dg.asset(
+    key=APPLE_SAMPLES_KEY,
+    group_name="devices",
+    kinds={"dlt", "postgres"},
+    description="Apple Health exports dropped in <state>/apple_health/inbox/<member_id>/ "
+    "(export.xml or the export zip), streamed and merged on the sample's natural key.",
+)
+def apple_health_exports(context: dg.AssetExecutionContext, platform: PlatformResource):
+    from ingestion.devices.apple_health import HealthExportError
+    from ingestion.devices.apple_health.load import import_export
+
+    inbox = platform.settings.state_dir / "apple_health" / "inbox"
+    done_dir = platform.settings.state_dir / "apple_health" / "imported"
+    imported, failed, kept = 0, [], 0
+    for path in sorted(inbox.glob("*/*")) if inbox.is_dir() else []:
+        if path.suffix.lower() not in (".xml", ".zip"):
+            continue
+        member_id = path.parent.name
+        try:
+            stats = import_export(
+                path, member_id, platform.params, platform.settings.state_dir / "dlt"
+            )
+        except HealthExportError as exc:
+            context.log.error(f"{path.name}: refused: {exc}")
+            failed.append(path.name)
+            continue
+        kept += sum(stats.kept.values())
+        target = done_dir / member_id
+        target.mkdir(parents=True, exist_ok=True)
+        path.rename(target / path.name)
+        imported += 1
+    return dg.MaterializeResult(
+        metadata={
+            "files_imported": imported,
+            "samples": kept,
+            "files_refused": dg.MetadataValue.json(failed),
+        }
+    )

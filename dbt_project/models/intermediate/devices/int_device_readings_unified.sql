@@ -1,5 +1,6 @@
 -- One reading per (member, device, metric, timestamp) across providers, canonical units:
--- steps count, kg. Daily step totals are stamped at the member-local midnight.
+-- steps count, kg, mg/dL. Fitbit daily step totals are stamped at the member-local midnight;
+-- Apple step samples are intervals, summed per day downstream.
 with
 
 steps as (
@@ -34,11 +35,29 @@ weights as (
 
 ),
 
+apple as (
+
+    select
+        member_id,
+        device_id,
+        provider,
+        metric,
+        measured_at,
+        local_date,
+        value,
+        unit,
+        fetched_at
+    from {{ ref('stg_apple_health__samples') }}
+
+),
+
 unioned as (
 
     select * from steps
     union all
     select * from weights
+    union all
+    select * from apple
 
 ),
 

@@ -5,8 +5,11 @@ with
 
 readings as (
 
-    select * from {{ ref('int_device_readings_unified') }}
+    -- one total per device and day (Apple writes many interval samples a day)
+    select member_id, device_id, provider, local_date, sum(value) as value
+    from {{ ref('int_device_readings_unified') }}
     where metric = 'steps'
+    group by member_id, device_id, provider, local_date
 
 ),
 

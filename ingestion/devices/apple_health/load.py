@@ -1,0 +1,65 @@
+"""Loading Apple Health exports into raw_apple_health.samples with dlt (merge on natural key)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+import dlt
+import pyarrow as pa
+
+from ingestion.devices.apple_health.export_xml import (
+    EXPORT_SCHEMA,
+    ExportStats,
+    parse_export_to_batches,
+)
+from mdp.database import ConnectionParams
+
+DATASET = "raw_apple_health"
+
+
+@dlt.resource(
+    name="samples",
+    primary_key=("member_id", "natural_key"),
+    write_disposition={"disposition": "merge", "strategy": "delete-insert"},
+    file_format="csv",
+)
+def samples(batches: Iterable[pa.Table]):
+    """HealthKit samples in canonical units; the same sample re-sent (export or upload) merges."""
+    yield from batches
+
+
+def apple_pipeline(params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipeline:
+    dlt.config["normalize.parquet_normalizer.add_dlt_load_id"] = True
+    dlt.config["normalize.parquet_normalizer.add_dlt_id"] = True
+    return dlt.pipeline(
+        pipeline_name="devices_apple_health",
+        destination=dlt.destinations.postgres(credentials=params.dlt_credentials()),
+        dataset_name=DATASET,
+        pipelines_dir=str(pipelines_dir),
+    )
+
+
+def ensure_raw_tables(params: ConnectionParams, pipelines_dir: Path) -> None:
+    apple_pipeline(params, pipelines_dir).run(samples([EXPORT_SCHEMA.empty_table()]))
+
+
+def import_export(
+    source: Path, member_id: str, params: ConnectionParams, pipelines_dir: Path
+) -> ExportStats:
+    """Stream an export (xml or zip) into the raw table; the whole file parses before loading."""
+    stats = ExportStats()
+    batches = [
+        _dedupe(b) for b in parse_export_to_batches(source, member_id=member_id, stats=stats)
+    ]
+    if any(b.num_rows for b in batches):
+        apple_pipeline(params, pipelines_dir).run(samples(batches))
+    return stats
+
+
+def _dedupe(batch: pa.Table) -> pa.Table:
+    keys = batch.column("natural_key").to_pylist()
+    last = {key: i for i, key in enumerate(keys)}
+    if len(last) == len(keys):
+        return batch
+    return batch.take(sorted(last.values()))
