@@ -21,6 +21,7 @@ demo: $(STAMP)  ## run the whole platform once on the embedded Postgres and leav
 	$(BIN)/mdp demo
 
 test: $(STAMP)  ## the test suite (against MDP_TEST_DATABASE_URL, default the local TCP Postgres)
+	$(BIN)/ruff check .
 	MDP_TEST_DATABASE_URL=$${MDP_TEST_DATABASE_URL:-$(TEST_DATABASE_URL)} $(BIN)/pytest -q
 
 dev: $(STAMP)  ## Dagster UI + daemon over the same stack

@@ -19,8 +19,8 @@ import psycopg2
 import pytest
 from dbt.cli.main import dbtRunner
 
-from mdp.database import ConnectionParams
 from ingestion.devices.fitbit import ensure_raw_tables as ensure_device_raw_tables
+from mdp.database import ConnectionParams
 from mdp.schema import ensure_schema
 
 PROJECT_DIR = Path(__file__).resolve().parents[2] / "dbt_project"
