@@ -21,6 +21,7 @@ DEVICE_KEYS = [
     ["raw_fitbit", "daily_steps"],
     ["raw_fitbit", "weight_logs"],
     ["devices", "connections"],
+    ["raw_apple_health", "samples"],
 ]
 
 

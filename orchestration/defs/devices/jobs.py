@@ -1,9 +1,17 @@
 import dagster as dg
 
-from orchestration.defs.devices.assets import CONNECTIONS_KEY, STEPS_KEY, WEIGHT_KEY
+from orchestration.defs.devices.assets import (
+    APPLE_SAMPLES_KEY,
+    CONNECTIONS_KEY,
+    STEPS_KEY,
+    WEIGHT_KEY,
+)
+
+# every device source, so the unified models downstream always find all their inputs built
+DEVICE_SOURCES = dg.AssetSelection.assets(STEPS_KEY, WEIGHT_KEY, CONNECTIONS_KEY, APPLE_SAMPLES_KEY)
 
 device_sync_job = dg.define_asset_job(
     "device_sync",
-    selection=dg.AssetSelection.assets(STEPS_KEY, WEIGHT_KEY, CONNECTIONS_KEY).downstream(),
+    selection=DEVICE_SOURCES.downstream(),
     description="Pull device data, then rebuild the device marts.",
 )
