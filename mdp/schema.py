@@ -88,6 +88,30 @@ create table if not exists devices.rate_limits (
     primary key (provider, subject)
 );
 
+-- one circuit breaker per provider, shared by every run (ingestion/devices/resilience.py)
+create table if not exists devices.circuit_breakers (
+    provider              text primary key,
+    state                 text not null default 'closed',  -- closed | open | half_open
+    consecutive_failures  integer not null default 0,
+    window_started_at     timestamptz not null default now(),
+    window_requests       integer not null default 0,
+    window_failures       integer not null default 0,
+    opened_at             timestamptz,
+    updated_at            timestamptz not null default now()
+);
+
+-- HealthKit sample batches uploaded by the member app, stored as received and loaded by a
+-- sync asset (serving writes only its own tables; dlt owns raw_apple_health)
+create table if not exists devices.apple_upload_inbox (
+    upload_id     bigserial primary key,
+    member_id     text not null,
+    batch_key     text not null,  -- sha256 of the body: a re-sent batch is stored once
+    payload       jsonb not null,
+    received_at   timestamptz not null default now(),
+    processed_at  timestamptz,
+    unique (member_id, batch_key)
+);
+
 -- provider notifications, stored idempotently and answered fast; a sensor turns them into syncs.
 -- One pending row per dedupe_key (Fitbit: ownerId/collectionType/date); repeats bump a counter.
 create table if not exists devices.webhook_inbox (
