@@ -65,6 +65,9 @@ def ensure_raw_tables(params: ConnectionParams, pipelines_dir: Path) -> None:
     from ingestion.devices.fitbit import ensure_raw_tables as ensure_device_raw_tables
 
     ensure_device_raw_tables(params)
+    from ingestion.devices.garmin import ensure_raw_tables as ensure_garmin_raw_tables
+
+    ensure_garmin_raw_tables(params)
     from ingestion.devices.apple_health.load import ensure_raw_tables as ensure_apple_raw_tables
 
     ensure_apple_raw_tables(params, pipelines_dir)

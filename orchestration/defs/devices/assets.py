@@ -131,3 +131,39 @@ def apple_health_exports(context: dg.AssetExecutionContext, platform: PlatformRe
             "files_refused": dg.MetadataValue.json(failed),
         }
     )
+
+
+GARMIN_KEYS = {
+    table: dg.AssetKey(["raw_garmin", table]) for table in ("dailies", "body_comps", "activities")
+}
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            key,
+            group_name="devices",
+            kinds={"dlt", "postgres"},
+            description=f"Garmin {table} summaries (merge on summaryId; newest wins).",
+        )
+        for table, key in GARMIN_KEYS.items()
+    ],
+    retry_policy=dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+)
+def garmin_sync(context: dg.AssetExecutionContext, platform: PlatformResource):
+    """Garmin pushes whole summaries (and pings with a callback): load what the inbox holds."""
+    from ingestion.devices.garmin import process_garmin_inbox
+
+    result = process_garmin_inbox(platform.params, platform.settings.state_dir / "dlt")
+    for reason in result.deferred:
+        context.log.warning(f"deferred to the next run: {reason}")
+    for table, key in GARMIN_KEYS.items():
+        yield dg.MaterializeResult(
+            asset_key=key,
+            metadata={
+                "rows": result.rows.get(table, 0),
+                "pings_pulled": result.pings_pulled,
+                "deregistered": result.deregistered,
+                "ignored_items": result.ignored,
+            },
+        )

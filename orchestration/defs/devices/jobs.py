@@ -3,12 +3,15 @@ import dagster as dg
 from orchestration.defs.devices.assets import (
     APPLE_SAMPLES_KEY,
     CONNECTIONS_KEY,
+    GARMIN_KEYS,
     STEPS_KEY,
     WEIGHT_KEY,
 )
 
 # every device source, so the unified models downstream always find all their inputs built
-DEVICE_SOURCES = dg.AssetSelection.assets(STEPS_KEY, WEIGHT_KEY, CONNECTIONS_KEY, APPLE_SAMPLES_KEY)
+DEVICE_SOURCES = dg.AssetSelection.assets(
+    STEPS_KEY, WEIGHT_KEY, CONNECTIONS_KEY, APPLE_SAMPLES_KEY, *GARMIN_KEYS.values()
+)
 
 device_sync_job = dg.define_asset_job(
     "device_sync",

@@ -35,6 +35,39 @@ weights as (
 
 ),
 
+garmin_steps as (
+
+    select
+        member_id,
+        connection_id as device_id,
+        provider,
+        'steps' as metric,
+        measured_at,
+        local_date,
+        steps::double precision as value,
+        'count' as unit,
+        fetched_at
+    from {{ ref('stg_garmin__dailies') }}
+
+),
+
+garmin_weights as (
+
+    select
+        member_id,
+        connection_id as device_id,
+        provider,
+        'weight' as metric,
+        measured_at,
+        local_date,
+        weight_kg as value,
+        'kg' as unit,
+        fetched_at
+    from {{ ref('stg_garmin__body_comps') }}
+    where weight_kg is not null
+
+),
+
 apple as (
 
     select
@@ -56,6 +89,10 @@ unioned as (
     select * from steps
     union all
     select * from weights
+    union all
+    select * from garmin_steps
+    union all
+    select * from garmin_weights
     union all
     select * from apple
 

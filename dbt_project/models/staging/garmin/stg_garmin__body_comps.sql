@@ -1,0 +1,25 @@
+with
+
+source as (
+
+    select * from {{ source('raw_garmin', 'body_comps') }}
+
+),
+
+renamed as (
+
+    select
+        connection_id,
+        member_id,
+        'garmin' as provider,
+        summary_id,
+        measured_at,
+        -- Garmin gives UTC seconds plus the member's offset: the local date is theirs
+        (measured_at + make_interval(secs => coalesce(utc_offset_seconds, 0)))::date as local_date,
+        weight_kg,
+        received_at as fetched_at
+    from source
+
+)
+
+select * from renamed

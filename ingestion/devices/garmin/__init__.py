@@ -1,0 +1,223 @@
+"""Garmin Health API: push (and ping) notifications from the inbox into raw_garmin by dlt.
+
+Garmin pushes whole summaries; `summaryId` is stable and re-sent with updated values, so it
+is the merge key and the newest delivery wins. Epochs are not loaded: they are 15-minute
+slices of the same steps as dailies, and loading both double-counts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dlt
+import requests
+
+from ingestion.devices.connections import Connection, disconnect, find_connection
+from mdp.database import ConnectionParams, connect
+
+log = logging.getLogger(__name__)
+
+DATASET = "raw_garmin"
+LOADED_TYPES = ("dailies", "bodyComps", "activities")
+TIMEOUT = (5, 20)
+
+RAW_TABLES_DDL = f"""
+create schema if not exists {DATASET};
+create table if not exists {DATASET}.dailies (
+    summary_id text not null, connection_id text, member_id text, calendar_date date,
+    start_time timestamptz, utc_offset_seconds bigint, duration_seconds bigint, steps bigint,
+    distance_m double precision, active_kcal double precision, received_at timestamptz,
+    _dlt_load_id text not null, _dlt_id text not null
+);
+create table if not exists {DATASET}.body_comps (
+    summary_id text not null, connection_id text, member_id text, measured_at timestamptz,
+    utc_offset_seconds bigint, weight_kg double precision, body_fat_percent double precision,
+    bmi double precision, received_at timestamptz, _dlt_load_id text not null, _dlt_id text not null
+);
+create table if not exists {DATASET}.activities (
+    summary_id text not null, connection_id text, member_id text, activity_id text,
+    activity_name text, activity_type text, start_time timestamptz, utc_offset_seconds bigint,
+    duration_seconds bigint, distance_m double precision, active_kcal double precision,
+    steps bigint, received_at timestamptz, _dlt_load_id text not null, _dlt_id text not null
+);
+"""
+
+
+def ensure_raw_tables(params: ConnectionParams) -> None:
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(RAW_TABLES_DDL)
+
+
+@dataclass
+class GarminResult:
+    rows: dict[str, int] = field(default_factory=dict)
+    deregistered: int = 0
+    pings_pulled: int = 0
+    ignored: int = 0
+    deferred: list[str] = field(default_factory=list)
+
+
+def _utc(seconds: Any) -> dt.datetime | None:
+    return dt.datetime.fromtimestamp(int(seconds), dt.UTC) if seconds is not None else None
+
+
+def daily_row(item: dict, connection: Connection, received_at: dt.datetime) -> dict:
+    return {
+        "summary_id": str(item["summaryId"]),
+        "connection_id": connection.connection_id,
+        "member_id": connection.member_id,
+        "calendar_date": dt.date.fromisoformat(item["calendarDate"])
+        if item.get("calendarDate")
+        else None,
+        "start_time": _utc(item.get("startTimeInSeconds")),
+        "utc_offset_seconds": item.get("startTimeOffsetInSeconds"),
+        "duration_seconds": item.get("durationInSeconds"),
+        "steps": item.get("steps"),
+        "distance_m": item.get("distanceInMeters"),
+        "active_kcal": item.get("activeKilocalories"),
+        "received_at": received_at,
+    }
+
+
+def body_comp_row(item: dict, connection: Connection, received_at: dt.datetime) -> dict:
+    grams = item.get("weightInGrams")
+    return {
+        "summary_id": str(item["summaryId"]),
+        "connection_id": connection.connection_id,
+        "member_id": connection.member_id,
+        "measured_at": _utc(item.get("measurementTimeInSeconds")),
+        "utc_offset_seconds": item.get("measurementTimeOffsetInSeconds"),
+        "weight_kg": grams / 1000.0 if grams is not None else None,
+        "body_fat_percent": item.get("bodyFatInPercent"),
+        "bmi": item.get("bodyMassIndex"),
+        "received_at": received_at,
+    }
+
+
+def activity_row(item: dict, connection: Connection, received_at: dt.datetime) -> dict:
+    return {
+        "summary_id": str(item["summaryId"]),
+        "connection_id": connection.connection_id,
+        "member_id": connection.member_id,
+        "activity_id": str(item.get("activityId") or ""),
+        "activity_name": item.get("activityName"),
+        "activity_type": item.get("activityType"),
+        "start_time": _utc(item.get("startTimeInSeconds")),
+        "utc_offset_seconds": item.get("startTimeOffsetInSeconds"),
+        "duration_seconds": item.get("durationInSeconds"),
+        "distance_m": item.get("distanceInMeters"),
+        "active_kcal": item.get("activeKilocalories"),
+        "steps": item.get("steps"),
+        "received_at": received_at,
+    }
+
+
+BUILDERS = {"dailies": daily_row, "bodyComps": body_comp_row, "activities": activity_row}
+TABLES = {"dailies": "dailies", "bodyComps": "body_comps", "activities": "activities"}
+
+
+def _resource(table: str, rows: list[dict]):
+    return dlt.resource(
+        rows,
+        name=table,
+        primary_key="summary_id",
+        write_disposition="merge",
+        columns={
+            "calendar_date": {"data_type": "date"},
+            "steps": {"data_type": "bigint"},
+            "weight_kg": {"data_type": "double"},
+            "distance_m": {"data_type": "double"},
+        },
+    )
+
+
+def garmin_pipeline(params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipeline:
+    return dlt.pipeline(
+        pipeline_name="devices_garmin",
+        destination=dlt.destinations.postgres(credentials=params.dlt_credentials()),
+        dataset_name=DATASET,
+        pipelines_dir=str(pipelines_dir),
+    )
+
+
+def pull_ping(
+    item: dict, connection: Connection, session: requests.Session | None = None
+) -> list[dict]:
+    """A ping names a callbackURL holding the summaries; fetch it with the member's token."""
+    session = session or requests.Session()
+    response = session.get(
+        item["callbackURL"],
+        headers={"Authorization": f"Bearer {connection.access_token}"},
+        timeout=TIMEOUT,
+    )
+    response.raise_for_status()
+    body = response.json()
+    return body if isinstance(body, list) else []
+
+
+def process_garmin_inbox(
+    params: ConnectionParams, pipelines_dir: Path, limit: int = 20_000
+) -> GarminResult:
+    """Load pending Garmin notifications; rows close only after their data is loaded."""
+    result = GarminResult()
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute("select now()")
+        read_at = cur.fetchone()[0]
+        cur.execute(
+            "select inbox_id, provider_user_id, collection_type, payload, last_received_at"
+            " from devices.webhook_inbox where provider = 'garmin' and processed_at is null"
+            " order by inbox_id limit %s",
+            (limit,),
+        )
+        pending = cur.fetchall()
+    rows: dict[str, dict[str, dict]] = {table: {} for table in TABLES.values()}
+    done: list[int] = []
+    for inbox_id, user_id, summary_type, item, received_at in pending:
+        connection = find_connection(params, "garmin", user_id) if user_id else None
+        if summary_type in ("deregistrations", "userPermissionsChange"):
+            if connection is not None and summary_type == "deregistrations":
+                disconnect(params, connection.connection_id, status="revoked")
+                result.deregistered += 1
+            done.append(inbox_id)
+            continue
+        if connection is None or connection.status != "active" or summary_type not in BUILDERS:
+            result.ignored += 1
+            done.append(inbox_id)  # epochs and unknown users are closed, not loaded
+            continue
+        items = [item]
+        if "callbackURL" in item:
+            try:
+                items = pull_ping(item, connection)
+                result.pings_pulled += 1
+            except requests.RequestException as exc:
+                result.deferred.append(
+                    f"{connection.connection_id}: ping pull failed: {type(exc).__name__}"
+                )
+                continue
+        table = TABLES[summary_type]
+        for summary in items:
+            if summary.get("summaryId") is None:
+                continue
+            # later deliveries of the same summaryId carry revised values: the last one wins
+            rows[table][str(summary["summaryId"])] = BUILDERS[summary_type](
+                summary, connection, received_at
+            )
+        done.append(inbox_id)
+    loaded = {table: list(by_id.values()) for table, by_id in rows.items() if by_id}
+    if loaded:
+        garmin_pipeline(params, pipelines_dir).run(
+            [_resource(table, table_rows) for table, table_rows in loaded.items()]
+        )
+    result.rows = {table: len(table_rows) for table, table_rows in loaded.items()}
+    if done:
+        with connect(params) as conn, conn.cursor() as cur:
+            cur.execute(
+                "update devices.webhook_inbox set processed_at = now()"
+                " where inbox_id = any(%s) and last_received_at <= %s",
+                (done, read_at),
+            )
+    return result
