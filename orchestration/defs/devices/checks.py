@@ -1,0 +1,113 @@
+"""Freshness and health of device data, beside the assets in the Dagster UI.
+
+An endless retry that loads nothing is a failure here, not health: a connection counts as
+progressing only when its last success moves.
+"""
+
+import dagster as dg
+
+from mdp.database import connect
+from orchestration.defs.devices.assets import CONNECTIONS_KEY
+from orchestration.resources import PlatformResource
+
+MAX_LAG_MINUTES = 60
+
+
+def _rows(platform: PlatformResource, sql: str) -> list[tuple]:
+    with connect(platform.params) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchall()
+
+
+@dg.asset_check(
+    asset=CONNECTIONS_KEY,
+    description=f"Webhook connections notified more than {MAX_LAG_MINUTES} min ago have been "
+    "synced since (data visible within the hour).",
+)
+def device_data_lag(platform: PlatformResource) -> dg.AssetCheckResult:
+    rows = _rows(
+        platform,
+        "select provider, count(*),"
+        " count(*) filter (where last_notified_at < now() - interval '1 hour'"
+        "   and (last_success_at is null or last_success_at < last_notified_at)),"
+        " percentile_cont(0.95) within group (order by extract(epoch from now() - last_success_at) / 60)"
+        " from devices.connections where status = 'active' group by provider order by provider",
+    )
+    table = [
+        "| provider | active | lagging > 1 h | p95 minutes since last sync |",
+        "|---|---|---|---|",
+    ]
+    lagging = 0
+    for provider, active, late, p95 in rows:
+        lagging += late
+        table.append(f"| {provider} | {active} | {late} | {p95 or 0:.0f} |")
+    return dg.AssetCheckResult(
+        passed=lagging == 0,
+        metadata={
+            "lagging_connections": lagging,
+            "by_provider": dg.MetadataValue.md("\n".join(table)),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=CONNECTIONS_KEY, description="Circuit breakers per provider (open = waiting)."
+)
+def provider_breakers_closed(platform: PlatformResource) -> dg.AssetCheckResult:
+    rows = _rows(
+        platform,
+        "select provider, state, consecutive_failures, opened_at from devices.circuit_breakers order by 1",
+    )
+    open_ones = [r[0] for r in rows if r[1] != "closed"]
+    return dg.AssetCheckResult(
+        passed=not open_ones,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "breakers": dg.MetadataValue.json(
+                {
+                    p: {"state": s, "consecutive_failures": f, "opened_at": str(o)}
+                    for p, s, f, o in rows
+                }
+            ),
+            "open": open_ones,
+        },
+    )
+
+
+@dg.asset_check(asset=CONNECTIONS_KEY, description="Provider quota left (per user and global).")
+def provider_quota(platform: PlatformResource) -> dg.AssetCheckResult:
+    rows = _rows(
+        platform,
+        "select provider, count(*) filter (where remaining <= 0 and reset_at > now()),"
+        " min(remaining) from devices.rate_limits group by provider order by 1",
+    )
+    exhausted = sum(r[1] for r in rows)
+    return dg.AssetCheckResult(
+        passed=True,
+        metadata={
+            "exhausted_subjects": exhausted,
+            "quota": dg.MetadataValue.json(
+                {p: {"exhausted": e, "min_remaining": m} for p, e, m in rows}
+            ),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=CONNECTIONS_KEY,
+    description="No active connection has gone 24 hours without a successful sync while "
+    "notifications keep arriving (retrying without loading is not health).",
+)
+def connections_make_progress(platform: PlatformResource) -> dg.AssetCheckResult:
+    rows = _rows(
+        platform,
+        "select c.provider, count(*) from devices.connections c"
+        " where c.status = 'active' and coalesce(c.last_success_at, c.created_at) < now() - interval '24 hours'"
+        " and exists (select 1 from devices.webhook_inbox i where i.provider = c.provider"
+        "   and i.provider_user_id = c.provider_user_id and i.received_at > now() - interval '24 hours')"
+        " group by c.provider",
+    )
+    stuck = {provider: n for provider, n in rows}
+    return dg.AssetCheckResult(
+        passed=not stuck, metadata={"stuck_by_provider": dg.MetadataValue.json(stuck)}
+    )
