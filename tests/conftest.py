@@ -99,9 +99,10 @@ class Platform:
             sftp._owner.close()
 
     def query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with contextlib.closing(psycopg2.connect(self.params.dsn())) as conn, conn.cursor() as cur:
-            cur.execute(sql, args)
-            return cur.fetchall() if cur.description else []
+        with contextlib.closing(psycopg2.connect(self.params.dsn())) as conn:
+            with conn, conn.cursor() as cur:  # `with conn` commits a write
+                cur.execute(sql, args)
+                return cur.fetchall() if cur.description else []
 
 
 @pytest.fixture(scope="module")

@@ -6,23 +6,17 @@ import datetime as dt
 import json
 import os
 
-import dagster as dg
 import pytest
 from starlette.testclient import TestClient
 
 from ingestion.devices.connections import connect_device, find_connection
 from mdp.orchestrate import run_assets
+from orchestration.defs.devices.jobs import DEVICE_SOURCES
 from sandbox.emulator_server import EmulatorServer
 from sandbox.fitbit_emulator import FitbitState, build_notification, create_fitbit_app, sign
 from serving.app import create_app
 
 USER = "FBUSR1"
-DEVICE_KEYS = [
-    ["raw_fitbit", "daily_steps"],
-    ["raw_fitbit", "weight_logs"],
-    ["devices", "connections"],
-    ["raw_apple_health", "samples"],
-]
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +45,9 @@ def fitbit(platform):
 
 
 def _sync(platform):
-    selection = dg.AssetSelection.assets(*[dg.AssetKey(k) for k in DEVICE_KEYS]).downstream()
     result = run_assets(
         platform.settings,
-        select=selection,
+        select=DEVICE_SOURCES.downstream(),
         run_config={"ops": {"fitbit_sync": {"config": {"mode": "inbox"}}}},
     )
     assert result.success
@@ -120,3 +113,63 @@ def test_a_revoked_member_is_disconnected_and_keeps_history(platform, fitbit):
     assert platform.query(
         "select status, is_stale from marts.dim_device_connection where member_id = 'member-fitbit-1'"
     ) == [("revoked", False)]
+
+
+def test_an_outage_opens_the_breaker_loses_nothing_and_recovers(platform, fitbit):
+    user = "FBUSR2"
+    access, refresh = fitbit.add_user(user, timezone="America/New_York")
+    connect_device(
+        platform.params,
+        "member-fitbit-2",
+        "fitbit",
+        user,
+        access,
+        refresh,
+        28800,
+        timezone="America/New_York",
+    )
+    day = fitbit.local_now(user).date() - dt.timedelta(days=2)
+    body = json.dumps(build_notification(user, "activities", day)).encode()
+    app = create_app(fitbit_client_secret=fitbit.client_secret, fitbit_verification_code="v")
+    fitbit.set_fault(outage=True)
+    try:
+        with TestClient(app) as client:
+            assert (
+                client.post(
+                    "/webhooks/fitbit",
+                    content=body,
+                    headers={"X-Fitbit-Signature": sign(body, fitbit.client_secret)},
+                ).status_code
+                == 204
+            )
+        _sync(platform)
+        _sync(platform)  # 3 attempts per run: the second run crosses the 5-failure threshold
+        assert platform.query(
+            "select state from devices.circuit_breakers where provider = 'fitbit'"
+        ) == [("open",)]
+        assert platform.query(
+            "select count(*) from devices.webhook_inbox where provider_user_id = %s and processed_at is null",
+            (user,),
+        ) == [(1,)]
+        assert platform.query(
+            "select count(*) from marts.fct_daily_steps where member_id = 'member-fitbit-2'"
+        ) == [(0,)]
+    finally:
+        fitbit.clear_faults()
+    # the cool-down has passed: one probe goes through, closes the breaker, the work arrives
+    platform.query(
+        "update devices.circuit_breakers set opened_at = now() - interval '1 hour' where provider = 'fitbit'"
+    )
+    _sync(platform)
+    assert platform.query(
+        "select state from devices.circuit_breakers where provider = 'fitbit'"
+    ) == [("closed",)]
+    assert _steps_for(platform, "member-fitbit-2", day) == [(fitbit.steps(user, day), 1)]
+
+
+def _steps_for(platform, member_id: str, day: dt.date):
+    return platform.query(
+        "select steps, devices_reporting from marts.fct_daily_steps"
+        " where member_id = %s and local_date = %s",
+        (member_id, day),
+    )

@@ -29,6 +29,7 @@ from ingestion.devices.fitbit.client import (
     RateLimited,
     TokenRevoked,
 )
+from ingestion.devices.resilience import BreakerOpen, CircuitBreaker
 from mdp.database import ConnectionParams, connect
 
 log = logging.getLogger(__name__)
@@ -230,11 +231,12 @@ def sync_fitbit(
     steps: list[dict] = []
     weights: list[dict] = []
     done: list[SyncWindow] = []
+    breaker = CircuitBreaker(params, "fitbit")
     for connection_id, own_windows in by_connection.items():
         connection = _active(params, connection_id)
         if connection is None:
             continue
-        client = FitbitClient(app, params, connection)
+        client = FitbitClient(app, params, connection, breaker=breaker)
         try:
             for window in own_windows:
                 rows = fetch_window(client, window)
@@ -243,7 +245,8 @@ def sync_fitbit(
         except TokenRevoked:
             disconnect(params, connection_id, status="revoked")
             result.disconnected.append(connection_id)
-        except (RateLimited, ProviderUnavailable) as exc:
+        except (RateLimited, ProviderUnavailable, BreakerOpen) as exc:
+            # the window waits: its inbox rows and cursor stay as they are for a later run
             result.deferred.append(f"{connection_id}: {exc}")
         finally:
             result.requests += client.requests_made

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 
 import requests
 
 from ingestion.devices.connections import Connection, get_connection, store_tokens
+from ingestion.devices.resilience import CircuitBreaker, call_with_retries
 from mdp.database import ConnectionParams, connect
 
 DEFAULT_BASE_URL = "https://api.fitbit.com"
@@ -72,14 +74,31 @@ class FitbitClient:
         params: ConnectionParams,
         connection: Connection,
         session: requests.Session | None = None,
+        breaker: CircuitBreaker | None = None,
+        sleep=time.sleep,
     ):
         self.app = app
         self.params = params
         self.connection = connection
         self.session = session or requests.Session()
+        self.breaker = breaker
+        self.sleep = sleep
         self.requests_made = 0
 
     def get_json(self, path: str) -> dict:
+        """One API read: 5xx and timeouts retried with jittered backoff behind the breaker;
+        a 429 or an open breaker is raised so the window waits for a later run."""
+        return call_with_retries(
+            lambda: self._get_json_once(path),
+            breaker=self.breaker,
+            retryable=(ProviderUnavailable,),
+            max_attempts=3,
+            base=0.5,
+            cap=5.0,
+            sleep=self.sleep,
+        )
+
+    def _get_json_once(self, path: str) -> dict:
         subject = self.connection.provider_user_id
         wait = quota_wait(self.params, "fitbit", subject)
         if wait > 0:
