@@ -173,3 +173,75 @@ def _steps_for(platform, member_id: str, day: dt.date):
         " where member_id = %s and local_date = %s",
         (member_id, day),
     )
+
+
+def test_backfill_fetches_three_months_in_weekly_chunks_and_reconnect_fills_only_the_gap(
+    platform, fitbit
+):
+    from ingestion.devices.connections import disconnect
+    from ingestion.devices.fitbit import plan_backfill, plan_polling, sync_fitbit
+    from orchestration.resources import FitbitResource
+
+    user = "FBUSR3"
+    access, refresh = fitbit.add_user(user, timezone="America/Los_Angeles")
+    connection_id = connect_device(
+        platform.params,
+        "member-fitbit-3",
+        "fitbit",
+        user,
+        access,
+        refresh,
+        28800,
+        timezone="America/Los_Angeles",
+    )
+    app, pipelines = FitbitResource().app(), platform.settings.state_dir / "dlt"
+    today = dt.date.today()
+    first = [w for w in plan_polling(platform.params, today) if w.connection_id == connection_id]
+    sync_fitbit(app, platform.params, first, pipelines)
+
+    chunks = 0
+    while windows := [
+        w for w in plan_backfill(platform.params) if w.connection_id == connection_id
+    ]:
+        assert all((w.end - w.start).days < 7 for w in windows)
+        sync_fitbit(app, platform.params, windows, pipelines)  # resumable: progress after each
+        chunks += 1
+        assert chunks < 20
+    oldest = platform.query(
+        "select min(activity_date), count(distinct activity_date) from raw_fitbit.daily_steps"
+        " where connection_id = %s",
+        (connection_id,),
+    )
+    assert oldest[0][0] <= today - dt.timedelta(days=89)
+    assert chunks == 12  # 84 days of history before the first week, 7 at a time
+
+    # disconnect, then reconnect later: the cursor is kept, so only the gap is pulled
+    platform.query(
+        "update devices.connections set sync_cursor = jsonb_build_object('steps', %s::text,"
+        " 'weight', %s::text) where connection_id = %s",
+        (
+            (today - dt.timedelta(days=5)).isoformat(),
+            (today - dt.timedelta(days=5)).isoformat(),
+            connection_id,
+        ),
+    )
+    disconnect(platform.params, connection_id)
+    assert [
+        w for w in plan_polling(platform.params, today) if w.connection_id == connection_id
+    ] == []
+    access, refresh = fitbit.reconnect(user)
+    connect_device(
+        platform.params,
+        "member-fitbit-3",
+        "fitbit",
+        user,
+        access,
+        refresh,
+        28800,
+        timezone="America/Los_Angeles",
+    )
+    gap = [w for w in plan_polling(platform.params, today) if w.connection_id == connection_id]
+    assert {(w.metric, w.start, w.end) for w in gap} == {
+        ("steps", today - dt.timedelta(days=5), today),
+        ("weight", today - dt.timedelta(days=5), today),
+    }

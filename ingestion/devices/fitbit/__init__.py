@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 DATASET = "raw_fitbit"
 METRIC_FOR_COLLECTION = {"activities": "steps", "body": "weight"}
 WEIGHT_MAX_DAYS = 31
+BACKFILL_DAYS = 90
+BACKFILL_CHUNK_DAYS = 7
+FIRST_SYNC_DAYS = 7
 
 
 @dataclass
@@ -46,6 +49,7 @@ class SyncWindow:
     start: dt.date
     end: dt.date
     inbox_ids: list[int] = field(default_factory=list)
+    backfill: bool = False  # history: low priority, advances backfill_progress, not the cursor
 
 
 @dataclass
@@ -110,7 +114,7 @@ def plan_polling(
     params: ConnectionParams,
     today: dt.date,
     quiet_for: dt.timedelta = dt.timedelta(hours=1),
-    first_sync_days: int = 7,
+    first_sync_days: int = FIRST_SYNC_DAYS,
 ) -> list[SyncWindow]:
     """The backup path: connections that have not notified lately get cursor..today pulled."""
     now = dt.datetime.now(dt.UTC)
@@ -121,13 +125,62 @@ def plan_polling(
         for metric in ("steps", "weight"):
             since = cursor_date(connection, metric)
             # today and yesterday are re-read: a day's totals keep changing until it is over
+            # a reconnect keeps the cursor, so only the gap since the last sync is pulled
             start = (
                 min(since, today - dt.timedelta(days=1))
                 if since
-                else today - dt.timedelta(days=first_sync_days)
+                else today - dt.timedelta(days=first_sync_days - 1)
             )
             windows.append(SyncWindow(connection.connection_id, metric, start, today))
     return windows
+
+
+def plan_backfill(
+    params: ConnectionParams, chunks_per_connection: int = 1, limit: int | None = None
+) -> list[SyncWindow]:
+    """The next 7-day chunks of each connection's 3-month history, newest first.
+
+    Planned after recent windows, so history never delays fresh data; progress is stored per
+    metric after each load, so a crash resumes at the chunk that was not loaded.
+    """
+    windows: list[SyncWindow] = []
+    for connection in active_connections(params, "fitbit"):
+        connected_on = connection.created_at.date()
+        target = connected_on - dt.timedelta(days=BACKFILL_DAYS)
+        for metric in ("steps", "weight"):
+            done = connection.backfill_progress.get(metric)
+            oldest = (
+                dt.date.fromisoformat(done)
+                if done
+                else connected_on - dt.timedelta(days=FIRST_SYNC_DAYS - 1)
+            )
+            for _ in range(chunks_per_connection):
+                if oldest <= target:
+                    break
+                end = oldest - dt.timedelta(days=1)
+                start = max(target, end - dt.timedelta(days=BACKFILL_CHUNK_DAYS - 1))
+                windows.append(
+                    SyncWindow(connection.connection_id, metric, start, end, backfill=True)
+                )
+                oldest = start
+        if limit is not None and len(windows) >= limit:
+            break
+    return windows[:limit] if limit is not None else windows
+
+
+def backfill_status(params: ConnectionParams) -> dict[str, int]:
+    """How many active connections still have history to fetch (for Dagster metadata)."""
+    pending = sum(1 for _ in plan_backfill(params))
+    return {"backfill_chunks_pending_next_run": pending}
+
+
+def record_backfill(params: ConnectionParams, window: SyncWindow) -> None:
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            "update devices.connections set backfill_progress = backfill_progress"
+            " || jsonb_build_object(%s::text, %s::text) where connection_id = %s",
+            (window.metric, window.start.isoformat(), window.connection_id),
+        )
 
 
 def _chunks(start: dt.date, end: dt.date, days: int):
@@ -254,8 +307,11 @@ def sync_fitbit(
         fitbit_pipeline(params, pipelines_dir).run([daily_steps(steps), weight_logs(weights)])
     result.steps_rows, result.weight_rows = len(steps), len(weights)
     for window in done:
-        advance_cursor(params, window.connection_id, window.metric, window.end)
-        mark_processed(params, window.inbox_ids, read_at)
+        if window.backfill:
+            record_backfill(params, window)
+        else:
+            advance_cursor(params, window.connection_id, window.metric, window.end)
+            mark_processed(params, window.inbox_ids, read_at)
     result.windows_done = len(done)
     return result
 

@@ -4,7 +4,14 @@ import datetime as dt
 
 import dagster as dg
 
-from ingestion.devices.fitbit import DATASET, plan_from_inbox, plan_polling, sync_fitbit
+from ingestion.devices.fitbit import (
+    DATASET,
+    backfill_status,
+    plan_backfill,
+    plan_from_inbox,
+    plan_polling,
+    sync_fitbit,
+)
 from orchestration.resources import FitbitResource, PlatformResource
 
 STEPS_KEY = dg.AssetKey([DATASET, "daily_steps"])
@@ -14,6 +21,7 @@ CONNECTIONS_KEY = dg.AssetKey(["devices", "connections"])
 
 class DeviceSyncConfig(dg.Config):
     mode: str = "both"  # inbox: notified windows only; poll: quiet connections; both
+    backfill_chunks: int = 1  # per connection and metric per run, after recent data
 
 
 @dg.multi_asset(
@@ -64,6 +72,8 @@ def fitbit_sync(
         windows += [
             w for w in plan_polling(params, dt.date.today()) if w.connection_id not in notified
         ]
+    if config.mode in ("poll", "both") and config.backfill_chunks > 0:
+        windows += plan_backfill(params, config.backfill_chunks)  # last: history waits
     from ingestion.devices.fitbit import mark_processed
 
     mark_processed(params, revoked + orphaned, read_at)
@@ -85,7 +95,8 @@ def fitbit_sync(
     yield dg.MaterializeResult(
         asset_key=CONNECTIONS_KEY,
         metadata={
-            "disconnected": dg.MetadataValue.json(result.disconnected + [str(i) for i in revoked])
+            **backfill_status(params),
+            "disconnected": dg.MetadataValue.json(result.disconnected + [str(i) for i in revoked]),
         },
     )
 
