@@ -1,4 +1,5 @@
-"""`python -m bench [--quick]`: every figure with its baseline measured in the same run.
+"""`python -m bench [--quick] [--devices-only]`: every figure with its baseline measured in the
+same run.
 
 Targets are printed beside the figures as PASS/MISS; the exit code is 0 whatever they say
 (performance is measured here, not asserted). Results also go to bench/out/results.json.
@@ -17,6 +18,8 @@ from pathlib import Path
 from bench.common import Figure, bench_platform, phase, table
 
 OUT = Path(__file__).resolve().parent / "out" / "results.json"
+DEVICE_CONNECTIONS, QUICK_DEVICE_CONNECTIONS = 4_000, 500
+EXPORT_MB, QUICK_EXPORT_MB = 200.0, 50.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,28 +29,57 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="50K-row files only and a shorter API run (a sanity check)",
     )
+    parser.add_argument(
+        "--devices-only",
+        action="store_true",
+        help="only the device figures (5: Fitbit sync cycle, 6: Apple Health export parse)",
+    )
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=None,
+        help=f"Fitbit connections in the sync cycle (default {DEVICE_CONNECTIONS:,};"
+        f" {QUICK_DEVICE_CONNECTIONS:,} with --quick)",
+    )
+    parser.add_argument(
+        "--export-mb",
+        type=float,
+        default=None,
+        help=f"size of the generated export.xml in MB (default {EXPORT_MB:g};"
+        f" {QUICK_EXPORT_MB:g} with --quick)",
+    )
     args = parser.parse_args(argv)
+    connections = args.connections or (
+        QUICK_DEVICE_CONNECTIONS if args.quick else DEVICE_CONNECTIONS
+    )
+    export_mb = args.export_mb or (QUICK_EXPORT_MB if args.quick else EXPORT_MB)
     big = 50_000 if args.quick else 500_000
     sizes = [50_000] if args.quick else [50_000, 500_000]
     warmup, duration = (1.0, 4.0) if args.quick else (2.0, 10.0)
 
+    mode = "quick" if args.quick else "full"
+    if args.devices_only:
+        mode += ", devices only"
     started = time.perf_counter()
     load = os.getloadavg()[0]
-    phase(f"bench ({'quick' if args.quick else 'full'}): setting up database, SFTP server, env")
+    phase(f"bench ({mode}): setting up database, SFTP server, env")
     figures: list[Figure] = []
     with bench_platform() as bench:
         phase(f"database: {bench.database}")
-        from bench import eligibility_api, partner_load, servable
+        from bench import apple_export, device_sync, eligibility_api, partner_load, servable
 
-        figures += servable.run(bench, big)
-        figures += partner_load.run(bench, sizes)
-        figures += eligibility_api.run(bench, warmup, duration)
+        if not args.devices_only:
+            figures += servable.run(bench, big)
+            figures += partner_load.run(bench, sizes)
+            figures += eligibility_api.run(bench, warmup, duration)
+        figures += device_sync.run(bench, connections)
+        figures += apple_export.run(bench, export_mb)
         database = bench.database
     figures.sort(key=lambda f: f.section.split(".")[0])  # stable: keeps the order within one
     elapsed = time.perf_counter() - started
 
     print(
-        f"\nResults ({'quick' if args.quick else 'full'} run, {elapsed:.0f}s, {database}, "
+        f"\nResults ({mode} run, {elapsed:.0f}s, {database}, "
         f"{os.cpu_count()} CPUs, load average {load:.2f} at start, Python {platform.python_version()})"
     )
     print(table(figures), flush=True)
@@ -55,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     OUT.write_text(
         json.dumps(
             {
-                "mode": "quick" if args.quick else "full",
+                "mode": mode,
                 "seconds": round(elapsed, 1),
                 "database": database,
                 "cpus": os.cpu_count(),

@@ -29,6 +29,7 @@ from mdp.database import ConnectionParams, connection_params
 from mdp.phi import keyed_hash, log_ref
 from mdp.settings import Settings, load_settings
 from serving.api_keys import KEYS_CHANGED_CHANNEL
+from serving.apple_upload import UPLOAD_PATH, AppleUploads
 from serving.audit import AuditWriter, check_event
 from serving.auth import Authenticator, Unauthorized
 from serving.cache import MISSING, LookupCache
@@ -57,7 +58,7 @@ MART = "mart_eligibility"
 MART_REFRESHED_CHANNEL = "mdp_mart_refreshed"
 REFRESH_VERSION_SQL = "select version, refreshed_at from serving.mart_refreshes where mart = $1"
 HAS_REFRESHES_SQL = "select to_regclass('serving.mart_refreshes') is not null"
-ROUTES = (CHECK_PATH, "/healthz", "/metrics", "/openapi.json", *WEBHOOK_ROUTES)
+ROUTES = (CHECK_PATH, "/healthz", "/metrics", "/openapi.json", *WEBHOOK_ROUTES, UPLOAD_PATH)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 PartnerConfigsArg = (
@@ -437,6 +438,7 @@ def create_app(
         fitbit_verification_code=fitbit_verification_code,
         garmin_client_id=garmin_client_id,
     )
+    apple_uploads = AppleUploads(runtime.metrics.registry)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -453,6 +455,7 @@ def create_app(
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             *webhooks.routes(),
+            *apple_uploads.routes(),
         ],
         middleware=[Middleware(MetricsMiddleware, metrics=runtime.metrics, routes=ROUTES)],
         exception_handlers={500: _internal_error},
@@ -460,6 +463,7 @@ def create_app(
     )
     app.state.runtime = runtime
     app.state.webhooks = webhooks
+    app.state.apple_uploads = apple_uploads
     return app
 
 

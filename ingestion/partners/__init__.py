@@ -43,9 +43,10 @@ def partner_pipeline(
     partner_id: str, params: ConnectionParams, pipelines_dir: Path
 ) -> dlt.Pipeline:
     """One pipeline per partner: dlt state must not be shared by runs that may overlap."""
-    # Arrow rows get dlt's lineage columns too (off by default for Arrow), as dbt staging reads them.
+    # Arrow rows get dlt's load id (off by default for Arrow): dbt staging reads it. No _dlt_id:
+    # the row already has a key and file lineage, and its unique index cost ~40% of the load.
     dlt.config["normalize.parquet_normalizer.add_dlt_load_id"] = True
-    dlt.config["normalize.parquet_normalizer.add_dlt_id"] = True
+    dlt.config["normalize.parquet_normalizer.add_dlt_id"] = False
     # gzip of the intermediate files cost ~4 s per 500K rows for a file that lives seconds
     dlt.config["data_writer.disable_compression"] = True
     return dlt.pipeline(
@@ -62,15 +63,9 @@ def ensure_raw_tables(params: ConnectionParams, pipelines_dir: Path) -> None:
     from mdp.schema import ensure_schema
 
     ensure_schema(params)
-    from ingestion.devices.fitbit import ensure_raw_tables as ensure_device_raw_tables
+    from ingestion.devices import ensure_raw_tables as ensure_device_raw_tables
 
-    ensure_device_raw_tables(params)
-    from ingestion.devices.garmin import ensure_raw_tables as ensure_garmin_raw_tables
-
-    ensure_garmin_raw_tables(params)
-    from ingestion.devices.apple_health.load import ensure_raw_tables as ensure_apple_raw_tables
-
-    ensure_apple_raw_tables(params, pipelines_dir)
+    ensure_device_raw_tables(params, pipelines_dir)
     pipeline = partner_pipeline("setup", params, pipelines_dir)
     pipeline.run(enrollment_members([MEMBER_ARROW_SCHEMA.empty_table()]), loader_file_format="csv")
     with connect(params) as conn, conn.cursor() as cur:

@@ -20,8 +20,7 @@ import psycopg2
 import pytest
 from dbt.cli.main import dbtRunner
 
-from ingestion.devices.apple_health.load import ensure_raw_tables as ensure_apple_raw_tables
-from ingestion.devices.fitbit import ensure_raw_tables as ensure_device_raw_tables
+from ingestion.devices import ensure_raw_tables as ensure_device_raw_tables
 from mdp.database import ConnectionParams
 from mdp.schema import ensure_schema
 
@@ -190,8 +189,8 @@ def _fresh_database() -> Iterator[ConnectionParams]:
     try:
         params = ConnectionParams(admin.host, admin.port, admin.user, admin.password, dbname)
         ensure_schema(params)  # raw_partners.file_imports, serving.mart_refreshes, devices.*
-        ensure_device_raw_tables(params)  # the device models build on empty raw tables
-        ensure_apple_raw_tables(params, Path(tempfile.mkdtemp(prefix="mdp-dlt-")))
+        # the device models build on empty raw tables
+        ensure_device_raw_tables(params, Path(tempfile.mkdtemp(prefix="mdp-dlt-")))
         _execute(params, ENROLLMENT_MEMBERS_DDL)
         yield params
     finally:

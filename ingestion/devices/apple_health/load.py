@@ -31,7 +31,7 @@ def samples(batches: Iterable[pa.Table]):
 
 def apple_pipeline(params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipeline:
     dlt.config["normalize.parquet_normalizer.add_dlt_load_id"] = True
-    dlt.config["normalize.parquet_normalizer.add_dlt_id"] = True
+    dlt.config["normalize.parquet_normalizer.add_dlt_id"] = False
     return dlt.pipeline(
         pipeline_name="devices_apple_health",
         destination=dlt.destinations.postgres(credentials=params.dlt_credentials()),
@@ -41,7 +41,15 @@ def apple_pipeline(params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipelin
 
 
 def ensure_raw_tables(params: ConnectionParams, pipelines_dir: Path) -> None:
+    from mdp.database import connect
+
     apple_pipeline(params, pipelines_dir).run(samples([EXPORT_SCHEMA.empty_table()]))
+    with connect(params) as conn, conn.cursor() as cur:
+        # the merge deletes by key: without this index every load scans the whole table
+        cur.execute(
+            f"create unique index if not exists samples_member_natural_key"
+            f" on {DATASET}.samples (member_id, natural_key)"
+        )
 
 
 def import_export(

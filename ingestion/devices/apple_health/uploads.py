@@ -137,15 +137,13 @@ def process_pending_uploads(
 ) -> UploadLoadResult:
     """Load up to `limit` pending inbox batches, oldest first; see the module docstring."""
     total = UploadLoadResult()
+    # a session lock: released when this connection closes, however the run ends
     with connect(params, autocommit=True) as lock_conn, lock_conn.cursor() as cur:
         cur.execute("select pg_advisory_lock(hashtext(%s))", (LOCK_KEY,))
-        try:
-            cur.execute(PENDING_SQL, (limit,))
-            for upload_ids in _chunks(cur.fetchall()):
-                chunk = _read_chunk(cur, upload_ids)
-                total.add(_load_chunk(params, pipelines_dir, cur, chunk))
-        finally:
-            cur.execute("select pg_advisory_unlock(hashtext(%s))", (LOCK_KEY,))
+        cur.execute(PENDING_SQL, (limit,))
+        for upload_ids in _chunks(cur.fetchall()):
+            chunk = _read_chunk(cur, upload_ids)
+            total.add(_load_chunk(params, pipelines_dir, cur, chunk))
     if total.batches:
         log.info("apple health uploads loaded: %s", total)
     return total

@@ -108,13 +108,17 @@ APPLE_SAMPLES_KEY = dg.AssetKey(["raw_apple_health", "samples"])
     key=APPLE_SAMPLES_KEY,
     group_name="devices",
     kinds={"dlt", "postgres"},
-    description="Apple Health exports dropped in <state>/apple_health/inbox/<member_id>/ "
-    "(export.xml or the export zip), streamed and merged on the sample's natural key.",
+    description="HealthKit batches uploaded by the member app (POST /api/v1/apple-health/samples) "
+    "and Apple Health exports dropped in <state>/apple_health/inbox/<member_id>/ (export.xml or "
+    "the zip), merged on the sample's natural key; deletions and sync versions applied.",
+    pool="apple_health_loads",
 )
 def apple_health_exports(context: dg.AssetExecutionContext, platform: PlatformResource):
     from ingestion.devices.apple_health import HealthExportError
     from ingestion.devices.apple_health.load import import_export
+    from ingestion.devices.apple_health.uploads import process_pending_uploads
 
+    uploads = process_pending_uploads(platform.params, platform.settings.state_dir / "dlt")
     inbox = platform.settings.state_dir / "apple_health" / "inbox"
     done_dir = platform.settings.state_dir / "apple_health" / "imported"
     imported, failed, kept = 0, [], 0
@@ -140,6 +144,10 @@ def apple_health_exports(context: dg.AssetExecutionContext, platform: PlatformRe
             "files_imported": imported,
             "samples": kept,
             "files_refused": dg.MetadataValue.json(failed),
+            "upload_batches": uploads.batches,
+            "upload_samples_loaded": uploads.samples_loaded,
+            "upload_deletions": uploads.deletions,
+            "upload_samples_rejected": uploads.rejected,
         }
     )
 

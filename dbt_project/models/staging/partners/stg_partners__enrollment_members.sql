@@ -44,8 +44,7 @@ renamed as (
         case
             when _dlt_load_id ~ '^[0-9]+(\.[0-9]+)?$'
                 then to_timestamp(_dlt_load_id::double precision)
-        end as loaded_at,
-        _dlt_id as dlt_id
+        end as loaded_at
 
     from source
 
