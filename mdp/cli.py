@@ -265,6 +265,17 @@ def import_apple_export(path: Path, member_id: str) -> None:
     click.echo(f"imported {kept} from {path.name}; {stats.rejected} records rejected")
 
 
+@devices.command("member-token")
+@click.argument("member_id")
+@click.option("--days", default=30, show_default=True, help="Days until the token expires.")
+def member_token(member_id: str, days: int) -> None:
+    """Issue a member-app token for POST /api/v1/apple-health/samples (shown once)."""
+    from serving.member_tokens import issue_member_token
+
+    _settings()
+    click.echo(issue_member_token(member_id, ttl_seconds=days * 86400))
+
+
 # --- imports -------------------------------------------------------------------------------
 
 
