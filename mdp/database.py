@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, unquote, urlparse
@@ -146,20 +147,61 @@ def connection_params(settings: Settings | None = None) -> ConnectionParams:
     return _resolved[cache_key]
 
 
+# Opening a connection costs ~3 ms, more than most statements we run: reuse them per process.
+_POOL_SIZE = 16
+_pools: dict[tuple[int, str], list[psycopg2.extensions.connection]] = {}
+_pools_lock = threading.Lock()
+
+
+def _checkout(dsn: str) -> psycopg2.extensions.connection:
+    with _pools_lock:
+        idle = _pools.setdefault((os.getpid(), dsn), [])
+        while idle:
+            conn = idle.pop()
+            if not conn.closed:
+                return conn
+    return psycopg2.connect(dsn)
+
+
+def _checkin(dsn: str, conn: psycopg2.extensions.connection) -> None:
+    """Back to the pool only in a clean state: no transaction, no session advisory locks."""
+    try:
+        conn.rollback()
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("select pg_advisory_unlock_all()")
+    except psycopg2.Error:
+        conn.close()
+        return
+    with _pools_lock:
+        idle = _pools.setdefault((os.getpid(), dsn), [])
+        if len(idle) < _POOL_SIZE:
+            idle.append(conn)
+            return
+    conn.close()
+
+
 @contextlib.contextmanager
 def connect(
     params: ConnectionParams | None = None, autocommit: bool = False
 ) -> Iterator[psycopg2.extensions.connection]:
-    """A psycopg2 connection that commits on success and rolls back on error."""
-    conn = psycopg2.connect((params or connection_params()).dsn())
+    """A pooled psycopg2 connection that commits on success and rolls back on error."""
+    dsn = (params or connection_params()).dsn()
+    conn = _checkout(dsn)
     conn.autocommit = autocommit
+    healthy = True
     try:
         yield conn
         if not autocommit:
             conn.commit()
-    except BaseException:
-        if not autocommit:
-            conn.rollback()
+    except BaseException as exc:
+        healthy = not isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+        if not autocommit and not conn.closed:
+            with contextlib.suppress(psycopg2.Error):
+                conn.rollback()
         raise
     finally:
-        conn.close()
+        if healthy and not conn.closed:
+            _checkin(dsn, conn)
+        else:
+            conn.close()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dlt
+import requests
 
 from ingestion.devices.connections import (
     Connection,
@@ -285,11 +286,13 @@ def sync_fitbit(
     weights: list[dict] = []
     done: list[SyncWindow] = []
     breaker = CircuitBreaker(params, "fitbit")
+    session = requests.Session()  # one keep-alive pool for every member's requests
+    session.trust_env = False  # no proxy lookup from the environment on every request
     for connection_id, own_windows in by_connection.items():
         connection = _active(params, connection_id)
         if connection is None:
             continue
-        client = FitbitClient(app, params, connection, breaker=breaker)
+        client = FitbitClient(app, params, connection, session=session, breaker=breaker)
         try:
             for window in own_windows:
                 rows = fetch_window(client, window)
