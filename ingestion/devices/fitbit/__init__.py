@@ -287,7 +287,6 @@ def sync_fitbit(
     done: list[SyncWindow] = []
     breaker = CircuitBreaker(params, "fitbit")
     session = requests.Session()  # one keep-alive pool for every member's requests
-    session.trust_env = False  # no proxy lookup from the environment on every request
     for connection_id, own_windows in by_connection.items():
         connection = _active(params, connection_id)
         if connection is None:
