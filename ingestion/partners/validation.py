@@ -23,7 +23,9 @@ MEMBER_ARROW_SCHEMA = pa_arrow.schema(
     [pa_arrow.field("partner_id", pa_arrow.string(), nullable=False)]
     + [
         pa_arrow.field(
-            name, pa_arrow.date32() if CANONICAL_FIELDS.get(name) == "date" else pa_arrow.string()
+            name,
+            pa_arrow.date32() if CANONICAL_FIELDS.get(name) == "date" else pa_arrow.string(),
+            nullable=name != "employee_id",  # part of the merge key, as the dlt hints say
         )
         for name in STORED_MEMBER_FIELDS
     ]
@@ -197,7 +199,10 @@ class RowValidator:
     ) -> None:
         label = "ssn" if self.inbound.identifier == "ssn" else "employee_id"
         for pos, key in enumerate(keys):
-            if key is None or pos in errors:
+            if pos in errors:
+                continue
+            if key is None:  # the member identifier is always required, configured or not
+                errors[pos].append(f"{label}: required but empty (it identifies the member)")
                 continue
             first = self._first_line_of.setdefault(key, rows[pos].line)
             if first != rows[pos].line:
