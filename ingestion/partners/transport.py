@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import logging
 import os
 import posixpath
 import stat
@@ -15,6 +16,8 @@ import paramiko
 
 from ingestion.partners.config import PartnerConfig, RemoteLocation
 from mdp.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MARKER_SUFFIXES = (".done", ".ok")
 IGNORED_SUFFIXES = (".tmp", ".part", ".partial", ".filepart")
@@ -135,15 +138,22 @@ def list_inbox(
         name = entry.filename
         if name.startswith(".") or name.endswith(MARKER_SUFFIXES + IGNORED_SUFFIXES):
             continue
-        if fnmatch.fnmatch(name, pattern):
-            files.append(
-                RemoteFile(
-                    posixpath.join(directory, name),
-                    name,
-                    entry.st_size or 0,
-                    float(entry.st_mtime or 0),
-                )
+        if not fnmatch.fnmatch(name, pattern):
+            log.warning(
+                "%s: %s does not match the partner's filename_pattern %r; left in place",
+                directory,
+                name,
+                pattern,
             )
+            continue
+        files.append(
+            RemoteFile(
+                posixpath.join(directory, name),
+                name,
+                entry.st_size or 0,
+                float(entry.st_mtime or 0),
+            )
+        )
     marked = {n for n in (f.name for f in files) if any(n + s in names for s in MARKER_SUFFIXES)}
     return files, marked
 
