@@ -57,12 +57,41 @@ def import_export(
 ) -> ExportStats:
     """Stream an export (xml or zip) into the raw table; the whole file parses before loading."""
     stats = ExportStats()
+    uploaded = _uploaded_keys(params, member_id)
     batches = [
-        _dedupe(b) for b in parse_export_to_batches(source, member_id=member_id, stats=stats)
+        _without(_dedupe(b), uploaded)
+        for b in parse_export_to_batches(source, member_id=member_id, stats=stats)
     ]
     if any(b.num_rows for b in batches):
         apple_pipeline(params, pipelines_dir).run(samples(batches))
     return stats
+
+
+def _uploaded_keys(params: ConnectionParams, member_id: str) -> set[str]:
+    """Samples the member app already uploaded: they carry a uuid and sync version that a
+    later deletion or newer version must find, so an export never overwrites them."""
+    from mdp.database import connect
+
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select 1 from information_schema.columns"
+            " where table_schema = %s and table_name = 'samples' and column_name = 'uuid'",
+            (DATASET,),
+        )
+        if cur.fetchone() is None:  # no upload has ever been loaded
+            return set()
+        cur.execute(
+            f"select natural_key from {DATASET}.samples where member_id = %s and uuid is not null",
+            (member_id,),
+        )
+        return {row[0] for row in cur.fetchall()}
+
+
+def _without(batch: pa.Table, keys: set[str]) -> pa.Table:
+    if not keys:
+        return batch
+    keep = [key not in keys for key in batch.column("natural_key").to_pylist()]
+    return batch.filter(pa.array(keep))
 
 
 def _dedupe(batch: pa.Table) -> pa.Table:
