@@ -83,6 +83,9 @@ def _print_status(status: dict) -> None:
     pull = status["partner_sftp"]
     click.echo(f"partner sftp sftp://{pull['host']}:{pull['port']} ({up(pull['running'])})")
     click.echo(f"api          {api['url']} ({up(api['running'])})")
+    fitbit = status.get("fitbit_emulator")
+    if fitbit:
+        click.echo(f"fitbit emu   {fitbit['url']} ({up(fitbit['running'])})")
     click.echo(f"state        {status['state_dir']}")
 
 
