@@ -279,6 +279,28 @@ def member_token(member_id: str, days: int) -> None:
     click.echo(issue_member_token(member_id, ttl_seconds=days * 86400))
 
 
+@main.group()
+def audit() -> None:
+    """The append-only, hash-chained access log."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Recompute the audit log's hash chain; exit 1 at the first row that does not match."""
+    from mdp.database import connect, connection_params
+    from mdp.schema import ensure_schema
+
+    params = connection_params(_settings())
+    ensure_schema(params)
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute("select audit.verify_chain(), count(*) from audit.access_log")
+        broken, rows = cur.fetchone()
+    if broken is not None:
+        click.echo(f"audit chain broken at chain_seq {broken} ({rows} rows)", err=True)
+        sys.exit(1)
+    click.echo(f"audit chain intact ({rows} rows)")
+
+
 # --- imports -------------------------------------------------------------------------------
 
 

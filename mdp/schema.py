@@ -151,6 +151,49 @@ end $$;
 drop trigger if exists access_log_append_only on audit.access_log;
 create trigger access_log_append_only before update or delete on audit.access_log
     for each row execute function audit.refuse_change();
+
+-- tamper-evident: each row carries the hash of the previous one (chain_seq orders the chain;
+-- ids from the sequence can commit out of order). Verify with audit.verify_chain().
+alter table audit.access_log add column if not exists chain_seq bigint;
+alter table audit.access_log add column if not exists prev_hash text;
+alter table audit.access_log add column if not exists row_hash text;
+create unique index if not exists access_log_chain_seq on audit.access_log (chain_seq);
+create or replace function audit.row_digest(r audit.access_log) returns text
+    language sql immutable as $$
+    select encode(sha256(convert_to(concat_ws('|', r.prev_hash, r.chain_seq, r.event_id,
+        extract(epoch from r.occurred_at), r.actor, r.action, r.partner_id, r.member_ref,
+        r.purpose, r.outcome, r.request_id, r.detail::text), 'UTF8')), 'hex')
+$$;
+create or replace function audit.chain_row() returns trigger language plpgsql as $$
+declare
+    last record;
+begin
+    perform pg_advisory_xact_lock(hashtext('audit.access_log.chain'));
+    select chain_seq, row_hash into last from audit.access_log
+        where chain_seq is not null order by chain_seq desc limit 1;
+    new.chain_seq := coalesce(last.chain_seq, 0) + 1;
+    new.prev_hash := coalesce(last.row_hash, '');
+    new.row_hash := audit.row_digest(new);
+    return new;
+end $$;
+drop trigger if exists access_log_chain on audit.access_log;
+create trigger access_log_chain before insert on audit.access_log
+    for each row execute function audit.chain_row();
+create or replace function audit.verify_chain() returns bigint language plpgsql as $$
+-- the chain_seq of the first row whose hash or link does not match; null when all match
+declare
+    r audit.access_log;
+    expected_prev text := '';
+begin
+    for r in select * from audit.access_log where chain_seq is not null order by chain_seq loop
+        if r.prev_hash is distinct from expected_prev or r.row_hash is distinct from audit.row_digest(r)
+        then
+            return r.chain_seq;
+        end if;
+        expected_prev := r.row_hash;
+    end loop;
+    return null;
+end $$;
 """
 
 
