@@ -42,6 +42,7 @@ from ingestion.devices.apple_health import (
 from mdp.phi import log_ref
 from mdp.settings import Settings, secret
 from serving.audit import AuditEvent
+from serving.bodies import read_limited_body
 from serving.eligibility import is_json_content_type
 from serving.health import DATABASE_ERRORS, DatabaseUnavailable
 from serving.member_tokens import KEY_NAME, InvalidMemberToken, verify_member_token
@@ -228,21 +229,6 @@ class UploadMetrics:
             self.samples.labels(outcome).inc(count)
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The raw body, or None once it is known to exceed `limit` bytes."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def store_upload(
     pool: asyncpg.Pool | None, member_id: str, batch_key: str, payload_text: str
 ) -> bool:
@@ -293,7 +279,7 @@ class AppleUploads:
             return JSONResponse(body, status_code=status, headers=headers)
 
         try:
-            body = await _read_body(request, MAX_BODY_BYTES)
+            body = await read_limited_body(request, MAX_BODY_BYTES)
         except ClientDisconnect:
             return Response(status_code=400)
         if body is None:

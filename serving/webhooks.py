@@ -43,6 +43,7 @@ from starlette.routing import Route
 from mdp.crypto import token_hash
 from mdp.phi import log_ref
 from mdp.settings import Settings, secret
+from serving.bodies import read_limited_body
 from serving.health import DATABASE_ERRORS, DatabaseUnavailable
 from serving.webhook_inbox import (
     InboxItem,
@@ -329,21 +330,6 @@ class WebhookMetrics:
             self.items.labels(provider, outcome).inc(count)
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The raw body, or None once it is known to exceed `limit` bytes."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _unavailable() -> JSONResponse:
     return JSONResponse(
         {"error": "unavailable", "detail": "the database is not reachable"},
@@ -414,7 +400,7 @@ class Webhooks:
             metrics.request("fitbit", "bad_signature")
             return Response(status_code=404)
         try:
-            body = await _read_body(request, FITBIT_MAX_BODY_BYTES)
+            body = await read_limited_body(request, FITBIT_MAX_BODY_BYTES)
         except ClientDisconnect:
             return Response(status_code=400)
         if body is None:
@@ -470,7 +456,7 @@ class Webhooks:
             detail = "the garmin-client-id header is missing or wrong"
             return JSONResponse({"error": "unauthorized", "detail": detail}, status_code=401)
         try:
-            body = await _read_body(request, GARMIN_MAX_BODY_BYTES)
+            body = await read_limited_body(request, GARMIN_MAX_BODY_BYTES)
         except ClientDisconnect:
             return Response(status_code=400)
         if body is None:
