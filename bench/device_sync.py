@@ -244,7 +244,7 @@ def run(bench: Bench, connections: int) -> list[Figure]:
     fetch_s = phases.span("fetch", "load")[0]
     load_s = phases.span("load", "cursors")[0]
     cursor_s = phases.span("cursors", "end")[0]
-    rows = result.steps_rows + result.weight_rows
+    rows = result.steps_rows + result.weight_rows + result.activity_rows
     minimum = 2 * connections
     projected = wall / connections * FULL_SCALE
     phase(
@@ -307,7 +307,7 @@ def run(bench: Bench, connections: int) -> list[Figure]:
             "rows loaded per second",
             rows / wall,
             "rows/s",
-            note=f"{result.steps_rows:,} steps + {result.weight_rows:,} weight rows; raw tables"
+            note=f"{result.steps_rows:,} steps + {result.weight_rows:,} weight + {result.activity_rows:,} activity rows; raw tables"
             f" hold {loaded[0]:,} + {loaded[1]:,}",
         ),
         Figure(

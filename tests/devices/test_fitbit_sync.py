@@ -99,6 +99,13 @@ def test_notified_day_reaches_the_marts_once_and_a_revision_replaces_it(platform
     ) == [(1,)]
     connection = find_connection(platform.params, "fitbit", USER)
     assert connection.access_token == fitbit.tokens(USER)[0]
+    # the activities notification also pulled that day's workout logs, once each
+    workouts = fitbit.workouts(USER, day)
+    assert platform.query(
+        "select count(*), coalesce(sum(steps), 0), count(distinct activity_id)"
+        " from marts.fct_activities where member_id = 'member-fitbit-1' and local_date = %s",
+        (day,),
+    ) == [(len(workouts), sum(w.steps for w in workouts), len(workouts))]
 
 
 def test_a_revoked_member_is_disconnected_and_keeps_history(platform, fitbit):
@@ -218,12 +225,8 @@ def test_backfill_fetches_three_months_in_weekly_chunks_and_reconnect_fills_only
     # disconnect, then reconnect later: the cursor is kept, so only the gap is pulled
     platform.query(
         "update devices.connections set sync_cursor = jsonb_build_object('steps', %s::text,"
-        " 'weight', %s::text) where connection_id = %s",
-        (
-            (today - dt.timedelta(days=5)).isoformat(),
-            (today - dt.timedelta(days=5)).isoformat(),
-            connection_id,
-        ),
+        " 'weight', %s::text, 'activities', %s::text) where connection_id = %s",
+        (*[(today - dt.timedelta(days=5)).isoformat()] * 3, connection_id),
     )
     disconnect(platform.params, connection_id)
     assert [
@@ -244,4 +247,5 @@ def test_backfill_fetches_three_months_in_weekly_chunks_and_reconnect_fills_only
     assert {(w.metric, w.start, w.end) for w in gap} == {
         ("steps", today - dt.timedelta(days=5), today),
         ("weight", today - dt.timedelta(days=5), today),
+        ("activities", today - dt.timedelta(days=5), today),
     }

@@ -41,10 +41,12 @@ def apple_pipeline(params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipelin
 
 
 def ensure_raw_tables(params: ConnectionParams, pipelines_dir: Path) -> None:
+    from ingestion.devices.apple_health.deletions import DELETIONS_DDL
     from mdp.database import connect
 
     apple_pipeline(params, pipelines_dir).run(samples([EXPORT_SCHEMA.empty_table()]))
     with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(DELETIONS_DDL)
         # the merge deletes by key: without this index every load scans the whole table
         cur.execute(
             f"create unique index if not exists samples_member_natural_key"

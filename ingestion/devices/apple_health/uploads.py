@@ -36,6 +36,7 @@ import psycopg2.extensions
 import pyarrow as pa
 
 from ingestion.devices.apple_health import UPLOAD_SCHEMA, UploadPayloadError, parse_upload_batch
+from ingestion.devices.apple_health.deletions import RECORD_TOMBSTONES_SQL
 from ingestion.devices.apple_health.load import DATASET, apple_pipeline, samples
 from mdp.database import ConnectionParams, connect
 
@@ -89,17 +90,26 @@ inner join unnest(%s::text[], %s::text[]) as t (member_id, sync_identifier)
     on s.member_id = t.member_id and s.sync_identifier = t.sync_identifier
 group by s.member_id, s.sync_identifier
 """
+# Deleted rows leave a tombstone, so incremental dbt models can drop them too (deletions.py).
 DELETE_UUIDS_SQL = f"""
-delete from {TABLE} as s
-using unnest(%s::text[], %s::text[]) as d (member_id, uuid)
-where s.member_id = d.member_id and s.uuid = d.uuid
+with gone as (
+    delete from {TABLE} as s
+    using unnest(%s::text[], %s::text[]) as d (member_id, uuid)
+    where s.member_id = d.member_id and s.uuid = d.uuid
+    returning s.member_id, s.natural_key, s.record_type, s.local_date
+)
+{RECORD_TOMBSTONES_SQL}
 """
 DELETE_SUPERSEDED_SQL = f"""
-delete from {TABLE} as s
-using unnest(%s::text[], %s::text[]) as t (member_id, sync_identifier), {TABLE} as newer
-where s.member_id = t.member_id and s.sync_identifier = t.sync_identifier
-    and newer.member_id = s.member_id and newer.sync_identifier = s.sync_identifier
-    and newer.sync_version > s.sync_version
+with gone as (
+    delete from {TABLE} as s
+    using unnest(%s::text[], %s::text[]) as t (member_id, sync_identifier), {TABLE} as newer
+    where s.member_id = t.member_id and s.sync_identifier = t.sync_identifier
+        and newer.member_id = s.member_id and newer.sync_identifier = s.sync_identifier
+        and newer.sync_version > s.sync_version
+    returning s.member_id, s.natural_key, s.record_type, s.local_date
+)
+{RECORD_TOMBSTONES_SQL}
 """
 MARK_PROCESSED_SQL = """
 update devices.apple_upload_inbox set processed_at = now() where upload_id = any(%s)

@@ -36,8 +36,11 @@ from mdp.database import ConnectionParams, connect
 log = logging.getLogger(__name__)
 
 DATASET = "raw_fitbit"
-METRIC_FOR_COLLECTION = {"activities": "steps", "body": "weight"}
+METRICS_FOR_COLLECTION = {"activities": ("steps", "activities"), "body": ("weight",)}
+METRICS = ("steps", "weight", "activities")
 WEIGHT_MAX_DAYS = 31
+ACTIVITY_PAGE_SIZE = 100
+KM_PER_MILE = 1.609344
 BACKFILL_DAYS = 90
 BACKFILL_CHUNK_DAYS = 7
 FIRST_SYNC_DAYS = 7
@@ -46,7 +49,7 @@ FIRST_SYNC_DAYS = 7
 @dataclass
 class SyncWindow:
     connection_id: str
-    metric: str  # steps | weight
+    metric: str  # steps | weight | activities
     start: dt.date
     end: dt.date
     inbox_ids: list[int] = field(default_factory=list)
@@ -65,6 +68,7 @@ class InboxPlan:
 class SyncResult:
     steps_rows: int = 0
     weight_rows: int = 0
+    activity_rows: int = 0
     requests: int = 0
     windows_done: int = 0
     deferred: list[str] = field(default_factory=list)  # why some windows wait for the next run
@@ -100,14 +104,17 @@ def plan_from_inbox(params: ConnectionParams) -> InboxPlan:
             disconnect(params, connection.connection_id, status="revoked")
             revoked.append(inbox_id)
             continue
-        metric = METRIC_FOR_COLLECTION.get(collection)
-        if metric is None or day is None:
+        metrics = METRICS_FOR_COLLECTION.get(collection)
+        if metrics is None or day is None:
             orphaned.append(inbox_id)
             continue
-        key = (connection.connection_id, metric)
-        window = windows.setdefault(key, SyncWindow(connection.connection_id, metric, day, day))
-        window.start, window.end = min(window.start, day), max(window.end, day)
-        window.inbox_ids.append(inbox_id)
+        for metric in metrics:
+            key = (connection.connection_id, metric)
+            window = windows.setdefault(
+                key, SyncWindow(connection.connection_id, metric, day, day)
+            )
+            window.start, window.end = min(window.start, day), max(window.end, day)
+            window.inbox_ids.append(inbox_id)
     return InboxPlan(list(windows.values()), revoked, orphaned, read_at)
 
 
@@ -123,7 +130,7 @@ def plan_polling(
     for connection in active_connections(params, "fitbit"):
         if connection.last_notified_at and now - connection.last_notified_at < quiet_for:
             continue
-        for metric in ("steps", "weight"):
+        for metric in METRICS:
             since = cursor_date(connection, metric)
             # today and yesterday are re-read: a day's totals keep changing until it is over
             # a reconnect keeps the cursor, so only the gap since the last sync is pulled
@@ -148,7 +155,7 @@ def plan_backfill(
     for connection in active_connections(params, "fitbit"):
         connected_on = connection.created_at.date()
         target = connected_on - dt.timedelta(days=BACKFILL_DAYS)
-        for metric in ("steps", "weight"):
+        for metric in METRICS:
             done = connection.backfill_progress.get(metric)
             oldest = (
                 dt.date.fromisoformat(done)
@@ -192,45 +199,103 @@ def _chunks(start: dt.date, end: dt.date, days: int):
 
 
 def fetch_window(client: FitbitClient, window: SyncWindow) -> list[dict]:
+    fetch = {"steps": _fetch_steps, "weight": _fetch_weights, "activities": _fetch_activities}
+    return fetch[window.metric](client, window, dt.datetime.now(dt.UTC))
+
+
+def _fetch_steps(client: FitbitClient, window: SyncWindow, fetched_at: dt.datetime) -> list[dict]:
     connection = client.connection
-    fetched_at = dt.datetime.now(dt.UTC)
+    body = client.get_json(
+        f"/1/user/-/activities/steps/date/{window.start.isoformat()}/{window.end.isoformat()}.json"
+    )
+    return [
+        {
+            "connection_id": connection.connection_id,
+            "member_id": connection.member_id,
+            "activity_date": dt.date.fromisoformat(item["dateTime"]),
+            "steps": int(float(item["value"])),
+            "timezone": connection.timezone,
+            "fetched_at": fetched_at,
+        }
+        for item in body.get("activities-steps", [])
+    ]
+
+
+def _fetch_weights(
+    client: FitbitClient, window: SyncWindow, fetched_at: dt.datetime
+) -> list[dict]:
+    connection = client.connection
     rows: list[dict] = []
-    if window.metric == "steps":
+    for start, end in _chunks(window.start, window.end, WEIGHT_MAX_DAYS):
         body = client.get_json(
-            f"/1/user/-/activities/steps/date/{window.start.isoformat()}/{window.end.isoformat()}.json"
+            f"/1/user/-/body/log/weight/date/{start.isoformat()}/{end.isoformat()}.json"
         )
-        for item in body.get("activities-steps", []):
+        for item in body.get("weight", []):
             rows.append(
                 {
                     "connection_id": connection.connection_id,
                     "member_id": connection.member_id,
-                    "activity_date": dt.date.fromisoformat(item["dateTime"]),
-                    "steps": int(float(item["value"])),
+                    "log_id": int(item["logId"]),
+                    "log_date": dt.date.fromisoformat(item["date"]),
+                    "log_time": item.get("time"),
+                    "weight_kg": float(item["weight"]),
+                    "bmi": item.get("bmi"),
+                    "source": item.get("source"),
                     "timezone": connection.timezone,
                     "fetched_at": fetched_at,
                 }
             )
-    else:
-        for start, end in _chunks(window.start, window.end, WEIGHT_MAX_DAYS):
-            body = client.get_json(
-                f"/1/user/-/body/log/weight/date/{start.isoformat()}/{end.isoformat()}.json"
-            )
-            for item in body.get("weight", []):
-                rows.append(
-                    {
-                        "connection_id": connection.connection_id,
-                        "member_id": connection.member_id,
-                        "log_id": int(item["logId"]),
-                        "log_date": dt.date.fromisoformat(item["date"]),
-                        "log_time": item.get("time"),
-                        "weight_kg": float(item["weight"]),
-                        "bmi": item.get("bmi"),
-                        "source": item.get("source"),
-                        "timezone": connection.timezone,
-                        "fetched_at": fetched_at,
-                    }
-                )
     return rows
+
+
+def _fetch_activities(
+    client: FitbitClient, window: SyncWindow, fetched_at: dt.datetime
+) -> list[dict]:
+    """Logged activities that started on the window's local days, paged oldest first.
+
+    The list has no end date: paging stops at the first activity after the window.
+    """
+    connection = client.connection
+    rows: list[dict] = []
+    offset = 0
+    while True:
+        body = client.get_json(
+            f"/1/user/-/activities/list.json?afterDate={window.start.isoformat()}"
+            f"&sort=asc&limit={ACTIVITY_PAGE_SIZE}&offset={offset}"
+        )
+        entries = body.get("activities", [])
+        for item in entries:
+            started = dt.datetime.fromisoformat(item["startTime"])
+            if started.date() > window.end:
+                return rows
+            rows.append(activity_row(item, started, connection, fetched_at))
+        if not entries or not body.get("pagination", {}).get("next"):
+            return rows
+        offset += len(entries)
+
+
+def activity_row(
+    item: dict, started: dt.datetime, connection: Connection, fetched_at: dt.datetime
+) -> dict:
+    distance = item.get("distance")
+    if distance is not None and item.get("distanceUnit", "Kilometer") == "Mile":
+        distance = float(distance) * KM_PER_MILE
+    return {
+        "connection_id": connection.connection_id,
+        "member_id": connection.member_id,
+        "log_id": int(item["logId"]),
+        "activity_name": item.get("activityName"),
+        "activity_type_id": item.get("activityTypeId"),
+        "start_time": started,
+        "local_date": started.date(),
+        "duration_ms": item.get("duration"),
+        "steps": item.get("steps"),
+        "calories": item.get("calories"),
+        "distance_km": float(distance) if distance is not None else None,
+        "last_modified": item.get("lastModified"),
+        "timezone": connection.timezone,
+        "fetched_at": fetched_at,
+    }
 
 
 @dlt.resource(
@@ -261,6 +326,27 @@ def weight_logs(rows: list[dict]):
     yield rows
 
 
+@dlt.resource(
+    name="activity_logs",
+    primary_key=("connection_id", "log_id"),
+    write_disposition="merge",
+    columns={
+        "start_time": {"data_type": "timestamp"},
+        "local_date": {"data_type": "date"},
+        "duration_ms": {"data_type": "bigint"},
+        "steps": {"data_type": "bigint"},
+        "calories": {"data_type": "double"},
+        "distance_km": {"data_type": "double"},
+        "activity_type_id": {"data_type": "bigint"},
+        "activity_name": {"data_type": "text"},
+        "last_modified": {"data_type": "text"},
+    },
+)
+def activity_logs(rows: list[dict]):
+    """Logged workouts (walks, runs, rides); an edited log replaces the old one."""
+    yield rows
+
+
 def fitbit_pipeline(params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipeline:
     return dlt.pipeline(
         pipeline_name="devices_fitbit",
@@ -282,9 +368,9 @@ def sync_fitbit(
     by_connection: dict[str, list[SyncWindow]] = defaultdict(list)
     for window in windows:
         by_connection[window.connection_id].append(window)
-    steps: list[dict] = []
-    weights: list[dict] = []
+    rows: dict[str, list[dict]] = {metric: [] for metric in METRICS}
     done: list[SyncWindow] = []
+    waiting_inbox_ids: set[int] = set()  # a notification closes only when all its windows are done
     breaker = CircuitBreaker(params, "fitbit")
     session = requests.Session()  # one keep-alive pool for every member's requests
     for connection_id, own_windows in by_connection.items():
@@ -292,28 +378,39 @@ def sync_fitbit(
         if connection is None:
             continue
         client = FitbitClient(app, params, connection, session=session, breaker=breaker)
+        finished = 0
         try:
             for window in own_windows:
-                rows = fetch_window(client, window)
-                (steps if window.metric == "steps" else weights).extend(rows)
+                rows[window.metric].extend(fetch_window(client, window))
                 done.append(window)
+                finished += 1
         except TokenRevoked:
             disconnect(params, connection_id, status="revoked")
             result.disconnected.append(connection_id)
         except (RateLimited, ProviderUnavailable, BreakerOpen) as exc:
             # the window waits: its inbox rows and cursor stay as they are for a later run
             result.deferred.append(f"{connection_id}: {exc}")
+            for window in own_windows[finished:]:
+                waiting_inbox_ids.update(window.inbox_ids)
         finally:
             result.requests += client.requests_made
-    if steps or weights:
-        fitbit_pipeline(params, pipelines_dir).run([daily_steps(steps), weight_logs(weights)])
-    result.steps_rows, result.weight_rows = len(steps), len(weights)
+    if any(rows.values()):
+        fitbit_pipeline(params, pipelines_dir).run(
+            [
+                daily_steps(rows["steps"]),
+                weight_logs(rows["weight"]),
+                activity_logs(rows["activities"]),
+            ]
+        )
+    result.steps_rows, result.weight_rows = len(rows["steps"]), len(rows["weight"])
+    result.activity_rows = len(rows["activities"])
     for window in done:
         if window.backfill:
             record_backfill(params, window)
         else:
             advance_cursor(params, window.connection_id, window.metric, window.end)
-            mark_processed(params, window.inbox_ids, read_at)
+            closable = [i for i in window.inbox_ids if i not in waiting_inbox_ids]
+            mark_processed(params, closable, read_at)
     result.windows_done = len(done)
     return result
 
@@ -343,6 +440,12 @@ RAW_TABLES_DDL = f"""
 create schema if not exists {DATASET};
 create table if not exists {DATASET}.daily_steps (
     connection_id text not null, member_id text, activity_date date not null, steps bigint,
+    timezone text, fetched_at timestamptz, _dlt_load_id text not null, _dlt_id text not null
+);
+create table if not exists {DATASET}.activity_logs (
+    connection_id text not null, member_id text, log_id bigint not null, activity_name text,
+    activity_type_id bigint, start_time timestamptz, local_date date, duration_ms bigint,
+    steps bigint, calories double precision, distance_km double precision, last_modified text,
     timezone text, fetched_at timestamptz, _dlt_load_id text not null, _dlt_id text not null
 );
 create table if not exists {DATASET}.weight_logs (

@@ -16,6 +16,7 @@ from orchestration.resources import FitbitResource, PlatformResource
 
 STEPS_KEY = dg.AssetKey([DATASET, "daily_steps"])
 WEIGHT_KEY = dg.AssetKey([DATASET, "weight_logs"])
+ACTIVITIES_KEY = dg.AssetKey([DATASET, "activity_logs"])
 CONNECTIONS_KEY = dg.AssetKey(["devices", "connections"])
 
 
@@ -37,6 +38,12 @@ class DeviceSyncConfig(dg.Config):
             group_name="devices",
             kinds={"dlt", "postgres"},
             description="Fitbit weight logs (kg).",
+        ),
+        dg.AssetSpec(
+            ACTIVITIES_KEY,
+            group_name="devices",
+            kinds={"dlt", "postgres"},
+            description="Fitbit activity logs (workouts), merged on logId.",
         ),
         dg.AssetSpec(
             CONNECTIONS_KEY,
@@ -91,6 +98,9 @@ def fitbit_sync(
     yield dg.MaterializeResult(asset_key=STEPS_KEY, metadata={"rows": result.steps_rows, **common})
     yield dg.MaterializeResult(
         asset_key=WEIGHT_KEY, metadata={"rows": result.weight_rows, **common}
+    )
+    yield dg.MaterializeResult(
+        asset_key=ACTIVITIES_KEY, metadata={"rows": result.activity_rows, **common}
     )
     yield dg.MaterializeResult(
         asset_key=CONNECTIONS_KEY,

@@ -1,6 +1,7 @@
 import dagster as dg
 
 from orchestration.defs.devices.assets import (
+    ACTIVITIES_KEY,
     APPLE_SAMPLES_KEY,
     CONNECTIONS_KEY,
     GARMIN_KEYS,
@@ -10,7 +11,12 @@ from orchestration.defs.devices.assets import (
 
 # every device source, so the unified models downstream always find all their inputs built
 DEVICE_SOURCES = dg.AssetSelection.assets(
-    STEPS_KEY, WEIGHT_KEY, CONNECTIONS_KEY, APPLE_SAMPLES_KEY, *GARMIN_KEYS.values()
+    STEPS_KEY,
+    WEIGHT_KEY,
+    ACTIVITIES_KEY,
+    CONNECTIONS_KEY,
+    APPLE_SAMPLES_KEY,
+    *GARMIN_KEYS.values(),
 )
 
 device_sync_job = dg.define_asset_job(

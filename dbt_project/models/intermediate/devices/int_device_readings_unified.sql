@@ -1,6 +1,26 @@
 -- One reading per (member, device, metric, timestamp) across providers, canonical units:
 -- steps count, kg, mg/dL. Fitbit daily step totals are stamped at the member-local midnight;
 -- Apple step samples are intervals, summed per day downstream.
+--
+-- Incremental: each build reads only rows loaded since the last one (see
+-- macros/device_increments.sql); a revision of a reading has the same reading_key and
+-- replaces it; Apple samples deleted since are removed by the pre-hook.
+{{
+    config(
+        materialized='incremental',
+        unique_key='reading_key',
+        incremental_strategy='delete+insert',
+        on_schema_change='append_new_columns',
+        pre_hook="{{ delete_tombstoned_readings() }}",
+        indexes=[
+            {'columns': ['reading_key'], 'unique': True},
+            {'columns': ['_loaded_at']},
+            {'columns': ['member_id', 'metric', 'local_date']},
+            {'columns': ['member_id', 'source_key']},
+        ],
+    )
+}}
+
 with
 
 steps as (
@@ -14,8 +34,11 @@ steps as (
         local_date,
         steps::double precision as value,
         'count' as unit,
-        fetched_at
+        null::text as source_key,
+        fetched_at,
+        _loaded_at
     from {{ ref('stg_fitbit__daily_steps') }}
+    where {{ loaded_since_last_build() }}
 
 ),
 
@@ -30,8 +53,11 @@ weights as (
         local_date,
         weight_kg as value,
         'kg' as unit,
-        fetched_at
+        reading_id as source_key,
+        fetched_at,
+        _loaded_at
     from {{ ref('stg_fitbit__weight_logs') }}
+    where {{ loaded_since_last_build() }}
 
 ),
 
@@ -46,8 +72,11 @@ garmin_steps as (
         local_date,
         steps::double precision as value,
         'count' as unit,
-        fetched_at
+        summary_id as source_key,
+        fetched_at,
+        _loaded_at
     from {{ ref('stg_garmin__dailies') }}
+    where {{ loaded_since_last_build() }}
 
 ),
 
@@ -62,9 +91,11 @@ garmin_weights as (
         local_date,
         weight_kg as value,
         'kg' as unit,
-        fetched_at
+        summary_id as source_key,
+        fetched_at,
+        _loaded_at
     from {{ ref('stg_garmin__body_comps') }}
-    where weight_kg is not null
+    where weight_kg is not null and {{ loaded_since_last_build() }}
 
 ),
 
@@ -79,8 +110,11 @@ apple as (
         local_date,
         value,
         unit,
-        fetched_at
+        natural_key as source_key,
+        fetched_at,
+        _loaded_at
     from {{ ref('stg_apple_health__samples') }}
+    where {{ loaded_since_last_build() }}
 
 ),
 
@@ -104,13 +138,14 @@ latest_revision as (
         *,
         row_number() over (
             partition by member_id, device_id, metric, measured_at
-            order by fetched_at desc
+            order by _loaded_at desc, fetched_at desc
         ) as revision_rank
     from unioned
 
 )
 
 select
+    md5(concat_ws('|', member_id, device_id, metric, measured_at::text)) as reading_key,
     member_id,
     device_id,
     provider,
@@ -119,6 +154,9 @@ select
     local_date,
     value,
     unit,
-    fetched_at
+    source_key,
+    fetched_at,
+    _loaded_at,
+    now() as _built_at
 from latest_revision
 where revision_rank = 1

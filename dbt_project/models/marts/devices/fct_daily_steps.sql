@@ -1,15 +1,56 @@
 -- Steps per member per local day, counted once when several devices overlap: the member's
 -- primary device for steps wins; without one, the device that counted the most that day
 -- (a device not worn all day undercounts, it rarely overcounts).
+--
+-- Incremental: only member-days with readings loaded (or Apple samples deleted) since the last
+-- build are recomputed, from all of that day's readings; the pre-hook first drops member-days
+-- that lost a reading, so a day whose every reading was deleted disappears.
+{{
+    config(
+        materialized='incremental',
+        unique_key=['member_id', 'local_date'],
+        incremental_strategy='delete+insert',
+        on_schema_change='append_new_columns',
+        pre_hook="{{ delete_member_days_with_tombstones('steps') }}",
+        indexes=[
+            {'columns': ['member_id', 'local_date'], 'unique': True},
+            {'columns': ['local_date']},
+        ],
+    )
+}}
+
 with
+
+changed_days as (
+
+    select distinct member_id, local_date
+    from {{ ref('int_device_readings_unified') }}
+    where metric = 'steps' and member_id is not null and {{ loaded_since_last_build() }}
+    {% if is_incremental() %}
+    union
+    select member_id, local_date
+    from {{ source('raw_apple_health', 'sample_deletions') }}
+    where record_type = 'steps' and member_id is not null and {{ tombstones_since_last_build() }}
+    {% endif %}
+
+),
 
 readings as (
 
     -- one total per device and day (Apple writes many interval samples a day)
-    select member_id, device_id, provider, local_date, sum(value) as value
-    from {{ ref('int_device_readings_unified') }}
-    where metric = 'steps'
-    group by member_id, device_id, provider, local_date
+    select
+        readings.member_id,
+        readings.device_id,
+        readings.provider,
+        readings.local_date,
+        sum(readings.value) as value,
+        max(readings._loaded_at) as _loaded_at
+    from {{ ref('int_device_readings_unified') }} as readings
+    inner join changed_days
+        on changed_days.member_id = readings.member_id
+        and changed_days.local_date = readings.local_date
+    where readings.metric = 'steps'
+    group by readings.member_id, readings.device_id, readings.provider, readings.local_date
 
 ),
 
@@ -27,6 +68,9 @@ ranked as (
         readings.device_id,
         readings.provider,
         readings.value,
+        max(readings._loaded_at) over (
+            partition by readings.member_id, readings.local_date
+        ) as _loaded_at,
         count(*) over (partition by readings.member_id, readings.local_date) as devices_reporting,
         row_number() over (
             partition by readings.member_id, readings.local_date
@@ -47,6 +91,8 @@ select
     device_id as counted_device_id,
     provider,
     devices_reporting,
-    (value < 0 or value > 100000) as is_implausible
+    (value < 0 or value > 100000) as is_implausible,
+    _loaded_at,
+    now() as _built_at
 from ranked
 where device_rank = 1

@@ -1,10 +1,29 @@
+-- Incremental: readings loaded since the last build; Apple samples deleted since are removed.
+{{
+    config(
+        materialized='incremental',
+        unique_key='reading_key',
+        incremental_strategy='delete+insert',
+        on_schema_change='append_new_columns',
+        pre_hook="{{ delete_tombstoned_readings() }}",
+        indexes=[
+            {'columns': ['reading_key'], 'unique': True},
+            {'columns': ['member_id', 'measured_at']},
+        ],
+    )
+}}
+
 select
+    reading_key,
     member_id,
     device_id,
     provider,
     measured_at,
     local_date,
     value as glucose_mg_dl,
-    (value < 10 or value > 1000) as is_implausible
+    (value < 10 or value > 1000) as is_implausible,
+    source_key,
+    _loaded_at,
+    now() as _built_at
 from {{ ref('int_device_readings_unified') }}
-where metric = 'blood_glucose'
+where metric = 'blood_glucose' and {{ loaded_since_last_build() }}

@@ -11,10 +11,7 @@ renamed as (
     select
         member_id,
         -- a device is the app/watch that wrote the sample: iPhone and Watch stay apart
-        'apple_' || md5(
-            coalesce(member_id, '') || '|' || source_name || '|'
-            || coalesce(device_model, '') || '|' || coalesce(device_hardware, '')
-        ) as device_id,
+        {{ apple_device_id() }} as device_id,
         'apple_health' as provider,
         record_type as metric,
         start_at as measured_at,
@@ -24,7 +21,8 @@ renamed as (
         source_name,
         device_model,
         natural_key,
-        creation_at as fetched_at
+        creation_at as fetched_at,
+        {{ loaded_at() }}
     from source
     where record_type in ('steps', 'weight', 'blood_glucose')
 

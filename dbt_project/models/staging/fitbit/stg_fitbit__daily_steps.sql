@@ -15,7 +15,8 @@ renamed as (
         activity_date as local_date,
         steps::bigint as steps,
         coalesce(timezone, 'UTC') as timezone,
-        fetched_at
+        fetched_at,
+        {{ loaded_at() }}
     from source
 
 )

@@ -19,7 +19,8 @@ renamed as (
         log_date as local_date,
         weight_kg::double precision as weight_kg,
         source as source_name,
-        fetched_at
+        fetched_at,
+        {{ loaded_at() }}
     from source
 
 )

@@ -17,7 +17,8 @@ renamed as (
         -- Garmin gives UTC seconds plus the member's offset: the local date is theirs
         (measured_at + make_interval(secs => coalesce(utc_offset_seconds, 0)))::date as local_date,
         weight_kg,
-        received_at as fetched_at
+        received_at as fetched_at,
+        {{ loaded_at() }}
     from source
 
 )

@@ -16,7 +16,8 @@ renamed as (
         calendar_date as local_date,
         start_time as measured_at,
         steps::bigint as steps,
-        received_at as fetched_at
+        received_at as fetched_at,
+        {{ loaded_at() }}
     from source
 
 )

@@ -1,0 +1,30 @@
+with
+
+source as (
+
+    select * from {{ source('raw_garmin', 'activities') }}
+
+),
+
+renamed as (
+
+    select
+        connection_id,
+        member_id,
+        'garmin' as provider,
+        summary_id as activity_id,
+        lower(activity_type) as activity_type,
+        activity_name,
+        start_time as started_at,
+        (start_time + make_interval(secs => coalesce(utc_offset_seconds, 0)))::date as local_date,
+        duration_seconds / 60.0 as duration_minutes,
+        steps::bigint as steps,
+        distance_m / 1000.0 as distance_km,
+        active_kcal,
+        received_at as fetched_at,
+        {{ loaded_at() }}
+    from source
+
+)
+
+select * from renamed
