@@ -17,6 +17,9 @@ import dlt
 import requests
 
 from ingestion.devices.connections import Connection, disconnect, find_connection
+from ingestion.devices.garmin.backfill import clear_denied
+from ingestion.devices.garmin.budget import BudgetExhausted, DailyBudget
+from ingestion.devices.garmin.settings import GarminSettings
 from mdp.database import ConnectionParams, connect
 
 log = logging.getLogger(__name__)
@@ -145,9 +148,17 @@ def garmin_pipeline(params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipeli
 
 
 def pull_ping(
-    item: dict, connection: Connection, session: requests.Session | None = None
+    item: dict,
+    connection: Connection,
+    session: requests.Session | None = None,
+    budget: DailyBudget | None = None,
 ) -> list[dict]:
-    """A ping names a callbackURL holding the summaries; fetch it with the member's token."""
+    """A ping names a callbackURL holding the summaries; fetch it with the member's token.
+
+    The pull is paid for from the daily budget first (BudgetExhausted: it waits).
+    """
+    if budget is not None:
+        budget.take()
     session = session or requests.Session()
     response = session.get(
         item["callbackURL"],
@@ -160,10 +171,19 @@ def pull_ping(
 
 
 def process_garmin_inbox(
-    params: ConnectionParams, pipelines_dir: Path, limit: int = 20_000
+    params: ConnectionParams,
+    pipelines_dir: Path,
+    limit: int = 20_000,
+    budget: DailyBudget | None = None,
 ) -> GarminResult:
-    """Load pending Garmin notifications; rows close only after their data is loaded."""
+    """Load pending Garmin notifications; rows close only after their data is loaded.
+
+    Ping pulls spend the shared daily budget (by default GARMIN_DAILY_BUDGET); once it is
+    used up the remaining pings stay pending until the next day.
+    """
     result = GarminResult()
+    budget = budget or DailyBudget(params, "garmin", GarminSettings.from_env().daily_budget)
+    exhausted: BudgetExhausted | None = None
     with connect(params) as conn, conn.cursor() as cur:
         cur.execute("select now()")
         read_at = cur.fetchone()[0]
@@ -182,6 +202,8 @@ def process_garmin_inbox(
             if connection is not None and summary_type == "deregistrations":
                 disconnect(params, connection.connection_id, status="revoked")
                 result.deregistered += 1
+            elif connection is not None:
+                clear_denied(params, connection.connection_id)
             done.append(inbox_id)
             continue
         if connection is None or connection.status != "active" or summary_type not in BUILDERS:
@@ -190,9 +212,16 @@ def process_garmin_inbox(
             continue
         items = [item]
         if "callbackURL" in item:
+            if exhausted is not None:
+                result.deferred.append(f"{connection.connection_id}: {exhausted}")
+                continue
             try:
-                items = pull_ping(item, connection)
+                items = pull_ping(item, connection, budget=budget)
                 result.pings_pulled += 1
+            except BudgetExhausted as exc:
+                exhausted = exc  # the row stays pending: pulled once the day turns
+                result.deferred.append(f"{connection.connection_id}: {exc}")
+                continue
             except requests.RequestException as exc:
                 result.deferred.append(
                     f"{connection.connection_id}: ping pull failed: {type(exc).__name__}"

@@ -167,6 +167,11 @@ GARMIN_KEYS = {
 }
 
 
+class GarminSyncConfig(dg.Config):
+    # depth, window, budget and reserve come from GARMIN_* variables (GarminSettings)
+    backfill_max_requests: int = 500  # per run, after the inbox; 0 turns backfill off
+
+
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
@@ -179,13 +184,34 @@ GARMIN_KEYS = {
     ],
     retry_policy=dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL),
 )
-def garmin_sync(context: dg.AssetExecutionContext, platform: PlatformResource):
-    """Garmin pushes whole summaries (and pings with a callback): load what the inbox holds."""
+def garmin_sync(
+    context: dg.AssetExecutionContext, config: GarminSyncConfig, platform: PlatformResource
+):
+    """Garmin pushes whole summaries (and pings with a callback): load what the inbox holds,
+    then, with the daily budget left above the ping reserve, ask for new connections' history
+    (Garmin pushes it later, through the inbox)."""
     from ingestion.devices.garmin import process_garmin_inbox
+    from ingestion.devices.garmin.backfill import (
+        BackfillResult,
+        pending_backfill,
+        request_backfills,
+    )
+    from ingestion.devices.garmin.budget import DailyBudget
+    from ingestion.devices.garmin.settings import GarminSettings
 
-    result = process_garmin_inbox(platform.params, platform.settings.state_dir / "dlt")
-    for reason in result.deferred:
+    settings = GarminSettings.from_env()
+    budget = DailyBudget(platform.params, "garmin", settings.daily_budget)
+    result = process_garmin_inbox(
+        platform.params, platform.settings.state_dir / "dlt", budget=budget
+    )
+    backfill = BackfillResult()
+    if config.backfill_max_requests > 0:
+        backfill = request_backfills(
+            platform.params, settings, budget, max_requests=config.backfill_max_requests
+        )
+    for reason in result.deferred + backfill.deferred:
         context.log.warning(f"deferred to the next run: {reason}")
+    budget_state = budget.state()
     for table, key in GARMIN_KEYS.items():
         yield dg.MaterializeResult(
             asset_key=key,
@@ -194,5 +220,12 @@ def garmin_sync(context: dg.AssetExecutionContext, platform: PlatformResource):
                 "pings_pulled": result.pings_pulled,
                 "deregistered": result.deregistered,
                 "ignored_items": result.ignored,
+                "backfill_windows_requested": backfill.requested,
+                "backfill_windows_already_requested": backfill.already_requested,
+                "backfill_windows_refused": backfill.refused,
+                "backfill_denied_connections": len(backfill.denied),
+                "backfill_pending_connections": len(pending_backfill(platform.params, settings)),
+                "budget_remaining": budget_state.remaining,
+                "budget_resets_at": budget_state.reset_at.isoformat(),
             },
         )

@@ -7,7 +7,7 @@ progressing only when its last success moves.
 import dagster as dg
 
 from mdp.database import connect
-from orchestration.defs.devices.assets import CONNECTIONS_KEY
+from orchestration.defs.devices.assets import CONNECTIONS_KEY, GARMIN_KEYS
 from orchestration.resources import PlatformResource
 
 MAX_LAG_MINUTES = 60
@@ -110,4 +110,32 @@ def connections_make_progress(platform: PlatformResource) -> dg.AssetCheckResult
     stuck = {provider: n for provider, n in rows}
     return dg.AssetCheckResult(
         passed=not stuck, metadata={"stuck_by_provider": dg.MetadataValue.json(stuck)}
+    )
+
+
+GARMIN_BUDGET_WARN_SHARE = 0.8
+
+
+@dg.asset_check(
+    asset=GARMIN_KEYS["dailies"],
+    description="Garmin's global daily request budget (GARMIN_DAILY_BUDGET, shared by every run): "
+    f"warns when more than {GARMIN_BUDGET_WARN_SHARE:.0%} of today's is used.",
+)
+def garmin_daily_budget(platform: PlatformResource) -> dg.AssetCheckResult:
+    from ingestion.devices.garmin.budget import DailyBudget
+    from ingestion.devices.garmin.settings import GarminSettings
+
+    settings = GarminSettings.from_env()
+    state = DailyBudget(platform.params, "garmin", settings.daily_budget).state()
+    return dg.AssetCheckResult(
+        passed=state.used_share <= GARMIN_BUDGET_WARN_SHARE,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "limit": state.limit,
+            "used": state.used,
+            "remaining": state.remaining,
+            "used_percent": dg.MetadataValue.float(round(100 * state.used_share, 1)),
+            "resets_at": state.reset_at.isoformat(),
+            "backfill_stops_below": settings.backfill_reserve,
+        },
     )
