@@ -1,9 +1,10 @@
 {#- Incremental device models: what changed since the last build, and what was deleted.
 
 Raw tables are merged by dlt, so a new or revised row carries a newer `_dlt_load_id` (the
-load's start, as Unix seconds). A model re-reads everything loaded since its newest
-`_loaded_at`, less a margin: a load that started earlier but committed later is still seen.
-Re-reading is harmless (unique keys, delete+insert).
+load's start, as Unix seconds). A model re-reads every load that started after its last build
+less a margin (or after the newest load it holds, if that is older): a load that started
+before the last build and committed after it is still seen, as long as loads take less than
+the margin. Re-reading is harmless (unique keys, delete+insert).
 -#}
 
 {% macro loaded_at() -%}
@@ -17,7 +18,10 @@ Re-reading is harmless (unique keys, delete+insert).
 {% macro loaded_since_last_build(column='_loaded_at') -%}
     {%- if is_incremental() -%}
         {{ column }} > (
-            select coalesce(max(_loaded_at), '-infinity'::timestamptz) - {{ reload_margin() }}
+            select coalesce(
+                least(max(_loaded_at), max(_built_at) - {{ reload_margin() }}),
+                '-infinity'::timestamptz
+            )
             from {{ this }}
         )
     {%- else -%}
@@ -64,4 +68,22 @@ Re-reading is harmless (unique keys, delete+insert).
     {%- else -%}
         select 1
     {%- endif -%}
+{%- endmacro %}
+
+{% macro index_apple_source_keys() -%}
+    {#- post-hook: the tombstone pre-hook finds Apple readings by sample key (partial: other
+        providers' rows never need it). Unnamed and checked by definition, because a full
+        refresh renames the old table, whose index would otherwise keep the name. -#}
+    do $$
+    begin
+        if not exists (
+            select 1 from pg_indexes
+            where schemaname = '{{ this.schema }}' and tablename = '{{ this.identifier }}'
+                and indexdef like '%(member_id, source_key)%'
+        ) then
+            execute 'create index on {{ this }} (member_id, source_key)'
+                || ' where provider = ''apple_health''';
+        end if;
+    end
+    $$
 {%- endmacro %}

@@ -15,6 +15,8 @@
         indexes=[
             {'columns': ['member_id', 'local_date'], 'unique': True},
             {'columns': ['local_date']},
+            {'columns': ['_loaded_at']},
+            {'columns': ['_built_at']},
         ],
     )
 }}

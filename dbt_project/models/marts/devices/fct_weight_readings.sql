@@ -6,9 +6,12 @@
         incremental_strategy='delete+insert',
         on_schema_change='append_new_columns',
         pre_hook="{{ delete_tombstoned_readings() }}",
+        post_hook="{{ index_apple_source_keys() }}",
         indexes=[
             {'columns': ['reading_key'], 'unique': True},
             {'columns': ['member_id', 'measured_at']},
+            {'columns': ['_loaded_at']},
+            {'columns': ['_built_at']},
         ],
     )
 }}
