@@ -19,6 +19,9 @@ from bench.common import Figure, bench_platform, phase, table
 
 OUT = Path(__file__).resolve().parent / "out" / "results.json"
 DEVICE_CONNECTIONS, QUICK_DEVICE_CONNECTIONS = 4_000, 500
+# (connections, days of history) behind the dbt device build: 100,000 connections with the
+# 3 months of history that backfill leaves
+DBT_SCALE, DBT_SCALE_QUICK = (100_000, 90), (5_000, 14)
 EXPORT_MB, QUICK_EXPORT_MB = 200.0, 50.0
 
 
@@ -66,13 +69,21 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     with bench_platform() as bench:
         phase(f"database: {bench.database}")
-        from bench import apple_export, device_sync, eligibility_api, partner_load, servable
+        from bench import (
+            apple_export,
+            dbt_devices,
+            device_sync,
+            eligibility_api,
+            partner_load,
+            servable,
+        )
 
         if not args.devices_only:
             figures += servable.run(bench, big)
             figures += partner_load.run(bench, sizes)
             figures += eligibility_api.run(bench, warmup, duration)
         figures += device_sync.run(bench, connections)
+        figures += dbt_devices.run(bench, *(DBT_SCALE_QUICK if args.quick else DBT_SCALE))
         figures += apple_export.run(bench, export_mb)
         database = bench.database
     figures.sort(key=lambda f: f.section.split(".")[0])  # stable: keeps the order within one
