@@ -106,9 +106,27 @@ def fitbit_sync(
         asset_key=CONNECTIONS_KEY,
         metadata={
             **backfill_status(params),
+            **freshness_metadata(params),
             "disconnected": dg.MetadataValue.json(result.disconnected + [str(i) for i in revoked]),
         },
     )
+
+
+def freshness_metadata(params) -> dict[str, dg.MetadataValue]:
+    """Numbers Dagster plots across materializations (the asset's Plots tab), plus a chart of now."""
+    from ingestion.devices.freshness import freshness_by_provider
+    from orchestration.plots import freshness_chart
+
+    summary = freshness_by_provider(params)
+    active = sum(p.active for p in summary)
+    fresh = sum(p.fresh for p in summary)
+    return {
+        "active_connections": dg.MetadataValue.int(active),
+        "fresh_within_1h_percent": dg.MetadataValue.float(
+            round(100 * fresh / active, 1) if active else 100.0
+        ),
+        "freshness": freshness_chart(summary),
+    }
 
 
 APPLE_SAMPLES_KEY = dg.AssetKey(["raw_apple_health", "samples"])

@@ -6,8 +6,10 @@ progressing only when its last success moves.
 
 import dagster as dg
 
+from ingestion.devices.freshness import freshness_by_provider
 from mdp.database import connect
 from orchestration.defs.devices.assets import CONNECTIONS_KEY, GARMIN_KEYS
+from orchestration.plots import freshness_chart
 from orchestration.resources import PlatformResource
 
 MAX_LAG_MINUTES = 60
@@ -41,11 +43,17 @@ def device_data_lag(platform: PlatformResource) -> dg.AssetCheckResult:
     for provider, active, late, p95 in rows:
         lagging += late
         table.append(f"| {provider} | {active} | {late} | {p95 or 0:.0f} |")
+    freshness = freshness_by_provider(platform.params)
+    active = sum(p.active for p in freshness)
     return dg.AssetCheckResult(
         passed=lagging == 0,
         metadata={
             "lagging_connections": lagging,
             "by_provider": dg.MetadataValue.md("\n".join(table)),
+            "fresh_within_1h_percent": dg.MetadataValue.float(
+                round(100 * sum(p.fresh for p in freshness) / active, 1) if active else 100.0
+            ),
+            "freshness": freshness_chart(freshness),
         },
     )
 
