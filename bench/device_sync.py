@@ -16,7 +16,7 @@ limit's 150/hour per member. Then `dbt build --select staging.fitbit+` (dbtRunne
 MDP_PG_* env of `ConnectionParams.dbt_env()`, its own --target-path in a temp dir).
 
 The cycle is split at the calls sync_fitbit makes through its module (fetch until
-`fitbit_pipeline` is called, the dlt load until the first `advance_cursor`, then cursors), and
+`fitbit_pipeline` is called, the dlt load until the first `advance_cursors`, then cursors), and
 psycopg2.connect is counted in each part: wrappers set up here, nothing in ingestion changes.
 Baselines: one psycopg2 connect + `select 1` + close, and the emulator answering the steps
 endpoint to a keep-alive client, both in this process on the same machine.
@@ -120,7 +120,7 @@ def _instrumented(phases: _Phases) -> Iterator[None]:
     import ingestion.devices.fitbit as fitbit
 
     real_connect = psycopg2.connect
-    real_pipeline, real_advance = fitbit.fitbit_pipeline, fitbit.advance_cursor
+    real_pipeline, real_advance = fitbit.fitbit_pipeline, fitbit.advance_cursors
 
     def connect(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
@@ -138,12 +138,12 @@ def _instrumented(phases: _Phases) -> Iterator[None]:
         phases.mark("cursors")
         return real_advance(*args, **kwargs)
 
-    psycopg2.connect, fitbit.fitbit_pipeline, fitbit.advance_cursor = connect, pipeline, advance
+    psycopg2.connect, fitbit.fitbit_pipeline, fitbit.advance_cursors = connect, pipeline, advance
     try:
         yield
     finally:
         psycopg2.connect = real_connect
-        fitbit.fitbit_pipeline, fitbit.advance_cursor = real_pipeline, real_advance
+        fitbit.fitbit_pipeline, fitbit.advance_cursors = real_pipeline, real_advance
 
 
 def connect_baseline(bench: Bench, rounds: int = 300) -> float:
@@ -304,7 +304,7 @@ def run(bench: Bench, connections: int) -> list[Figure]:
         Figure(section, "  dlt load (normalize + merge)", load_s, "s"),
         Figure(
             section,
-            "  cursors (advance_cursor, mark_processed)",
+            "  cursors (advance_cursors, mark_processed)",
             cursor_s,
             "s",
             note=phases.note("cursors", "end"),

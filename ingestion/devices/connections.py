@@ -180,3 +180,29 @@ def advance_cursor(
 def cursor_date(connection: Connection, metric: str) -> dt.date | None:
     value = connection.sync_cursor.get(metric)
     return dt.date.fromisoformat(value) if value else None
+
+
+def advance_cursors(params: ConnectionParams, advances: list[tuple[str, str, dt.date]]) -> None:
+    """`advance_cursor` for many (connection_id, metric, synced_through) in one statement."""
+    if not advances:
+        return
+    from psycopg2.extras import execute_values
+
+    cursors: dict[str, dict[str, str]] = {}
+    for connection_id, metric, synced_through in advances:
+        own = cursors.setdefault(connection_id, {})
+        own[metric] = max(own.get(metric, ""), synced_through.isoformat())
+    with connect(params) as conn, conn.cursor() as cur:
+        execute_values(
+            cur,
+            "update devices.connections as c set sync_cursor = c.sync_cursor || v.cursor::jsonb,"
+            " last_success_at = now() from (values %s) as v (connection_id, cursor)"
+            " where c.connection_id = v.connection_id",
+            [(connection_id, Json(cursor)) for connection_id, cursor in cursors.items()],
+            page_size=1000,
+        )
+
+
+def get_connections(params: ConnectionParams, connection_ids: list[str]) -> dict[str, Connection]:
+    found = _select(params, "where connection_id = any(%s)", (connection_ids,))
+    return {connection.connection_id: connection for connection in found}

@@ -7,6 +7,12 @@ others from piling on. Every change happens in one transaction holding the row l
 
 Times come from an injectable clock and are written as parameters (never SQL `now()`), so
 tests move time forward instead of sleeping.
+
+A busy sync makes thousands of calls a minute, so two opt-in shortcuts keep the common case
+(closed, no recent failure) off the database: a closed reading is trusted for
+`closed_read_ttl` seconds, and successes are counted in memory and written every
+`success_batch` calls (and by `flush()`). A failure always goes to the database at once, with
+the successes counted so far, and ends both shortcuts until the next clean reading.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import email.utils
 import logging
 import random
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,6 +116,8 @@ class CircuitBreaker:
         window_seconds: float = 300,
         cool_down_seconds: float = 120,
         clock: Clock | None = None,
+        closed_read_ttl: float = 0.0,
+        success_batch: int = 1,
     ):
         if failure_threshold < 1 or min_requests < 1:
             raise ValueError("failure_threshold and min_requests must be at least 1")
@@ -116,6 +125,8 @@ class CircuitBreaker:
             raise ValueError(f"failure_rate must be in (0, 1], got {failure_rate}")
         if window_seconds <= 0 or cool_down_seconds < 0:
             raise ValueError("window_seconds must be positive and cool_down_seconds not negative")
+        if closed_read_ttl < 0 or success_batch < 1:
+            raise ValueError("closed_read_ttl must not be negative, success_batch at least 1")
         self.params = params
         self.provider = provider
         self.failure_threshold = failure_threshold
@@ -124,6 +135,12 @@ class CircuitBreaker:
         self.window_seconds = window_seconds
         self.cool_down_seconds = cool_down_seconds
         self._clock = clock or utc_now
+        self.closed_read_ttl = closed_read_ttl
+        self.success_batch = success_batch
+        self._lock = threading.Lock()  # one breaker object may serve several fetch threads
+        self._clean_until = 0.0  # monotonic time until which a clean closed reading holds
+        self._clean = False  # the last reading was closed with no failure in a row
+        self._pending_successes = 0
 
     def allow(self) -> bool:
         """Whether a call may go to the provider now (True at most once per half-open probe)."""
@@ -137,8 +154,39 @@ class CircuitBreaker:
             raise refusal
 
     def record_success(self) -> None:
+        if self.success_batch > 1:
+            with self._lock:
+                clean = self._clean
+                if clean:
+                    self._pending_successes += 1
+                    full = self._pending_successes >= self.success_batch
+            if clean:
+                if full:
+                    self.flush()
+                return
+        self._record_success_now()  # a half-open probe's success closes the breaker now
+
+    def flush(self) -> None:
+        """Write the successes counted in memory (call when a batch of work ends)."""
+        with self._lock:
+            pending, self._pending_successes = self._pending_successes, 0
+        if not pending:
+            return
         now = self._now()
         with connect(self.params) as conn, conn.cursor() as cur:
+            _bookkeeping(cur)
+            row = self._locked(cur, now)
+            if row.state != CLOSED:
+                return  # counted while closed; the breaker moved on since
+            self._roll_window(row, now)
+            row.window_requests += pending
+            row.updated_at = now
+            self._save(cur, row)
+
+    def _record_success_now(self) -> None:
+        now = self._now()
+        with connect(self.params) as conn, conn.cursor() as cur:
+            _bookkeeping(cur)
             row = self._locked(cur, now)
             if row.state == OPEN:
                 self._ignore_straggler("success")
@@ -154,6 +202,9 @@ class CircuitBreaker:
             self._save(cur, row)
 
     def record_failure(self) -> None:
+        with self._lock:
+            pending, self._pending_successes = self._pending_successes, 0
+            self._clean, self._clean_until = False, 0.0
         now = self._now()
         with connect(self.params) as conn, conn.cursor() as cur:
             row = self._locked(cur, now)
@@ -162,7 +213,7 @@ class CircuitBreaker:
                 return
             probe_failed = row.state == HALF_OPEN
             self._roll_window(row, now)
-            row.window_requests += 1
+            row.window_requests += 1 + (pending if row.state == CLOSED else 0)
             row.window_failures += 1
             row.consecutive_failures += 1
             if probe_failed or self._should_open(row):
@@ -194,13 +245,21 @@ class CircuitBreaker:
         )
 
     def _acquire(self) -> tuple[bool, BreakerOpen | None]:
+        if self.closed_read_ttl and time.monotonic() < self._clean_until:
+            return True, None
         now = self._now()
         with connect(self.params) as conn, conn.cursor() as cur:
             # closed is the common case: answer it from a plain read so concurrent runs do
             # not queue on the row lock for every request
             row = self._read(cur, for_update=False)
             if row is None or row.state == CLOSED:
+                with self._lock:
+                    self._clean = row is None or row.consecutive_failures == 0
+                    if self._clean:
+                        self._clean_until = time.monotonic() + self.closed_read_ttl
                 return True, None
+            with self._lock:
+                self._clean = False
             row = self._locked(cur, now)
             if row.state == CLOSED:
                 return True, None
@@ -294,6 +353,11 @@ class CircuitBreaker:
                 self.provider,
             ),
         )
+
+
+def _bookkeeping(cur: psycopg2.extensions.cursor) -> None:
+    """Counting successes needs no fsync: a crash loses a few counts, never data."""
+    cur.execute("set local synchronous_commit to off")
 
 
 def backoff_delay(

@@ -405,3 +405,45 @@ def test_other_errors_propagate_at_once_and_count_as_the_provider_answering(make
 
     assert fn.calls == 1
     assert breaker.state().state == "closed"
+
+
+def test_batched_successes_are_counted_and_a_failure_writes_them_at_once(platform):
+    from ingestion.devices.resilience import CircuitBreaker
+
+    breaker = CircuitBreaker(
+        platform.params, "batched", closed_read_ttl=60, success_batch=10, min_requests=1000
+    )
+    for _ in range(25):
+        breaker.guard()
+        breaker.record_success()
+    assert breaker.state().window_requests == 20  # two batches of ten written, five in memory
+    breaker.record_failure()
+    state = breaker.state()
+    assert (state.window_requests, state.window_failures) == (26, 1)
+    # after a failure the cached "closed" reading is gone: the next guard reads the database
+    other = CircuitBreaker(platform.params, "batched")
+    for _ in range(4):
+        other.record_failure()
+    assert other.state().state == "open"
+    with pytest.raises(BreakerOpen):
+        breaker.guard()
+
+
+def test_a_half_open_probe_success_closes_the_breaker_even_when_batching(platform):
+    from ingestion.devices.resilience import CircuitBreaker
+
+    now = [dt.datetime(2026, 1, 1, tzinfo=dt.UTC)]
+    breaker = CircuitBreaker(
+        platform.params,
+        "batched-probe",
+        failure_threshold=1,
+        cool_down_seconds=10,
+        clock=lambda: now[0],
+        closed_read_ttl=60,
+        success_batch=10,
+    )
+    breaker.record_failure()
+    now[0] += dt.timedelta(seconds=11)
+    breaker.guard()  # the probe
+    breaker.record_success()
+    assert breaker.state().state == "closed"

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,10 +20,11 @@ import requests
 from ingestion.devices.connections import (
     Connection,
     active_connections,
-    advance_cursor,
+    advance_cursors,
     cursor_date,
     disconnect,
     find_connection,
+    get_connections,
 )
 from ingestion.devices.fitbit.client import (
     FitbitApp,
@@ -356,44 +359,89 @@ def fitbit_pipeline(params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipeli
     )
 
 
+FETCH_WORKERS = 8  # members fetched at once: the provider's latency, not our CPU, is the bound
+
+
+@dataclass
+class _ConnectionFetch:
+    """What fetching one connection's windows produced (built in a worker thread)."""
+
+    rows: dict[str, list[dict]] = field(default_factory=lambda: {m: [] for m in METRICS})
+    done: list[SyncWindow] = field(default_factory=list)
+    waiting_inbox_ids: set[int] = field(default_factory=set)
+    deferred: str | None = None
+    revoked: bool = False
+    requests: int = 0
+
+
 def sync_fitbit(
     app: FitbitApp,
     params: ConnectionParams,
     windows: list[SyncWindow],
     pipelines_dir: Path,
     read_at: dt.datetime | None = None,
+    workers: int = FETCH_WORKERS,
 ) -> SyncResult:
-    """Fetch every window it can, load them in one dlt run, then close inbox rows and cursors."""
-    result = SyncResult()
+    """Fetch every window it can (members in parallel), load them in one dlt run, then close
+    inbox rows and advance cursors."""
     by_connection: dict[str, list[SyncWindow]] = defaultdict(list)
     for window in windows:
         by_connection[window.connection_id].append(window)
+    connections = get_connections(params, list(by_connection))
+    breaker = CircuitBreaker(params, "fitbit", closed_read_ttl=1.0, success_batch=50)
+    sessions = threading.local()  # one keep-alive pool per worker thread
+
+    def fetch(connection_id: str) -> _ConnectionFetch:
+        outcome = _ConnectionFetch()
+        connection = connections.get(connection_id)
+        if connection is None or connection.status != "active":
+            return outcome
+        if not hasattr(sessions, "session"):
+            sessions.session = requests.Session()
+        client = FitbitClient(app, params, connection, session=sessions.session, breaker=breaker)
+        own_windows = by_connection[connection_id]
+        try:
+            for window in own_windows:
+                outcome.rows[window.metric].extend(fetch_window(client, window))
+                outcome.done.append(window)
+        except TokenRevoked:
+            disconnect(params, connection_id, status="revoked")
+            outcome.revoked = True
+        except (RateLimited, ProviderUnavailable, BreakerOpen) as exc:
+            # the window waits: its inbox rows and cursor stay as they are for a later run
+            outcome.deferred = f"{connection_id}: {exc}"
+            for window in own_windows[len(outcome.done) :]:
+                outcome.waiting_inbox_ids.update(window.inbox_ids)
+        finally:
+            outcome.requests = client.requests_made
+        return outcome
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        outcomes = dict(zip(by_connection, pool.map(fetch, by_connection), strict=True))
+    breaker.flush()
+    return _load_and_close(params, pipelines_dir, outcomes, read_at)
+
+
+def _load_and_close(
+    params: ConnectionParams,
+    pipelines_dir: Path,
+    outcomes: dict[str, _ConnectionFetch],
+    read_at: dt.datetime | None,
+) -> SyncResult:
+    result = SyncResult()
     rows: dict[str, list[dict]] = {metric: [] for metric in METRICS}
     done: list[SyncWindow] = []
     waiting_inbox_ids: set[int] = set()  # a notification closes only when all its windows are done
-    breaker = CircuitBreaker(params, "fitbit")
-    session = requests.Session()  # one keep-alive pool for every member's requests
-    for connection_id, own_windows in by_connection.items():
-        connection = _active(params, connection_id)
-        if connection is None:
-            continue
-        client = FitbitClient(app, params, connection, session=session, breaker=breaker)
-        finished = 0
-        try:
-            for window in own_windows:
-                rows[window.metric].extend(fetch_window(client, window))
-                done.append(window)
-                finished += 1
-        except TokenRevoked:
-            disconnect(params, connection_id, status="revoked")
+    for connection_id, outcome in outcomes.items():
+        for metric, fetched in outcome.rows.items():
+            rows[metric].extend(fetched)
+        done.extend(outcome.done)
+        waiting_inbox_ids |= outcome.waiting_inbox_ids
+        result.requests += outcome.requests
+        if outcome.deferred:
+            result.deferred.append(outcome.deferred)
+        if outcome.revoked:
             result.disconnected.append(connection_id)
-        except (RateLimited, ProviderUnavailable, BreakerOpen) as exc:
-            # the window waits: its inbox rows and cursor stay as they are for a later run
-            result.deferred.append(f"{connection_id}: {exc}")
-            for window in own_windows[finished:]:
-                waiting_inbox_ids.update(window.inbox_ids)
-        finally:
-            result.requests += client.requests_made
     if any(rows.values()):
         fitbit_pipeline(params, pipelines_dir).run(
             [
@@ -404,22 +452,15 @@ def sync_fitbit(
         )
     result.steps_rows, result.weight_rows = len(rows["steps"]), len(rows["weight"])
     result.activity_rows = len(rows["activities"])
+    recent = [window for window in done if not window.backfill]
+    advance_cursors(params, [(w.connection_id, w.metric, w.end) for w in recent])
     for window in done:
         if window.backfill:
             record_backfill(params, window)
-        else:
-            advance_cursor(params, window.connection_id, window.metric, window.end)
-            closable = [i for i in window.inbox_ids if i not in waiting_inbox_ids]
-            mark_processed(params, closable, read_at)
+    closable = {i for w in recent for i in w.inbox_ids} - waiting_inbox_ids
+    mark_processed(params, sorted(closable), read_at)
     result.windows_done = len(done)
     return result
-
-
-def _active(params: ConnectionParams, connection_id: str) -> Connection | None:
-    from ingestion.devices.connections import get_connection
-
-    connection = get_connection(params, connection_id)
-    return connection if connection and connection.status == "active" else None
 
 
 def mark_processed(

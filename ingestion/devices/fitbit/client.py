@@ -58,6 +58,7 @@ def record_quota(
     params: ConnectionParams, provider: str, subject: str, remaining: int, reset_in: float
 ) -> None:
     with connect(params) as conn, conn.cursor() as cur:
+        cur.execute("set local synchronous_commit to off")  # bookkeeping, not data
         cur.execute(
             "insert into devices.rate_limits (provider, subject, remaining, reset_at)"
             " values (%s, %s, %s, now() + make_interval(secs => %s))"
@@ -65,6 +66,9 @@ def record_quota(
             " reset_at = excluded.reset_at, updated_at = now()",
             (provider, subject, remaining, reset_in),
         )
+
+
+QUOTA_SHARED_BELOW = 20  # requests left in the member's hour
 
 
 class FitbitClient:
@@ -84,6 +88,9 @@ class FitbitClient:
         self.breaker = breaker
         self.sleep = sleep
         self.requests_made = 0
+        self._quota_read = False  # the shared quota is read once, then followed by headers
+        self._quota_left: int | None = None
+        self._quota_reset_in = 0.0
 
     def get_json(self, path: str) -> dict:
         """One API read: 5xx and timeouts retried with jittered backoff behind the breaker;
@@ -99,10 +106,7 @@ class FitbitClient:
         )
 
     def _get_json_once(self, path: str) -> dict:
-        subject = self.connection.provider_user_id
-        wait = quota_wait(self.params, "fitbit", subject)
-        if wait > 0:
-            raise RateLimited(wait)
+        self._check_quota()
         response = self._get(path)
         if response.status_code == 401:
             self.refresh()
@@ -129,16 +133,31 @@ class FitbitClient:
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise ProviderUnavailable(f"fitbit unreachable: {type(exc).__name__}") from None
 
+    def _check_quota(self) -> None:
+        """Refuse before calling when the member's hourly quota is spent (by any run)."""
+        if not self._quota_read:
+            wait = quota_wait(self.params, "fitbit", self.connection.provider_user_id)
+            self._quota_read = True
+            if wait > 0:
+                raise RateLimited(wait)
+        elif self._quota_left is not None and self._quota_left <= 0:
+            raise RateLimited(max(self._quota_reset_in, 1.0))
+
     def _record_headers(self, response: requests.Response) -> None:
         remaining = response.headers.get("Fitbit-Rate-Limit-Remaining")
         reset = response.headers.get("Fitbit-Rate-Limit-Reset")
-        if remaining is not None and reset is not None:
+        if remaining is None or reset is None:
+            return
+        self._quota_left, self._quota_reset_in = int(remaining), float(reset)
+        # other runs only need to know when the quota is nearly gone: a plentiful one is not
+        # written, which keeps a database write off every request
+        if self._quota_left <= QUOTA_SHARED_BELOW or response.status_code == 429:
             record_quota(
                 self.params,
                 "fitbit",
                 self.connection.provider_user_id,
-                int(remaining),
-                float(reset),
+                self._quota_left,
+                self._quota_reset_in,
             )
 
     def refresh(self) -> None:
