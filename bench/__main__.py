@@ -18,7 +18,7 @@ from pathlib import Path
 from bench.common import Figure, bench_platform, phase, table
 
 OUT = Path(__file__).resolve().parent / "out" / "results.json"
-DEVICE_CONNECTIONS, QUICK_DEVICE_CONNECTIONS = 4_000, 500
+DEVICE_CONNECTIONS, QUICK_DEVICE_CONNECTIONS = 100_000, 500
 # (connections, days of history) behind the dbt device build: 100,000 connections with the
 # 3 months of history that backfill leaves
 DBT_SCALE, DBT_SCALE_QUICK = (100_000, 90), (5_000, 14)
