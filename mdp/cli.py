@@ -268,6 +268,78 @@ def import_apple_export(path: Path, member_id: str) -> None:
     click.echo(f"imported {kept} from {path.name}; {stats.rejected} records rejected")
 
 
+@devices.command("connect")
+@click.option("--member-id", required=True, help="The platform member connecting a device.")
+@click.option("--provider", type=click.Choice(["fitbit"]), default="fitbit", show_default=True)
+@click.option(
+    "--redirect-uri",
+    default=None,
+    help="The callback registered with the provider (default FITBIT_REDIRECT_URI, else the"
+    " API's /oauth/fitbit/callback).",
+)
+def devices_connect(member_id: str, provider: str, redirect_uri: str | None) -> None:
+    """Connect a member's device through the provider's OAuth consent.
+
+    The sandbox emulator consents at once, so the connection is made here; a real provider
+    shows its consent page: open the printed URL in the member's browser, and the API's
+    callback completes the connection.
+    """
+    import requests
+
+    from ingestion.devices.fitbit.client import fitbit_app_from_env
+    from ingestion.devices.fitbit.oauth import ConnectError, authorize_url, complete_connection
+    from mdp.database import connection_params
+
+    settings = _settings()
+    app = fitbit_app_from_env()
+    callback = redirect_uri or os.environ.get("FITBIT_REDIRECT_URI") or (
+        f"http://{settings.api_host}:{settings.api_port}/oauth/fitbit/callback"
+    )
+    url = authorize_url(app, callback, member_id)
+    session = requests.Session()
+    try:
+        consent = session.get(url, allow_redirects=False, timeout=(5, 20))
+    except requests.RequestException as exc:
+        raise click.ClickException(f"{provider} unreachable: {type(exc).__name__}") from None
+    location = consent.headers.get("location", "")
+    if consent.status_code not in (302, 303) or not location.startswith(callback):
+        click.echo(f"Open this URL in the member's browser to consent:\n{url}")
+        return
+    from urllib.parse import parse_qs, urlsplit
+
+    answer = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+    if "code" not in answer:
+        raise click.ClickException(f"{provider} refused: {answer.get('error', 'no code')}")
+    try:
+        connection_id, subscribed = complete_connection(
+            connection_params(settings), app, answer["code"], answer.get("state", ""), session
+        )
+    except ConnectError as exc:
+        raise click.ClickException(str(exc)) from None
+    note = "subscribed to notifications" if subscribed else "not subscribed: polling only"
+    click.echo(f"connected {provider} for {member_id}: {connection_id} ({note})")
+
+
+@devices.command("disconnect")
+@click.option("--member-id", required=True)
+@click.option("--provider", type=click.Choice(["fitbit"]), default="fitbit", show_default=True)
+def devices_disconnect(member_id: str, provider: str) -> None:
+    """Revoke the provider's tokens and stop syncing; the member's history is kept."""
+    from ingestion.devices.connections import member_connections
+    from ingestion.devices.fitbit.client import fitbit_app_from_env
+    from ingestion.devices.fitbit.oauth import disconnect_member
+    from mdp.database import connection_params
+
+    params = connection_params(_settings())
+    mine = member_connections(params, member_id, provider)
+    if not mine:
+        raise click.ClickException(f"{member_id} has no active {provider} connection")
+    app = fitbit_app_from_env()
+    for connection in mine:
+        disconnect_member(params, app, connection)
+        click.echo(f"disconnected {connection.connection_id}; history kept")
+
+
 @devices.command("member-token")
 @click.argument("member_id")
 @click.option("--days", default=30, show_default=True, help="Days until the token expires.")

@@ -22,8 +22,9 @@ def encrypt_token(token: str) -> str:
     return _fernet().encrypt(token.encode()).decode()
 
 
-def decrypt_token(token_enc: str) -> str:
-    return _fernet().decrypt(token_enc.encode()).decode()
+def decrypt_token(token_enc: str, ttl: int | None = None) -> str:
+    """Raises cryptography.fernet.InvalidToken if forged, damaged or older than `ttl` seconds."""
+    return _fernet().decrypt(token_enc.encode(), ttl=ttl).decode()
 
 
 def token_hash(token: str) -> str:

@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive
 
+from ingestion.devices.fitbit.client import FitbitApp
 from ingestion.partners.config import PartnerConfig, PartnerConfigs, load_partner_configs
 from mdp.database import ConnectionParams, connection_params
 from mdp.phi import keyed_hash, log_ref
@@ -33,6 +34,7 @@ from serving.apple_upload import UPLOAD_PATH, AppleUploads
 from serving.audit import AuditWriter, check_event
 from serving.auth import Authenticator, Unauthorized
 from serving.cache import MISSING, LookupCache
+from serving.device_connect import AUTHORIZE_PATH, CALLBACK_PATH, DeviceConnect
 from serving.eligibility import (
     CHECK_PATH,
     MAX_BODY_BYTES,
@@ -58,7 +60,16 @@ MART = "mart_eligibility"
 MART_REFRESHED_CHANNEL = "mdp_mart_refreshed"
 REFRESH_VERSION_SQL = "select version, refreshed_at from serving.mart_refreshes where mart = $1"
 HAS_REFRESHES_SQL = "select to_regclass('serving.mart_refreshes') is not null"
-ROUTES = (CHECK_PATH, "/healthz", "/metrics", "/openapi.json", *WEBHOOK_ROUTES, UPLOAD_PATH)
+ROUTES = (
+    CHECK_PATH,
+    "/healthz",
+    "/metrics",
+    "/openapi.json",
+    *WEBHOOK_ROUTES,
+    UPLOAD_PATH,
+    AUTHORIZE_PATH,
+    CALLBACK_PATH,
+)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 PartnerConfigsArg = (
@@ -415,6 +426,7 @@ def create_app(
     fitbit_client_secret: str | None = None,
     fitbit_verification_code: str | None = None,
     garmin_client_id: str | None = None,
+    fitbit_app: FitbitApp | None = None,
 ) -> Starlette:
     """Build the app. Unset arguments are resolved at startup from the environment
     (`load_settings()`, `connection_params()`, the partner config folder); unset webhook
@@ -439,6 +451,7 @@ def create_app(
         garmin_client_id=garmin_client_id,
     )
     apple_uploads = AppleUploads(runtime.metrics.registry)
+    device_connect = DeviceConnect(fitbit_app)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -456,6 +469,7 @@ def create_app(
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             *webhooks.routes(),
             *apple_uploads.routes(),
+            *device_connect.routes(),
         ],
         middleware=[Middleware(MetricsMiddleware, metrics=runtime.metrics, routes=ROUTES)],
         exception_handlers={500: _internal_error},

@@ -45,7 +45,7 @@ from serving.audit import AuditEvent
 from serving.bodies import read_limited_body
 from serving.eligibility import is_json_content_type
 from serving.health import DATABASE_ERRORS, DatabaseUnavailable
-from serving.member_tokens import KEY_NAME, InvalidMemberToken, verify_member_token
+from serving.member_tokens import KEY_NAME, InvalidMemberToken, bearer_token, verify_member_token
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +262,7 @@ class AppleUploads:
         metrics = self.metrics
         headers = {"X-Request-ID": _request_id(request.headers.get("x-request-id"))}
         try:
-            token = _bearer_token(request.headers.get("authorization"))
+            token = bearer_token(request.headers.get("authorization"))
             member_id = verify_member_token(token, await self._token_key(runtime.settings))
         except InvalidMemberToken as exc:
             metrics.request(f"unauthorized_{exc.reason}")
@@ -323,18 +323,6 @@ class AppleUploads:
             "duplicate": duplicate,
         }
         return answer(202, result, "duplicate" if duplicate else "accepted", **counts)
-
-
-def _bearer_token(header: str | None) -> str:
-    if not header:
-        raise InvalidMemberToken("missing", "missing Authorization header (Bearer <member token>)")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise InvalidMemberToken(
-            "malformed", "malformed Authorization header (Bearer <member token>)"
-        )
-    return token
 
 
 def _check_body(body: bytes, content_type: str | None, member_id: str) -> CheckedUpload:

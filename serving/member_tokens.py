@@ -101,3 +101,15 @@ def verify_member_token(token: str, key: str | None = None, *, now: float | None
     if expires <= (now if now is not None else time.time()):
         raise InvalidMemberToken("expired", "the member token has expired")
     return member_id
+
+
+def bearer_token(header: str | None) -> str:
+    if not header:
+        raise InvalidMemberToken("missing", "missing Authorization header (Bearer <member token>)")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise InvalidMemberToken(
+            "malformed", "malformed Authorization header (Bearer <member token>)"
+        )
+    return token

@@ -206,3 +206,12 @@ def advance_cursors(params: ConnectionParams, advances: list[tuple[str, str, dt.
 def get_connections(params: ConnectionParams, connection_ids: list[str]) -> dict[str, Connection]:
     found = _select(params, "where connection_id = any(%s)", (connection_ids,))
     return {connection.connection_id: connection for connection in found}
+
+
+def member_connections(params: ConnectionParams, member_id: str, provider: str) -> list[Connection]:
+    """A member's active connections to one provider."""
+    return _select(
+        params,
+        "where member_id = %s and provider = %s and status = 'active'",
+        (member_id, provider),
+    )

@@ -13,6 +13,7 @@ from ingestion.devices.resilience import CircuitBreaker, call_with_retries
 from mdp.database import ConnectionParams, connect
 
 DEFAULT_BASE_URL = "https://api.fitbit.com"
+AUTHORIZE_URL = "https://www.fitbit.com/oauth2/authorize"  # the member's browser goes here
 TIMEOUT = (5, 20)  # connect, read: never an unbounded call
 
 
@@ -39,6 +40,27 @@ class FitbitApp:
     base_url: str
     client_id: str
     client_secret: str
+
+    @property
+    def authorize_url(self) -> str:
+        """Fitbit's consent page is on www.fitbit.com; a sandbox serves it beside its API."""
+        if self.base_url.rstrip("/") == DEFAULT_BASE_URL:
+            return AUTHORIZE_URL
+        return f"{self.base_url.rstrip('/')}/oauth2/authorize"
+
+
+def fitbit_app_from_env() -> FitbitApp:
+    """The platform's Fitbit app: FITBIT_API_BASE_URL (default the real API), FITBIT_CLIENT_ID,
+    FITBIT_CLIENT_SECRET (env, or a generated local secret on the sandbox stack)."""
+    import os
+
+    from mdp.settings import secret
+
+    return FitbitApp(
+        base_url=(os.environ.get("FITBIT_API_BASE_URL") or DEFAULT_BASE_URL).rstrip("/"),
+        client_id=os.environ.get("FITBIT_CLIENT_ID", "mdp-sandbox-client"),
+        client_secret=secret("FITBIT_CLIENT_SECRET"),
+    )
 
 
 def quota_wait(params: ConnectionParams, provider: str, subject: str) -> float:
