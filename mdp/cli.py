@@ -284,40 +284,25 @@ def devices_connect(member_id: str, provider: str, redirect_uri: str | None) -> 
     shows its consent page: open the printed URL in the member's browser, and the API's
     callback completes the connection.
     """
-    import requests
-
     from ingestion.devices.fitbit.client import fitbit_app_from_env
-    from ingestion.devices.fitbit.oauth import ConnectError, authorize_url, complete_connection
+    from ingestion.devices.fitbit.oauth import ConnectError, connect_with_consent
     from mdp.database import connection_params
 
     settings = _settings()
-    app = fitbit_app_from_env()
     callback = redirect_uri or os.environ.get("FITBIT_REDIRECT_URI") or (
-        f"http://{settings.api_host}:{settings.api_port}/oauth/fitbit/callback"
+        f"{settings.api_url}/oauth/fitbit/callback"
     )
-    url = authorize_url(app, callback, member_id)
-    session = requests.Session()
     try:
-        consent = session.get(url, allow_redirects=False, timeout=(5, 20))
-    except requests.RequestException as exc:
-        raise click.ClickException(f"{provider} unreachable: {type(exc).__name__}") from None
-    location = consent.headers.get("location", "")
-    if consent.status_code not in (302, 303) or not location.startswith(callback):
-        click.echo(f"Open this URL in the member's browser to consent:\n{url}")
-        return
-    from urllib.parse import parse_qs, urlsplit
-
-    answer = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
-    if "code" not in answer:
-        raise click.ClickException(f"{provider} refused: {answer.get('error', 'no code')}")
-    try:
-        connection_id, subscribed = complete_connection(
-            connection_params(settings), app, answer["code"], answer.get("state", ""), session
+        outcome = connect_with_consent(
+            connection_params(settings), fitbit_app_from_env(), member_id, callback
         )
     except ConnectError as exc:
         raise click.ClickException(str(exc)) from None
-    note = "subscribed to notifications" if subscribed else "not subscribed: polling only"
-    click.echo(f"connected {provider} for {member_id}: {connection_id} ({note})")
+    if outcome.connection_id is None:
+        click.echo(f"Open this URL in the member's browser to consent:\n{outcome.url}")
+        return
+    note = "subscribed to notifications" if outcome.subscribed else "not subscribed: polling only"
+    click.echo(f"connected {provider} for {member_id}: {outcome.connection_id} ({note})")
 
 
 @devices.command("disconnect")

@@ -113,32 +113,29 @@ def connect_demo_devices(settings: Settings, members: list[dict]) -> int:
     """Connect members' Fitbits in the emulator and have it notify our webhook for yesterday."""
     import hashlib
 
-    from ingestion.devices.connections import connect_device
+    from ingestion.devices.fitbit.client import fitbit_app_from_env
+    from ingestion.devices.fitbit.oauth import connect_with_consent
     from mdp.stack import fitbit_emulator_url
 
     params = connection_params(settings)
     base = fitbit_emulator_url(settings)
+    app = fitbit_app_from_env()
     yesterday = dt.date.today() - dt.timedelta(days=1)
     connected = 0
     for member in members:
         employee_id = str(member["employee_id"])
         member_id = hashlib.md5(f"{DEMO_PARTNER}:{employee_id}".encode()).hexdigest()  # as dbt
         user_id = "D" + hashlib.sha256(employee_id.encode()).hexdigest()[:5].upper()
-        created = httpx.post(f"{base}/_sandbox/users", json={"user_id": user_id}, timeout=10)
-        if created.status_code == 200 or created.status_code == 201:
-            body = created.json()
-            connect_device(
-                params,
-                member_id,
-                "fitbit",
-                user_id,
-                body["access_token"],
-                body["refresh_token"],
-                body["expires_in"],
-                timezone=body["timezone"],
-                primary_metrics=["steps"],
-            )
-        # else: already connected while this emulator has been running
+        # the member's consent, as the member app's browser flow gives it; again on a re-run,
+        # since a restarted emulator has forgotten its users (a reconnect keeps the cursors)
+        connect_with_consent(
+            params,
+            app,
+            member_id,
+            f"{settings.api_url}/oauth/fitbit/callback",
+            sandbox_user_id=user_id,
+            primary_metrics=["steps"],
+        )
         httpx.post(
             f"{base}/_sandbox/notify",
             json={

@@ -131,6 +131,7 @@ def complete_connection(
     code: str,
     state_token: str,
     session: requests.Session | None = None,
+    primary_metrics: list[str] | None = None,
 ) -> tuple[str, bool]:
     """(connection id, subscribed) once the code is exchanged and the connection stored."""
     state = read_state(state_token)
@@ -146,10 +147,51 @@ def complete_connection(
         tokens["refresh_token"],
         int(tokens.get("expires_in", 28800)),
         timezone=timezone,
+        primary_metrics=primary_metrics,
     )
     # without a subscription the polling schedule still syncs the member: not fatal
     subscribed = subscribe(app, tokens["access_token"], connection_id, session)
     return connection_id, subscribed
+
+
+@dataclass(frozen=True)
+class ConsentOutcome:
+    connection_id: str | None  # None: the member must consent in a browser at `url`
+    subscribed: bool
+    url: str
+
+
+def connect_with_consent(
+    params: ConnectionParams,
+    app: FitbitApp,
+    member_id: str,
+    redirect_uri: str,
+    sandbox_user_id: str | None = None,
+    primary_metrics: list[str] | None = None,
+) -> ConsentOutcome:
+    """Follow the consent URL ourselves: a sandbox consents at once and redirects to the
+    callback with a code, which is completed here; a real provider answers with its login
+    page, so the URL is returned for the member's browser."""
+    from urllib.parse import parse_qs, urlsplit
+
+    url = authorize_url(app, redirect_uri, member_id)
+    if sandbox_user_id:
+        url += "&" + urlencode({"sandbox_user_id": sandbox_user_id})
+    session = requests.Session()
+    try:
+        consent = session.get(url, allow_redirects=False, timeout=TIMEOUT)
+    except (requests.ConnectionError, requests.Timeout):
+        raise ConnectError("Fitbit could not be reached: try again in a few minutes") from None
+    location = consent.headers.get("location", "")
+    if consent.status_code not in (302, 303) or not location.startswith(redirect_uri):
+        return ConsentOutcome(None, False, url)
+    answer = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+    if "code" not in answer:
+        raise ConnectError(f"Fitbit refused: {answer.get('error', 'no code')}")
+    connection_id, subscribed = complete_connection(
+        params, app, answer["code"], answer.get("state", ""), session, primary_metrics
+    )
+    return ConsentOutcome(connection_id, subscribed, url)
 
 
 def disconnect_member(
