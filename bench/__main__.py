@@ -1,5 +1,5 @@
-"""`python -m bench [--quick] [--devices-only]`: every figure with its baseline measured in the
-same run.
+"""`python -m bench [--quick] [--devices-only | --load-only]`: every figure with its baseline
+measured in the same run.
 
 Targets are printed beside the figures as PASS/MISS; the exit code is 0 whatever they say
 (performance is measured here, not asserted). Results also go to bench/out/results.json.
@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         help="only the device figures (5: Fitbit sync cycle, 6: Apple Health export parse)",
     )
     parser.add_argument(
+        "--load-only",
+        action="store_true",
+        help="only the partner file load figures (1: parse+validate+load beside COPY, 3: peak RSS)",
+    )
+    parser.add_argument(
         "--connections",
         type=int,
         default=None,
@@ -63,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = "quick" if args.quick else "full"
     if args.devices_only:
         mode += ", devices only"
+    elif args.load_only:
+        mode += ", partner load only"
     started = time.perf_counter()
     load = os.getloadavg()[0]
     phase(f"bench ({mode}): setting up database, SFTP server, env")
@@ -78,13 +85,16 @@ def main(argv: list[str] | None = None) -> int:
             servable,
         )
 
-        if not args.devices_only:
-            figures += servable.run(bench, big)
+        if args.load_only:
             figures += partner_load.run(bench, sizes)
-            figures += eligibility_api.run(bench, warmup, duration)
-        figures += device_sync.run(bench, connections)
-        figures += dbt_devices.run(bench, *(DBT_SCALE_QUICK if args.quick else DBT_SCALE))
-        figures += apple_export.run(bench, export_mb)
+        else:
+            if not args.devices_only:
+                figures += servable.run(bench, big)
+                figures += partner_load.run(bench, sizes)
+                figures += eligibility_api.run(bench, warmup, duration)
+            figures += device_sync.run(bench, connections)
+            figures += dbt_devices.run(bench, *(DBT_SCALE_QUICK if args.quick else DBT_SCALE))
+            figures += apple_export.run(bench, export_mb)
         database = bench.database
     figures.sort(key=lambda f: f.section.split(".")[0])  # stable: keeps the order within one
     elapsed = time.perf_counter() - started

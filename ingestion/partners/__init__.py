@@ -1,7 +1,8 @@
-"""Partner enrollment files: the dlt resource that merges validated rows into raw tables.
+"""Partner enrollment files: the dlt resource that defines the raw tables.
 
 `raw_partners.enrollment_members` holds one current row per `(partner_id, employee_id)`; a
 newer file overwrites older rows for the same member (files are imported oldest first).
+dlt creates the table; imports merge into it with COPY (see load.py for why).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ def enrollment_members(batches: Iterable[pa.Table]):
     yield from batches
 
 
+def pipeline_name(partner_id: str) -> str:
+    return f"partner_{partner_id}"
+
+
 def partner_pipeline(
     partner_id: str, params: ConnectionParams, pipelines_dir: Path
 ) -> dlt.Pipeline:
@@ -50,7 +55,7 @@ def partner_pipeline(
     # gzip of the intermediate files cost ~4 s per 500K rows for a file that lives seconds
     dlt.config["data_writer.disable_compression"] = True
     return dlt.pipeline(
-        pipeline_name=f"partner_{partner_id}",
+        pipeline_name=pipeline_name(partner_id),
         destination=dlt.destinations.postgres(credentials=params.dlt_credentials()),
         dataset_name=DATASET,
         pipelines_dir=str(pipelines_dir),

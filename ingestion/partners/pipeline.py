@@ -11,20 +11,20 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from itertools import islice
 from pathlib import Path
 
 import paramiko
 import pyarrow as pa
 
-from ingestion.partners import enrollment_members, partner_pipeline
 from ingestion.partners import imports as ledger
+from ingestion.partners import pipeline_name
 from ingestion.partners.archive import archive_stream
 from ingestion.partners.config import PartnerConfig
 from ingestion.partners.error_report import write_error_report
 from ingestion.partners.errors import UnreadableFileError
-from ingestion.partners.formats import read_rows
 from ingestion.partners.imports import ImportRecord
+from ingestion.partners.load import merge_members
+from ingestion.partners.reading import read_batches
 from ingestion.partners.transport import (
     InboxLocation,
     RemoteFile,
@@ -163,8 +163,7 @@ def process_archived_file(
         loaded = sum(t.num_rows for t in tables)
         load_started = time.perf_counter()
         if loaded:
-            pipeline = partner_pipeline(config.partner_id, params, settings.state_dir / "dlt")
-            pipeline.run(enrollment_members(tables), loader_file_format="csv")
+            merge_members(params, config.partner_id, pipeline_name(config.partner_id), tables)
         record.load_seconds = time.perf_counter() - load_started
         record.rows_total, record.rows_loaded, record.rows_rejected = total, loaded, len(rejects)
         record.preview = _preview(tables)
@@ -209,10 +208,9 @@ def parse_and_validate(
     tables: list[pa.Table] = []
     rejects: list[Reject] = []
     total = 0
-    rows = read_rows(path, config.inbound)
-    while chunk := list(islice(rows, CHUNK_ROWS)):
-        result = validator.validate(chunk)
-        total += len(chunk)
+    for batch in read_batches(path, config.inbound, CHUNK_ROWS):
+        result = validator.validate(batch)
+        total += len(batch)
         if result.valid.num_rows:
             tables.append(result.valid)
         rejects.extend(result.rejects)

@@ -1,7 +1,10 @@
-"""Per-row validation built from a partner's config (pandera), in chunks.
+"""Per-row validation built from a partner's config, a column at a time, in chunks.
 
 A row either becomes a clean record for the raw table or a reject with every reason found;
-a bad row never fails the file.
+a bad row never fails the file. Checks run on whole Arrow columns (see column_checks); only
+the failing rows are turned into messages, in the order the partner reads them: row problem,
+unreadable dates, then field by field (required, pattern, length, allowed values, date
+bounds), then the SSN's digits, then a missing or repeated member identifier.
 """
 
 from __future__ import annotations
@@ -10,13 +13,15 @@ import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import pandas as pd
-import pandera.pandas as pa
+import numpy as np
 import pyarrow as pa_arrow
+import pyarrow.compute as pc
 
+from ingestion.partners.batches import RowBatch
+from ingestion.partners.column_checks import parse_dates, positions, regex_matches
 from ingestion.partners.config import FieldRule, PartnerConfig
 from ingestion.partners.fields import CANONICAL_FIELDS, DATE_FIELDS, STORED_MEMBER_FIELDS
-from ingestion.partners.formats import RawRow, mapped_fields
+from ingestion.partners.formats import mapped_fields
 from mdp.phi import keyed_hash, normalize_ssn
 
 MEMBER_ARROW_SCHEMA = pa_arrow.schema(
@@ -36,6 +41,8 @@ MEMBER_ARROW_SCHEMA = pa_arrow.schema(
     ]
 )
 
+Errors = dict[int, list[str]]  # position in chunk -> messages
+
 
 @dataclass
 class Reject:
@@ -50,31 +57,16 @@ class ValidatedChunk:
     rejects: list[Reject] = field(default_factory=list)
 
 
-def _rule_checks(name: str, rule: FieldRule, today: dt.date) -> list[pa.Check]:
-    checks: list[pa.Check] = []
-    if rule.pattern is not None:
-        checks.append(
-            pa.Check.str_matches(rule.pattern, error=f"does not match the pattern {rule.pattern}")
-        )
-    if rule.min_length is not None or rule.max_length is not None:
-        checks.append(
-            pa.Check.str_length(
-                rule.min_length,
-                rule.max_length,
-                error=f"length must be between {rule.min_length} and {rule.max_length}",
-            )
-        )
-    if rule.allowed is not None:
-        checks.append(pa.Check.isin(rule.allowed, error=f"must be one of {rule.allowed}"))
-    if name in DATE_FIELDS:
-        for bound, op in ((rule.min, "ge"), (rule.max, "le")):
-            if bound is None:
-                continue
-            limit = today if bound == "today" else dt.date.fromisoformat(str(bound))
-            label = f"today ({limit})" if bound == "today" else str(limit)
-            word = "before" if op == "ge" else "after"
-            checks.append(getattr(pa.Check, op)(pd.Timestamp(limit), error=f"is {word} {label}"))
-    return checks
+def _date_bounds(rule: FieldRule, today: dt.date) -> list[tuple[str, dt.date, str]]:
+    """(compute function that flags a failure, limit, message) per configured bound."""
+    bounds = []
+    for bound, failing, word in ((rule.min, "less", "before"), (rule.max, "greater", "after")):
+        if bound is None:
+            continue
+        limit = today if bound == "today" else dt.date.fromisoformat(str(bound))
+        label = f"today ({limit})" if bound == "today" else str(limit)
+        bounds.append((failing, limit, f"is {word} {label}"))
+    return bounds
 
 
 class RowValidator:
@@ -93,161 +85,207 @@ class RowValidator:
         self.received_at = received_at
         self.today = today or dt.date.today()
         self.fields = mapped_fields(self.inbound)
-        self._first_line_of: dict[str, int] = {}
-        self.schema = pa.DataFrameSchema(
-            {
-                name: pa.Column(
-                    "datetime64[ns]" if name in DATE_FIELDS else object,
-                    nullable=name not in self.inbound.required_fields,
-                    checks=_rule_checks(
-                        name, self.inbound.validations.get(name, FieldRule()), self.today
-                    ),
-                    coerce=False,
-                )
-                for name in self.fields
-            },
-            strict=False,
-        )
+        self.rules = {name: self.inbound.validations.get(name, FieldRule()) for name in self.fields}
+        # every key registered so far in this file, with the line that registered it
+        self._seen_keys = pa_arrow.array([], pa_arrow.string())
+        self._seen_lines = pa_arrow.array([], pa_arrow.int64())
 
-    def validate(self, rows: list[RawRow]) -> ValidatedChunk:
-        errors: dict[int, list[str]] = defaultdict(list)  # position in chunk -> messages
-        for pos, row in enumerate(rows):
-            if row.problem:
-                errors[pos].append(row.problem)
-        frame = pd.DataFrame.from_records([row.values for row in rows], columns=self.fields).astype(
-            object
-        )
-        frame = frame.where(frame.notna(), None)
-        unparsed_dates = self._parse_dates(frame, errors)
-        self._run_schema(frame, errors, unparsed_dates)
-        ssn_hash, ssn_last4 = self._hash_ssn(frame, errors)
-        keys = ssn_hash if self.inbound.identifier == "ssn" else frame["employee_id"]
-        self._flag_repeated_ids(rows, keys, errors)
+    def validate(self, batch: RowBatch) -> ValidatedChunk:
+        errors: Errors = defaultdict(list)
+        for pos, problem in sorted(batch.problems.items()):
+            errors[pos].append(problem)
+        text = dict(batch.columns)
+        dates, unparsed = self._parse_dates(text, errors)
+        for name in self.fields:
+            self._check_field(name, text[name], dates.get(name), unparsed.get(name, set()), errors)
+        ssn_hash, ssn_last4 = self._hash_ssn(text, errors, len(batch))
+        keys = ssn_hash if self.inbound.identifier == "ssn" else text["employee_id"]
+        self._flag_repeated_ids(batch.lines, keys, errors)
 
+        shown = self._shown_keys(text, ssn_last4, sorted(errors))
+        lines = batch.lines.to_numpy(zero_copy_only=False)
         rejects = [
-            Reject(rows[pos].line, self._shown_key(frame, ssn_last4, pos), messages)
+            Reject(int(lines[pos]), shown[pos], messages)
             for pos, messages in sorted(errors.items())
         ]
-        valid_mask = pd.Series(True, index=frame.index)
-        if errors:
-            valid_mask.iloc[list(errors)] = False
-        return ValidatedChunk(
-            self._to_arrow(frame, rows, keys, ssn_hash, ssn_last4, valid_mask), rejects
-        )
+        valid = np.ones(len(batch), dtype=bool)
+        valid[list(errors)] = False
+        columns = {
+            **text,
+            **dates,
+            "ssn_hash": ssn_hash,
+            "ssn_last4": ssn_last4,
+            "employee_id": keys,
+        }
+        return ValidatedChunk(self._to_arrow(columns, batch.lines, pa_arrow.array(valid)), rejects)
 
     def _parse_dates(
-        self, frame: pd.DataFrame, errors: dict[int, list[str]]
-    ) -> dict[str, set[int]]:
-        unparsed: dict[str, set[int]] = {}
+        self, text: dict[str, pa_arrow.Array], errors: Errors
+    ) -> tuple[dict[str, pa_arrow.Array], dict[str, set[int]]]:
         fmt = self.inbound.date_format
+        dates: dict[str, pa_arrow.Array] = {}
+        unparsed: dict[str, set[int]] = {}
         for name in self.fields:
             if name not in DATE_FIELDS:
                 continue
-            text = frame[name]
-            parsed = pd.to_datetime(text, format=fmt, errors="coerce")
-            bad = text.notna() & parsed.isna()
-            unparsed[name] = set(bad[bad].index)
-            for pos in unparsed[name]:
-                errors[pos].append(f"{name}: {text.iloc[pos]!r} is not a date in the format {fmt}")
-            frame[name] = parsed.astype("datetime64[ns]")
-        return unparsed
+            dates[name] = parse_dates(text[name], fmt)
+            bad = positions(pc.and_(pc.is_valid(text[name]), pc.is_null(dates[name])))
+            unparsed[name] = set(bad)
+            for pos, value in _at(text[name], bad):
+                errors[pos].append(f"{name}: {value!r} is not a date in the format {fmt}")
+        return dates, unparsed
 
-    def _run_schema(
-        self, frame: pd.DataFrame, errors: dict[int, list[str]], unparsed: dict[str, set[int]]
+    def _check_field(
+        self,
+        name: str,
+        text: pa_arrow.Array,
+        date: pa_arrow.Array | None,
+        unparsed: set[int],
+        errors: Errors,
     ) -> None:
-        try:
-            self.schema.validate(frame, lazy=True)
-        except pa.errors.SchemaErrors as exc:
-            cases = exc.failure_cases
-            for column, check, value, index in zip(
-                cases["column"], cases["check"], cases["failure_case"], cases["index"], strict=True
-            ):
-                if index is None or pd.isna(index):
-                    continue  # a frame-level failure; row-level ones below say the same per row
-                pos = int(index)
-                if check == "not_nullable":
-                    if pos not in unparsed.get(column, ()):
-                        errors[pos].append(f"{column}: required but empty")
-                    continue
-                if column == "ssn":
-                    errors[pos].append(f"ssn: {check}")
-                elif isinstance(value, pd.Timestamp):
-                    errors[pos].append(f"{column}: {value.date()} {check}")
-                else:
-                    errors[pos].append(f"{column}: {value!r} {check}")
+        if name in self.inbound.required_fields:
+            for pos in positions(pc.is_null(text if date is None else date)):
+                if pos not in unparsed:
+                    errors[pos].append(f"{name}: required but empty")
+        rule = self.rules[name]
+        if date is not None:
+            for failing, limit, message in _date_bounds(rule, self.today):
+                flagged = getattr(pc, failing)(date, pa_arrow.scalar(limit, pa_arrow.date32()))
+                for pos, value in _at(date, positions(flagged)):
+                    errors[pos].append(f"{name}: {value} {message}")
+            return
+        failures: list[tuple[pa_arrow.Array, str]] = []
+        if rule.pattern is not None:
+            failures.append(
+                (
+                    pc.invert(regex_matches(text, rule.pattern)),
+                    f"does not match the pattern {rule.pattern}",
+                )
+            )
+        if rule.min_length is not None or rule.max_length is not None:
+            length = pc.utf8_length(text)
+            too_short = pc.less(length, rule.min_length) if rule.min_length is not None else None
+            too_long = pc.greater(length, rule.max_length) if rule.max_length is not None else None
+            flagged = (
+                too_short
+                if too_long is None
+                else too_long
+                if too_short is None
+                else pc.or_(too_short, too_long)
+            )
+            failures.append(
+                (flagged, f"length must be between {rule.min_length} and {rule.max_length}")
+            )
+        if rule.allowed is not None:
+            failures.append(
+                (
+                    pc.invert(pc.is_in(text, pa_arrow.array(rule.allowed, pa_arrow.string()))),
+                    f"must be one of {rule.allowed}",
+                )
+            )
+        for flagged, message in failures:
+            for pos, value in _at(text, positions(pc.and_(flagged, pc.is_valid(text)))):
+                # the SSN itself never goes into a message
+                errors[pos].append(
+                    f"ssn: {message}" if name == "ssn" else f"{name}: {value!r} {message}"
+                )
 
     def _hash_ssn(
-        self, frame: pd.DataFrame, errors: dict[int, list[str]]
-    ) -> tuple[pd.Series, pd.Series]:
-        if "ssn" not in frame:
-            empty = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+        self, text: dict[str, pa_arrow.Array], errors: Errors, count: int
+    ) -> tuple[pa_arrow.Array, pa_arrow.Array]:
+        if "ssn" not in text:
+            empty = pa_arrow.nulls(count, pa_arrow.string())
             return empty, empty
-        digits = [normalize_ssn(v) if isinstance(v, str) else None for v in frame["ssn"]]
-        for pos, (raw, clean) in enumerate(zip(frame["ssn"], digits, strict=True)):
-            if isinstance(raw, str) and clean is None:
+        raw = text["ssn"].to_pylist()
+        digits = [normalize_ssn(v) if v is not None else None for v in raw]
+        for pos, (value, clean) in enumerate(zip(raw, digits, strict=True)):
+            if value is not None and clean is None:
                 if not any(m.startswith("ssn:") for m in errors.get(pos, [])):
                     errors[pos].append("ssn: must have 9 digits")
-        hashed = pd.Series(
-            [keyed_hash(d) if d else None for d in digits], index=frame.index, dtype=object
-        )
-        last4 = pd.Series([d[-4:] if d else None for d in digits], index=frame.index, dtype=object)
-        frame["ssn"] = None  # the clear SSN goes no further than this line
+        hashed = pa_arrow.array([keyed_hash(d) if d else None for d in digits], pa_arrow.string())
+        last4 = pa_arrow.array([d[-4:] if d else None for d in digits], pa_arrow.string())
+        text["ssn"] = pa_arrow.nulls(count, pa_arrow.string())  # the clear SSN goes no further
         return hashed, last4
 
     def _flag_repeated_ids(
-        self, rows: list[RawRow], keys: pd.Series, errors: dict[int, list[str]]
+        self, lines: pa_arrow.Array, keys: pa_arrow.Array, errors: Errors
     ) -> None:
+        """Rows without other errors register their key; a later row with a key already
+        registered (in this chunk or an earlier one) repeats the record."""
         label = "ssn" if self.inbound.identifier == "ssn" else "employee_id"
-        for pos, key in enumerate(keys):
-            if pos in errors:
-                continue
-            if key is None:  # the member identifier is always required, configured or not
-                errors[pos].append(f"{label}: required but empty (it identifies the member)")
-                continue
-            first = self._first_line_of.setdefault(key, rows[pos].line)
-            if first != rows[pos].line:
+        unchecked = np.ones(len(keys), dtype=bool)
+        unchecked[list(errors)] = False
+        unchecked = pa_arrow.array(unchecked)
+        for pos in positions(pc.and_(unchecked, pc.is_null(keys))):
+            # the member identifier is always required, configured or not
+            errors[pos].append(f"{label}: required but empty (it identifies the member)")
+        candidates = pc.indices_nonzero(pc.and_(unchecked, pc.is_valid(keys)))
+        chunk_keys, chunk_lines = keys.take(candidates), lines.take(candidates)
+        # the few rows whose key was registered before or appears twice here, in Python
+        earlier = pc.index_in(chunk_keys, value_set=self._seen_keys)
+        counts = pc.value_counts(chunk_keys)
+        twice = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+        suspects = positions(pc.or_(pc.is_valid(earlier), pc.is_in(chunk_keys, value_set=twice)))
+        first_here: dict[str, int] = {}
+        repeats = np.zeros(len(chunk_keys), dtype=bool)
+        for index, key, line, seen_at in zip(
+            suspects,
+            _values(chunk_keys, suspects),
+            _values(chunk_lines, suspects),
+            _values(earlier, suspects),
+            strict=True,
+        ):
+            if seen_at is not None:
+                first = self._seen_lines[seen_at].as_py()
+            else:
+                first = first_here.setdefault(key, line)
+            if first != line:
+                repeats[index] = True
                 shown = "" if label == "ssn" else f" {key!r}"
-                errors[pos].append(f"{label}:{shown} repeats the record on line {first}")
+                errors[candidates[index].as_py()].append(
+                    f"{label}:{shown} repeats the record on line {first}"
+                )
+        registered = pa_arrow.array(~repeats)
+        self._seen_keys = pa_arrow.concat_arrays([self._seen_keys, chunk_keys.filter(registered)])
+        self._seen_lines = pa_arrow.concat_arrays(
+            [self._seen_lines, chunk_lines.filter(registered)]
+        )
 
-    def _shown_key(self, frame: pd.DataFrame, last4: pd.Series, pos: int) -> str | None:
+    def _shown_keys(
+        self, text: dict[str, pa_arrow.Array], last4: pa_arrow.Array, rejected: list[int]
+    ) -> dict[int, str | None]:
         if self.inbound.identifier == "ssn":
-            return f"***-**-{last4.iloc[pos]}" if last4.iloc[pos] else None
-        value = frame["employee_id"].iloc[pos]
-        return None if value is None else str(value)
+            return {pos: f"***-**-{v}" if v else None for pos, v in _at(last4, rejected)}
+        return dict(_at(text["employee_id"], rejected))
 
     def _to_arrow(
-        self,
-        frame: pd.DataFrame,
-        rows: list[RawRow],
-        keys: pd.Series,
-        ssn_hash: pd.Series,
-        ssn_last4: pd.Series,
-        valid: pd.Series,
+        self, columns: dict[str, pa_arrow.Array], lines: pa_arrow.Array, valid: pa_arrow.Array
     ) -> pa_arrow.Table:
-        count = int(valid.sum())
-        columns: dict[str, object] = {"partner_id": [self.config.partner_id] * count}
+        count = pc.sum(valid).as_py() or 0
+        kept: dict[str, pa_arrow.Array] = {
+            "partner_id": pa_arrow.repeat(self.config.partner_id, count).cast(pa_arrow.string())
+        }
         for name in STORED_MEMBER_FIELDS:
-            if name == "employee_id":
-                series = keys
-            elif name == "ssn_hash":
-                series = ssn_hash
-            elif name == "ssn_last4":
-                series = ssn_last4
-            elif name in frame:
-                series = frame[name]
+            if name in columns:
+                kept[name] = columns[name].filter(valid)
             else:
-                columns[name] = pa_arrow.nulls(count, MEMBER_ARROW_SCHEMA.field(name).type)
-                continue
-            kept = series[valid]
-            if name in DATE_FIELDS:
-                columns[name] = pa_arrow.array(
-                    kept.dt.date.where(kept.notna(), None), pa_arrow.date32()
-                )
-            else:
-                columns[name] = pa_arrow.array(kept.tolist(), pa_arrow.string())
-        columns["source_file_id"] = [self.file_id] * count
-        columns["source_line_number"] = [rows[pos].line for pos in valid[valid].index]
-        columns["file_received_at"] = pa_arrow.array(
-            [self.received_at] * count, pa_arrow.timestamp("us", tz="UTC")
+                kept[name] = pa_arrow.nulls(count, MEMBER_ARROW_SCHEMA.field(name).type)
+        kept["source_file_id"] = pa_arrow.repeat(self.file_id, count).cast(pa_arrow.string())
+        kept["source_line_number"] = lines.filter(valid)
+        kept["file_received_at"] = pa_arrow.repeat(
+            pa_arrow.scalar(self.received_at, pa_arrow.timestamp("us", tz="UTC")), count
         )
-        return pa_arrow.table(columns, schema=MEMBER_ARROW_SCHEMA)
+        return pa_arrow.table(kept, schema=MEMBER_ARROW_SCHEMA)
+
+
+def _values(values: pa_arrow.Array, where: list[int]) -> list[object]:
+    return values.take(pa_arrow.array(where, pa_arrow.int64())).to_pylist() if where else []
+
+
+def _at(values: pa_arrow.Array, where: list[int]) -> list[tuple[int, object]]:
+    """(position, Python value) pairs for a few positions of an array."""
+    if not where:
+        return []
+    return list(
+        zip(where, values.take(pa_arrow.array(where, pa_arrow.int64())).to_pylist(), strict=True)
+    )
