@@ -4,7 +4,9 @@ Raw tables are merged by dlt, so a new or revised row carries a newer `_dlt_load
 load's start, as Unix seconds). A model re-reads every load that started after its last build
 less a margin (or after the newest load it holds, if that is older): a load that started
 before the last build and committed after it is still seen, as long as loads take less than
-the margin. Re-reading is harmless (unique keys, delete+insert).
+the margin. Re-reading is harmless (unique keys, delete+insert), and a re-read row already
+built from the same load is skipped (the models' final `not exists`), so the margin costs
+lookups, not rewrites.
 -#}
 
 {% macro loaded_at() -%}
@@ -15,15 +17,29 @@ the margin. Re-reading is harmless (unique keys, delete+insert).
     interval '1 hour'
 {%- endmacro %}
 
+{% macro last_build_marks() -%}
+    {#- (loads re-read from, tombstones re-read from) for {{ this }}, read once per build and
+        written into the SQL as literals, so the planner sees how few rows qualify -#}
+    {%- if execute and is_incremental() -%}
+        {%- set sql -%}
+            select
+                coalesce(
+                    least(max(_loaded_at), max(_built_at) - {{ reload_margin() }}),
+                    '-infinity'::timestamptz
+                )::text,
+                coalesce(max(_built_at) - {{ reload_margin() }}, '-infinity'::timestamptz)::text
+            from {{ this }}
+        {%- endset -%}
+        {%- set row = run_query(sql).rows[0] -%}
+        {{ return([row[0], row[1]]) }}
+    {%- else -%}
+        {{ return(['-infinity', '-infinity']) }}
+    {%- endif -%}
+{%- endmacro %}
+
 {% macro loaded_since_last_build(column='_loaded_at') -%}
     {%- if is_incremental() -%}
-        {{ column }} > (
-            select coalesce(
-                least(max(_loaded_at), max(_built_at) - {{ reload_margin() }}),
-                '-infinity'::timestamptz
-            )
-            from {{ this }}
-        )
+        {{ column }} > '{{ last_build_marks()[0] }}'::timestamptz
     {%- else -%}
         true
     {%- endif -%}
@@ -32,10 +48,7 @@ the margin. Re-reading is harmless (unique keys, delete+insert).
 {% macro tombstones_since_last_build() -%}
     {#- Apple samples deleted (or replaced by a newer sync version) since the last build -#}
     {%- if is_incremental() -%}
-        deleted_at > (
-            select coalesce(max(_built_at), '-infinity'::timestamptz) - {{ reload_margin() }}
-            from {{ this }}
-        )
+        deleted_at > '{{ last_build_marks()[1] }}'::timestamptz
     {%- else -%}
         true
     {%- endif -%}

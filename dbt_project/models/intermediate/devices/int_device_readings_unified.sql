@@ -12,7 +12,7 @@
         incremental_strategy='delete+insert',
         on_schema_change='append_new_columns',
         pre_hook="{{ delete_tombstoned_readings() }}",
-        post_hook="{{ index_apple_source_keys() }}",
+        post_hook=["{{ index_apple_source_keys() }}", "analyze {{ this }}"],
         indexes=[
             {'columns': ['reading_key'], 'unique': True},
             {'columns': ['_loaded_at']},
@@ -143,21 +143,34 @@ latest_revision as (
         ) as revision_rank
     from unioned
 
+),
+
+readings as (
+
+    select
+        md5(concat_ws('|', member_id, device_id, metric, measured_at::text)) as reading_key,
+        member_id,
+        device_id,
+        provider,
+        metric,
+        measured_at,
+        local_date,
+        value,
+        unit,
+        source_key,
+        fetched_at,
+        _loaded_at,
+        now() as _built_at
+    from latest_revision
+    where revision_rank = 1
+
 )
 
-select
-    md5(concat_ws('|', member_id, device_id, metric, measured_at::text)) as reading_key,
-    member_id,
-    device_id,
-    provider,
-    metric,
-    measured_at,
-    local_date,
-    value,
-    unit,
-    source_key,
-    fetched_at,
-    _loaded_at,
-    now() as _built_at
-from latest_revision
-where revision_rank = 1
+select * from readings
+{% if is_incremental() %}
+-- re-read within the margin but already built from the same load: nothing to rewrite
+where not exists (
+    select 1 from {{ this }} as built
+    where built.reading_key = readings.reading_key and built._loaded_at = readings._loaded_at
+)
+{% endif %}

@@ -65,25 +65,37 @@ unioned as (
     union all
     select * from apple
 
+),
+
+activities as (
+
+    select
+        md5(concat_ws('|', provider, device_id, activity_id)) as activity_key,
+        member_id,
+        device_id,
+        provider,
+        activity_id,
+        activity_type,
+        activity_name,
+        started_at,
+        local_date,
+        duration_minutes,
+        steps,
+        distance_km,
+        active_kcal,
+        (duration_minutes < 0 or duration_minutes > 24 * 60 or steps < 0 or distance_km > 500)
+            as is_implausible,
+        source_key,
+        _loaded_at,
+        now() as _built_at
+    from unioned
+
 )
 
-select
-    md5(concat_ws('|', provider, device_id, activity_id)) as activity_key,
-    member_id,
-    device_id,
-    provider,
-    activity_id,
-    activity_type,
-    activity_name,
-    started_at,
-    local_date,
-    duration_minutes,
-    steps,
-    distance_km,
-    active_kcal,
-    (duration_minutes < 0 or duration_minutes > 24 * 60 or steps < 0 or distance_km > 500)
-        as is_implausible,
-    source_key,
-    _loaded_at,
-    now() as _built_at
-from unioned
+select * from activities
+{% if is_incremental() %}
+where not exists (
+    select 1 from {{ this }} as built
+    where built.activity_key = activities.activity_key and built._loaded_at = activities._loaded_at
+)
+{% endif %}

@@ -12,6 +12,7 @@
         incremental_strategy='delete+insert',
         on_schema_change='append_new_columns',
         pre_hook="{{ delete_member_days_with_tombstones('steps') }}",
+        post_hook="analyze {{ this }}",
         indexes=[
             {'columns': ['member_id', 'local_date'], 'unique': True},
             {'columns': ['local_date']},
@@ -41,18 +42,28 @@ readings as (
 
     -- one total per device and day (Apple writes many interval samples a day)
     select
-        readings.member_id,
-        readings.device_id,
-        readings.provider,
-        readings.local_date,
-        sum(readings.value) as value,
-        max(readings._loaded_at) as _loaded_at
-    from {{ ref('int_device_readings_unified') }} as readings
-    inner join changed_days
-        on changed_days.member_id = readings.member_id
-        and changed_days.local_date = readings.local_date
-    where readings.metric = 'steps'
-    group by readings.member_id, readings.device_id, readings.provider, readings.local_date
+        unified.member_id,
+        unified.device_id,
+        unified.provider,
+        unified.local_date,
+        sum(unified.value) as value,
+        max(unified._loaded_at) as _loaded_at
+    {% if is_incremental() -%}
+    -- lateral: each changed day is an index lookup, however much history the table holds
+    from changed_days
+    cross join lateral (
+        select *
+        from {{ ref('int_device_readings_unified') }} as day_readings
+        where day_readings.member_id = changed_days.member_id
+            and day_readings.metric = 'steps'
+            and day_readings.local_date = changed_days.local_date
+        offset 0  -- a fence: kept as a per-day lookup, not flattened into a scan of history
+    ) as unified
+    {%- else -%}
+    from {{ ref('int_device_readings_unified') }} as unified
+    where unified.metric = 'steps' and unified.member_id is not null
+    {%- endif %}
+    group by unified.member_id, unified.device_id, unified.provider, unified.local_date
 
 ),
 
@@ -98,3 +109,12 @@ select
     now() as _built_at
 from ranked
 where device_rank = 1
+{% if is_incremental() %}
+    -- a re-read day whose readings are the same loads as when it was built: unchanged
+    and not exists (
+        select 1 from {{ this }} as built
+        where built.member_id = ranked.member_id
+            and built.local_date = ranked.local_date
+            and built._loaded_at = ranked._loaded_at
+    )
+{% endif %}

@@ -28,5 +28,11 @@ select
     source_key,
     _loaded_at,
     now() as _built_at
-from {{ ref('int_device_readings_unified') }}
+from {{ ref('int_device_readings_unified') }} as readings
 where metric = 'blood_glucose' and {{ loaded_since_last_build() }}
+{% if is_incremental() %}
+    and not exists (
+        select 1 from {{ this }} as built
+        where built.reading_key = readings.reading_key and built._loaded_at = readings._loaded_at
+    )
+{% endif %}
