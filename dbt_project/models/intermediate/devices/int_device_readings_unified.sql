@@ -3,21 +3,23 @@
 -- Apple step samples are intervals, summed per day downstream.
 --
 -- Incremental: each build reads only rows loaded since the last one (see
--- macros/device_increments.sql); a revision of a reading has the same reading_key and
--- replaces it; Apple samples deleted since are removed by the pre-hook.
+-- macros/device_increments.sql); a revision of a reading has the same key and replaces it;
+-- Apple samples deleted since are removed by the pre-hook. The unique key leads with the
+-- timestamp and the day index with the date, so a new day's rows append to the right of
+-- both indexes instead of landing at random pages across all history.
 {{
     config(
         materialized='incremental',
-        unique_key='reading_key',
+        unique_key=['measured_at', 'member_id', 'device_id', 'metric'],
         incremental_strategy='delete+insert',
         on_schema_change='append_new_columns',
         pre_hook="{{ delete_tombstoned_readings() }}",
         post_hook=["{{ index_apple_source_keys() }}", "analyze {{ this }}"],
         indexes=[
-            {'columns': ['reading_key'], 'unique': True},
+            {'columns': ['measured_at', 'member_id', 'device_id', 'metric'], 'unique': True},
             {'columns': ['_loaded_at']},
             {'columns': ['_built_at']},
-            {'columns': ['member_id', 'metric', 'local_date']},
+            {'columns': ['local_date', 'metric', 'member_id']},
         ],
     )
 }}
@@ -167,10 +169,15 @@ readings as (
 )
 
 select * from readings
+where member_id is not null  -- a reading nobody can be found for is kept raw, not here
 {% if is_incremental() %}
--- re-read within the margin but already built from the same load: nothing to rewrite
-where not exists (
-    select 1 from {{ this }} as built
-    where built.reading_key = readings.reading_key and built._loaded_at = readings._loaded_at
-)
+    -- re-read within the margin but already built from the same load: nothing to rewrite
+    and not exists (
+        select 1 from {{ this }} as built
+        where built.measured_at = readings.measured_at
+            and built.member_id = readings.member_id
+            and built.device_id = readings.device_id
+            and built.metric = readings.metric
+            and built._loaded_at = readings._loaded_at
+    )
 {% endif %}

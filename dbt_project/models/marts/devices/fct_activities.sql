@@ -12,7 +12,7 @@
         incremental_strategy='delete+insert',
         on_schema_change='append_new_columns',
         pre_hook="{{ delete_tombstoned_readings() }}",
-        post_hook="{{ index_apple_source_keys() }}",
+        post_hook=["{{ index_apple_source_keys() }}", "analyze {{ this }}"],
         indexes=[
             {'columns': ['activity_key'], 'unique': True},
             {'columns': ['member_id', 'started_at']},

@@ -4,7 +4,8 @@
 --
 -- Incremental: only member-days with readings loaded (or Apple samples deleted) since the last
 -- build are recomputed, from all of that day's readings; the pre-hook first drops member-days
--- that lost a reading, so a day whose every reading was deleted disappears.
+-- that lost a reading, so a day whose every reading was deleted disappears. The post-hook
+-- refreshes statistics: without them the next build's anti-join can scan this table per row.
 {{
     config(
         materialized='incremental',
