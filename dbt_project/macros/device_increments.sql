@@ -5,7 +5,7 @@ load's start, as Unix seconds). A model re-reads every load that started after i
 less a margin (or after the newest load it holds, if that is older): a load that started
 before the last build and committed after it is still seen, as long as loads take less than
 the margin. Re-reading is harmless (unique keys, delete+insert), and a re-read row already
-built from the same load is skipped (the models' final `not exists`), so the margin costs
+built from the same load is skipped (`already_built_from_same_load`), so the margin costs
 lookups, not rewrites.
 -#}
 
@@ -99,4 +99,15 @@ lookups, not rewrites.
         end if;
     end
     $$
+{%- endmacro %}
+
+{% macro already_built_from_same_load(alias, key_columns) -%}
+    {#- true for a re-read row this model already built from the same load: skipped, so the
+        re-read margin costs index lookups, not rewrites -#}
+    exists (
+        select 1 from {{ this }} as built
+        where
+        {%- for column in key_columns %} built.{{ column }} = {{ alias }}.{{ column }} and
+        {%- endfor %} built._loaded_at = {{ alias }}._loaded_at
+    )
 {%- endmacro %}

@@ -172,12 +172,7 @@ select * from readings
 where member_id is not null  -- a reading nobody can be found for is kept raw, not here
 {% if is_incremental() %}
     -- re-read within the margin but already built from the same load: nothing to rewrite
-    and not exists (
-        select 1 from {{ this }} as built
-        where built.measured_at = readings.measured_at
-            and built.member_id = readings.member_id
-            and built.device_id = readings.device_id
-            and built.metric = readings.metric
-            and built._loaded_at = readings._loaded_at
-    )
+    and not {{ already_built_from_same_load(
+        'readings', ['measured_at', 'member_id', 'device_id', 'metric']
+    ) }}
 {% endif %}

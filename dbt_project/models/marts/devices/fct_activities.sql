@@ -94,8 +94,5 @@ activities as (
 
 select * from activities
 {% if is_incremental() %}
-where not exists (
-    select 1 from {{ this }} as built
-    where built.activity_key = activities.activity_key and built._loaded_at = activities._loaded_at
-)
+where not {{ already_built_from_same_load('activities', ['activity_key']) }}
 {% endif %}

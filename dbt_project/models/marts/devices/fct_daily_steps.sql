@@ -112,10 +112,5 @@ from ranked
 where device_rank = 1
 {% if is_incremental() %}
     -- a re-read day whose readings are the same loads as when it was built: unchanged
-    and not exists (
-        select 1 from {{ this }} as built
-        where built.member_id = ranked.member_id
-            and built.local_date = ranked.local_date
-            and built._loaded_at = ranked._loaded_at
-    )
+    and not {{ already_built_from_same_load('ranked', ['member_id', 'local_date']) }}
 {% endif %}

@@ -16,23 +16,4 @@
     )
 }}
 
-select
-    reading_key,
-    member_id,
-    device_id,
-    provider,
-    measured_at,
-    local_date,
-    value as glucose_mg_dl,
-    (value < 10 or value > 1000) as is_implausible,
-    source_key,
-    _loaded_at,
-    now() as _built_at
-from {{ ref('int_device_readings_unified') }} as readings
-where metric = 'blood_glucose' and {{ loaded_since_last_build() }}
-{% if is_incremental() %}
-    and not exists (
-        select 1 from {{ this }} as built
-        where built.reading_key = readings.reading_key and built._loaded_at = readings._loaded_at
-    )
-{% endif %}
+{{ reading_fact('blood_glucose', 'glucose_mg_dl', 10, 1000) }}
