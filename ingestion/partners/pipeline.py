@@ -9,8 +9,8 @@ import contextlib
 import datetime as dt
 import logging
 import tempfile
-import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import paramiko
@@ -23,7 +23,7 @@ from ingestion.partners.config import PartnerConfig
 from ingestion.partners.error_report import write_error_report
 from ingestion.partners.errors import UnreadableFileError
 from ingestion.partners.imports import ImportRecord
-from ingestion.partners.load import merge_members
+from ingestion.partners.load import MemberLoad
 from ingestion.partners.reading import read_batches
 from ingestion.partners.transport import (
     InboxLocation,
@@ -158,15 +158,15 @@ def process_archived_file(
 ) -> ImportRecord:
     """Parse, validate and load one archived file, updating its ledger row. Used by replay too."""
     try:
-        tables, rejects, total = parse_and_validate(path, config, record, progress)
-        record.parse_seconds = _elapsed(record.started_at)
-        loaded = sum(t.num_rows for t in tables)
-        load_started = time.perf_counter()
-        if loaded:
-            merge_members(params, config.partner_id, pipeline_name(config.partner_id), tables)
-        record.load_seconds = time.perf_counter() - load_started
+        with MemberLoad(params, config.partner_id, pipeline_name(config.partner_id)) as load:
+            parsed = parse_and_validate(path, config, record, load.add, progress)
+            load.commit()
+        record.load_seconds = load.seconds
+        elapsed = _elapsed(record.started_at)
+        record.parse_seconds = None if elapsed is None else elapsed - load.seconds
+        rejects, total, loaded = parsed.rejects, parsed.total, load.rows
         record.rows_total, record.rows_loaded, record.rows_rejected = total, loaded, len(rejects)
-        record.preview = _preview(tables)
+        record.preview = _preview(parsed.first_valid)
         if rejects:
             record.error_report_path = str(
                 deliver_error_report(record, path, config, settings, rejects)
@@ -195,40 +195,49 @@ def process_archived_file(
     return record
 
 
-def parse_and_validate(
-    path: Path, config: PartnerConfig, record: ImportRecord, progress: Progress | None = None
-) -> tuple[list[pa.Table], list[Reject], int]:
-    """Stream the file in chunks; every valid row is kept as Arrow, every bad one as a reject.
+@dataclass
+class ParsedFile:
+    rejects: list[Reject] = field(default_factory=list)
+    total: int = 0
+    first_valid: pa.Table | None = None  # for the materialization's preview
 
-    The whole file is read before anything loads, so an unreadable tail quarantines the file
-    without leaving half of it in the raw table.
-    """
+
+def parse_and_validate(
+    path: Path,
+    config: PartnerConfig,
+    record: ImportRecord,
+    on_valid: Callable[[pa.Table], None],
+    progress: Progress | None = None,
+) -> ParsedFile:
+    """Stream the file in chunks: each chunk's valid rows go to `on_valid` as Arrow as soon as
+    they are checked, every bad row is kept as a reject. An unreadable file raises
+    UnreadableFileError, possibly after some chunks: the caller's load must not commit then."""
     assert record.received_at is not None
     validator = RowValidator(config, record.file_id, record.received_at)
-    tables: list[pa.Table] = []
-    rejects: list[Reject] = []
-    total = 0
+    parsed = ParsedFile()
     for batch in read_batches(path, config.inbound, CHUNK_ROWS):
         result = validator.validate(batch)
-        total += len(batch)
+        parsed.total += len(batch)
         if result.valid.num_rows:
-            tables.append(result.valid)
-        rejects.extend(result.rejects)
+            if parsed.first_valid is None:
+                parsed.first_valid = result.valid
+            on_valid(result.valid)
+        parsed.rejects.extend(result.rejects)
         if progress:
-            progress(record.filename, total)
-    if total == 0:
+            progress(record.filename, parsed.total)
+    if parsed.total == 0:
         raise UnreadableFileError("file has a header but no data rows")
-    return tables, rejects, total
+    return parsed
 
 
 def _elapsed(since: dt.datetime | None) -> float | None:
     return (dt.datetime.now(dt.UTC) - since).total_seconds() if since else None
 
 
-def _preview(tables: list[pa.Table], limit: int = 5) -> list[dict[str, object]]:
-    if not tables:
+def _preview(table: pa.Table | None, limit: int = 5) -> list[dict[str, object]]:
+    if table is None:
         return []
-    return tables[0].select(list(PREVIEW_COLUMNS)).slice(0, limit).to_pylist()
+    return table.select(list(PREVIEW_COLUMNS)).slice(0, limit).to_pylist()
 
 
 def deliver_error_report(

@@ -12,7 +12,7 @@ from ingestion.partners.formats import mapped_fields, read_rows
 
 # Arrow rows are compact and the whole file is in memory already; fewer, larger batches
 # spare the validator per-batch passes (its repeat check is linear in the keys seen so far)
-ARROW_BATCH_ROWS = 500_000
+ARROW_BATCH_ROWS = 50_000
 
 
 def read_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBatch]:

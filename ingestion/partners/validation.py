@@ -221,24 +221,26 @@ class RowValidator:
             errors[pos].append(f"{label}: required but empty (it identifies the member)")
         candidates = pc.indices_nonzero(pc.and_(unchecked, pc.is_valid(keys)))
         chunk_keys, chunk_lines = keys.take(candidates), lines.take(candidates)
-        # the few rows whose key was registered before or appears twice here, in Python
-        earlier = pc.index_in(chunk_keys, value_set=self._seen_keys)
+        # the few rows whose key was registered before or appears twice here, in Python.
+        # Registered keys are probed against this chunk's (hashing the chunk, not all of them)
+        hits = pc.is_in(self._seen_keys, value_set=chunk_keys)
+        registered_at = dict(
+            zip(
+                self._seen_keys.filter(hits).to_pylist(),
+                self._seen_lines.filter(hits).to_pylist(),
+                strict=True,
+            )
+        )
         counts = pc.value_counts(chunk_keys)
         twice = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
-        suspects = positions(pc.or_(pc.is_valid(earlier), pc.is_in(chunk_keys, value_set=twice)))
+        repeated = pa_arrow.array([*registered_at, *twice.to_pylist()], pa_arrow.string())
+        suspects = positions(pc.is_in(chunk_keys, value_set=repeated))
         first_here: dict[str, int] = {}
         repeats = np.zeros(len(chunk_keys), dtype=bool)
-        for index, key, line, seen_at in zip(
-            suspects,
-            _values(chunk_keys, suspects),
-            _values(chunk_lines, suspects),
-            _values(earlier, suspects),
-            strict=True,
+        for index, key, line in zip(
+            suspects, _values(chunk_keys, suspects), _values(chunk_lines, suspects), strict=True
         ):
-            if seen_at is not None:
-                first = self._seen_lines[seen_at].as_py()
-            else:
-                first = first_here.setdefault(key, line)
+            first = registered_at.get(key) or first_here.setdefault(key, line)
             if first != line:
                 repeats[index] = True
                 shown = "" if label == "ssn" else f" {key!r}"

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
+import psycopg2.errors
+import pyarrow as pa
+import pytest
+
+from ingestion.partners.errors import UnreadableFileError
+from ingestion.partners.load import MemberLoad
 from ingestion.partners.pipeline import import_partner_files
+from ingestion.partners.validation import MEMBER_ARROW_SCHEMA
 from sandbox.generator import generate_partner_file
 
 
@@ -37,3 +46,91 @@ def test_a_newer_file_replaces_its_members_rows_and_records_a_dlt_load(platform)
         "select schema_name, status from raw_partners._dlt_loads where load_id = %s", (load_id,)
     ) == [("partner_acme_corp", 0)]
     assert (one.rows_loaded, two.rows_loaded) == (40, 40)
+
+
+def _members(ids: list[str], program: str, file_id: str) -> pa.Table:
+    received = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    rows = [
+        {
+            "partner_id": "load_test",
+            "employee_id": employee_id,
+            "last_name": "Doe",
+            "date_of_birth": dt.date(1980, 1, 2),
+            "program": program,
+            "source_file_id": file_id,
+            "source_line_number": line,
+            "file_received_at": received,
+        }
+        for line, employee_id in enumerate(ids, start=2)
+    ]
+    return pa.Table.from_pylist(rows, schema=MEMBER_ARROW_SCHEMA)
+
+
+def _loaded(platform) -> dict[str, tuple]:
+    rows = platform.query(
+        "select employee_id, program, date_of_birth, file_received_at, _dlt_load_id"
+        " from raw_partners.enrollment_members where partner_id = 'load_test'"
+    )
+    return {r[0]: r[1:] for r in rows}
+
+
+def test_chunks_merge_in_one_transaction_and_replace_members_across_chunks(platform):
+    with MemberLoad(platform.params, "load_test", "partner_load_test") as load:
+        load.add(_members(["A1", "A2"], "first", "f1"))
+        load.add(_members(["A3"], "first", "f1"))
+        load.add(_members([], "first", "f1"))  # an all-rejected chunk
+        assert _loaded(platform) == {}  # nothing visible before the commit
+        first_load = load.commit()
+    with MemberLoad(platform.params, "load_test", "partner_load_test") as load:
+        load.add(_members(["A3"], "second", "f2"))  # a member from the first file's 2nd chunk
+        load.add(_members(["A1", "A4"], "second", "f2"))
+        second_load = load.commit()
+
+    loaded = _loaded(platform)
+    assert {k: v[0] for k, v in loaded.items()} == {
+        "A1": "second",
+        "A2": "first",
+        "A3": "second",
+        "A4": "second",
+    }
+    # types survive the binary COPY: a date, a UTC timestamp, the load id as text
+    assert loaded["A2"][1:] == (
+        dt.date(1980, 1, 2),
+        dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        first_load,
+    )
+    assert loaded["A4"][3] == second_load
+    assert platform.query(
+        "select count(*) from raw_partners._dlt_loads where load_id in (%s, %s)",
+        (first_load, second_load),
+    ) == [(2,)]
+
+
+def test_a_load_left_without_commit_changes_nothing(platform):
+    before = _loaded(platform)
+    with pytest.raises(UnreadableFileError), MemberLoad(platform.params, "load_test", "x") as load:
+        load.add(_members(["A1", "B1"], "never", "f3"))
+        raise UnreadableFileError("the file's tail is truncated")
+    assert _loaded(platform) == before
+
+
+def test_a_database_error_mid_file_rolls_back_the_chunks_before_it(platform):
+    before = _loaded(platform)
+    with (
+        pytest.raises(psycopg2.errors.UniqueViolation),
+        MemberLoad(platform.params, "load_test", "x") as load,
+    ):
+        load.add(_members(["C2", "A1"], "earlier chunk", "f4"))
+        load.add(_members(["C1", "C1"], "twice", "f4"))  # validation would have rejected this
+        load.commit()
+    assert _loaded(platform) == before
+
+
+def test_members_whose_ids_need_quoting_are_replaced_too(platform):
+    odd = ["Q,1", 'Q"2', "Q\n3", "Q\\4", "Q\t5"]
+    for program in ("first", "second"):
+        with MemberLoad(platform.params, "load_test", "partner_load_test") as load:
+            load.add(_members(odd, program, "f5"))
+            load.commit()
+    loaded = _loaded(platform)
+    assert {k: loaded[k][0] for k in odd} == dict.fromkeys(odd, "second")
