@@ -41,7 +41,6 @@ from serving.eligibility import (
     NOT_FOUND_BODY,
     InvalidRequest,
     MartRow,
-    fetch_member,
     found_body,
     load_json_object,
     lookup_id,
@@ -50,6 +49,7 @@ from serving.eligibility import (
     validate_request,
 )
 from serving.health import DATABASE_ERRORS, MART_OID_SQL, DatabaseUnavailable, healthz
+from serving.member_lookup import MemberLookups
 from serving.metrics import MetricsMiddleware, ServingMetrics, metrics_endpoint
 from serving.rate_limit import RateLimiter, retry_after_header
 from serving.webhooks import WEBHOOK_ROUTES, Webhooks
@@ -106,6 +106,7 @@ class Runtime:
         self.pool_max_size = pool_max_size
         self.metrics = ServingMetrics()
         self.lookup_cache = LookupCache()
+        self.member_lookups = MemberLookups()
         self.authenticator = Authenticator(ttl_seconds=auth_cache_ttl)
         self.rate_limiter = RateLimiter()
         self.audit = self._new_audit_writer()
@@ -394,7 +395,7 @@ async def check_eligibility(request: Request) -> Response:
         member_ref = log_ref(partner_id, member_key)
         generation = runtime.lookup_cache.generation
         try:
-            row = await fetch_member(runtime.pool, partner_id, member_key)
+            row = await runtime.member_lookups.fetch(runtime.pool, partner_id, member_key)
         except DatabaseUnavailable as exc:
             headers["Retry-After"] = "5"
             return answer(503, {"error": "unavailable", "detail": str(exc)}, "unavailable")

@@ -1,6 +1,7 @@
 """The eligibility check: what a valid request is, how a member is found, what the answer is.
 
-Everything here but `fetch_member` is pure, so the rules are unit-testable without a server.
+Everything here is pure, so the rules are unit-testable without a server; the lookup itself
+is serving.member_lookup.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import asyncpg
-
 from mdp.phi import keyed_hash, normalize_ssn
-from serving.health import DATABASE_ERRORS, DatabaseUnavailable
 
 CHECK_PATH = "/api/v1/eligibility/check"
 MAX_BODY_BYTES = 8 * 1024
@@ -183,34 +181,6 @@ class MartRow(NamedTuple):
     eligibility_start_date: dt.date | None
     eligibility_end_date: dt.date | None
     coverage_status: str | None
-
-
-LOOKUP_SQL = """
-select date_of_birth, program, eligibility_start_date, eligibility_end_date, coverage_status
-from marts.mart_eligibility
-where partner_id = $1 and employee_id = $2
-"""
-
-
-async def fetch_member(
-    pool: asyncpg.Pool | None, partner_id: str, member_key: str
-) -> MartRow | None:
-    """One parameterised query (asyncpg prepares and caches it per connection)."""
-    if pool is None:
-        raise DatabaseUnavailable("the database is not reachable")
-    try:
-        async with pool.acquire(timeout=QUERY_TIMEOUT_SECONDS) as conn:
-            record = await conn.fetchrow(
-                LOOKUP_SQL, partner_id, member_key, timeout=QUERY_TIMEOUT_SECONDS
-            )
-    except asyncpg.UndefinedTableError:
-        raise DatabaseUnavailable(
-            "eligibility data is not available yet (marts.mart_eligibility does not exist)"
-        ) from None
-    except DATABASE_ERRORS:
-        # the exception text can quote parameters (member identifiers): never pass it on
-        raise DatabaseUnavailable("the database is not reachable") from None
-    return None if record is None else MartRow(*record)
 
 
 def ineligibility_reason(row: MartRow, today: dt.date) -> str | None:
