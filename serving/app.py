@@ -38,13 +38,13 @@ from serving.device_connect import AUTHORIZE_PATH, CALLBACK_PATH, DeviceConnect
 from serving.eligibility import (
     CHECK_PATH,
     MAX_BODY_BYTES,
-    NOT_FOUND_BODY,
+    NOT_FOUND_JSON,
     InvalidRequest,
     MartRow,
-    found_body,
     load_json_object,
     lookup_id,
     openapi_document,
+    rendered_found_body,
     requested_partner,
     validate_request,
 )
@@ -346,13 +346,15 @@ async def check_eligibility(request: Request) -> Response:
     partner_id = principal.partner_id
     member_ref: str | None = None
 
-    def answer(status: int, body: dict[str, Any], outcome: str) -> JSONResponse:
+    def answer(status: int, body: dict[str, Any] | bytes, outcome: str) -> Response:
         runtime.audit.record(
             check_event(
                 principal.actor, partner_id, member_ref, outcome, headers["X-Request-ID"], status
             )
         )
         metrics.count_check(partner_id, outcome)
+        if isinstance(body, bytes):  # rendered already (the hot answers)
+            return Response(body, status, headers, media_type="application/json")
         return JSONResponse(body, status_code=status, headers=headers)
 
     partner = runtime.partners.get(partner_id)
@@ -405,9 +407,9 @@ async def check_eligibility(request: Request) -> Response:
         row, member_ref = cached  # type: ignore[misc]
     # the cache holds the row, not the answer: DOB is compared per request
     if not isinstance(row, MartRow) or row.date_of_birth != check.date_of_birth:
-        return answer(404, NOT_FOUND_BODY, "not_found")
-    result = found_body(row, today)
-    return answer(200, result, "eligible" if result["eligible"] else "not_eligible")
+        return answer(404, NOT_FOUND_JSON, "not_found")
+    body, eligible = rendered_found_body(row, today)
+    return answer(200, body, "eligible" if eligible else "not_eligible")
 
 
 async def openapi_endpoint(request: Request) -> JSONResponse:

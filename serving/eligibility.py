@@ -7,6 +7,7 @@ is serving.member_lookup.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ MAX_BODY_BYTES = 8 * 1024
 MAX_ID_CHARS = 64
 NOT_FOUND_REASON = "Member not found or DOB mismatch"
 NOT_FOUND_BODY: dict[str, Any] = {"eligible": False, "reason": NOT_FOUND_REASON}
+NOT_FOUND_JSON = json.dumps(NOT_FOUND_BODY, separators=(",", ":")).encode()
 REQUEST_FIELDS = ("employee_id", "date_of_birth", "partner_id")
 QUERY_TIMEOUT_SECONDS = 2.0
 
@@ -210,6 +212,21 @@ def found_body(row: MartRow, today: dt.date) -> dict[str, Any]:
     if reason is not None:
         body["reason"] = reason
     return body
+
+
+@functools.lru_cache(maxsize=4096)
+def rendered_found_body(row: MartRow, today: dt.date) -> tuple[bytes, bool]:
+    """`found_body` as the JSON bytes Starlette's JSONResponse would send, and whether
+    eligible: the same few rows are asked for again and again, so each is rendered once a day."""
+    body = found_body(row, today)
+    return render_json(body), body["eligible"]
+
+
+def render_json(body: dict[str, Any]) -> bytes:
+    """JSON exactly as starlette.responses.JSONResponse renders it."""
+    return json.dumps(
+        body, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
 
 
 def _iso(value: dt.date | None) -> str | None:

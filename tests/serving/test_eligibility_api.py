@@ -514,3 +514,28 @@ def test_unreachable_database_does_not_stop_the_app_starting(partner_configs: di
         response = client.post(CHECK, json=VALID, headers=headers)
         assert response.status_code == 503
     assert time.monotonic() - started < 10
+
+
+def test_prerendered_answers_are_what_jsonresponse_would_send() -> None:
+    from starlette.responses import JSONResponse
+
+    from serving.eligibility import (
+        NOT_FOUND_BODY,
+        NOT_FOUND_JSON,
+        MartRow,
+        found_body,
+        rendered_found_body,
+    )
+
+    today = dt.date(2026, 11, 28)
+    rows = [
+        MartRow(dt.date(1980, 1, 2), "diabetes_prevention", dt.date(2024, 1, 1), None, "active"),
+        MartRow(dt.date(1980, 1, 2), "prévention «santé»", dt.date(2024, 1, 1), today, "active"),
+        MartRow(dt.date(1980, 1, 2), None, dt.date(2024, 1, 1), dt.date(2025, 1, 1), None),
+    ]
+    for row in rows:
+        body, eligible = rendered_found_body(row, today)
+        expected = found_body(row, today)
+        assert body == JSONResponse(expected).body
+        assert eligible is expected["eligible"]
+    assert NOT_FOUND_JSON == JSONResponse(NOT_FOUND_BODY).body
