@@ -298,7 +298,9 @@ def test_pushed_history_is_loaded_by_the_next_garmin_sync(platform, garmin, monk
         "select count(distinct calendar_date) from raw_garmin.dailies where connection_id = %s",
         (connection_id,),
     )
-    assert days[0][0] >= 90
+    # 90 days of seconds hold 90 local midnights, or 89 when the window spans the autumn
+    # clock change and the check runs in the hour after local midnight
+    assert days[0][0] >= 89
 
 
 # the daily budget ----------------------------------------------------------------------------
