@@ -299,7 +299,7 @@ def test_pushed_history_is_loaded_by_the_next_garmin_sync(platform, garmin, monk
         (connection_id,),
     )
     # 90 days of seconds hold 90 local midnights, or 89 when the window spans the autumn
-    # clock change and the check runs in the hour after local midnight
+    # clock change and the check runs in the last hour of the local day
     assert days[0][0] >= 89
 
 
