@@ -361,6 +361,10 @@ async def check_eligibility(request: Request) -> Response:
     if partner is None or not partner.eligibility_api.enabled:
         detail = f"the eligibility API is not enabled for partner {partner_id}"
         return answer(403, {"error": "forbidden", "detail": detail}, "forbidden")
+    if runtime.audit.backlogged:  # fail closed: a member read must leave an audit row
+        metrics.count_check(partner_id, "audit_backlog")
+        detail = "the audit log is catching up; retry shortly"
+        return _error(503, "unavailable", detail, {**headers, "Retry-After": "1"})
     limit = partner.eligibility_api.rate_limit_per_minute
     wait = runtime.rate_limiter.acquire(partner_id, limit)
     if wait:

@@ -2,9 +2,11 @@
 
 The trade-off: a request returns before its audit row is committed, so a hard kill
 (SIGKILL, power loss) can lose up to one flush interval (~200 ms) of rows; a normal
-shutdown flushes everything. While Postgres is down rows wait in memory (up to
-`max_pending`, then the oldest are dropped and counted in a metric) rather than failing
-the checks themselves.
+shutdown flushes everything. While Postgres is down or slow, rows wait in memory. Once
+`max_pending` are waiting the writer is `backlogged` and the API refuses member reads (503)
+until it has caught up: no read goes unaudited, and no waiting row is ever dropped to make
+room. Rows are lost only when the process stops while Postgres cannot take them (logged and
+counted in a metric).
 """
 
 from __future__ import annotations
@@ -108,19 +110,16 @@ class AuditWriter:
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def backlogged(self) -> bool:
+        """True while `max_pending` rows wait: callers must not read member data then."""
+        return len(self._pending) >= self.max_pending
+
     def record(self, event: AuditEvent) -> None:
         """Queue an event; never waits on the database."""
         self._pending.append(event)
         if len(self._pending) >= self.batch_size:
             self._wake.set()
-            self._trim()
-
-    def _trim(self) -> None:
-        if len(self._pending) > self.max_pending:
-            excess = len(self._pending) - self.max_pending
-            del self._pending[:excess]
-            self._on_dropped(excess)
-            log.error("audit buffer full: dropped the %d oldest audit events", excess)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
@@ -135,6 +134,7 @@ class AuditWriter:
                 pass
             self._task = None
         if self._pending and not await self.flush():
+            self._on_dropped(len(self._pending))
             log.error("shutting down with %d audit events not written", len(self._pending))
 
     async def _run(self) -> None:
@@ -166,7 +166,6 @@ class AuditWriter:
                     )
             except DATABASE_ERRORS as exc:
                 self._pending[:0] = batch
-                self._trim()
                 log.warning(
                     "audit flush failed (%s); %d events kept", type(exc).__name__, self.pending
                 )

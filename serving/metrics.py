@@ -64,7 +64,7 @@ class ServingMetrics:
         )
         self.audit_dropped = Counter(
             "mdp_audit_events_dropped",
-            "Audit rows dropped because the buffer was full.",
+            "Audit rows not written: the process stopped while Postgres could not take them.",
             registry=r,
         )
         self.audit_pending = Gauge(

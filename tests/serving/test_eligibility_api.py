@@ -438,6 +438,29 @@ def test_audit_rows_are_flushed_on_shutdown(
         assert cur.fetchall() == [("eligible",)]
 
 
+def test_reads_are_refused_not_left_unaudited_while_the_audit_log_is_behind(
+    mart: ConnectionParams, partner_configs: dict, keys: Keys
+) -> None:
+    app = create_app(params=mart, partner_configs=partner_configs, audit_flush_interval=60)
+    member = {"employee_id": "A100001", "date_of_birth": "1980-05-17"}
+    with TestClient(app) as client:
+        audit = app.state.runtime.audit
+        audit.max_pending = 2  # the writer is "behind" after two unflushed rows
+        answered = [check(client, keys, member) for _ in range(3)]
+        assert [r.status_code for r in answered] == [200, 200, 503]
+        refused = answered[2]
+        assert refused.headers["retry-after"] == "1"
+        assert "member" not in refused.text and "program" not in refused.text
+        assert audit.pending == 2  # nothing dropped to make room, nothing added for the 503
+        assert client.portal.call(audit.flush)
+        after = check(client, keys, member)
+        assert after.status_code == 200
+    ids = [r.headers["x-request-id"] for r in [*answered, after]]
+    with connect(mart) as conn, conn.cursor() as cur:
+        cur.execute("select request_id from audit.access_log where request_id = any(%s)", (ids,))
+        assert sorted(r[0] for r in cur.fetchall()) == sorted([ids[0], ids[1], ids[3]])
+
+
 # --- operational endpoints ------------------------------------------------------------------
 
 
