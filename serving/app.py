@@ -121,7 +121,7 @@ class Runtime:
 
     def _new_audit_writer(self) -> AuditWriter:
         return AuditWriter(
-            lambda: self.pool,
+            lambda: self.params if self.pool is not None else None,
             flush_interval=self.audit_flush_interval,
             on_written=self.metrics.audit_written.inc,
             on_dropped=self.metrics.audit_dropped.inc,

@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import io
 import json
 import logging
 from collections.abc import Callable
 from typing import NamedTuple
 
-import asyncpg
+import psycopg2
 
-from serving.health import DATABASE_ERRORS
+from mdp.database import ConnectionParams, connect
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +90,14 @@ class AuditWriter:
 
     def __init__(
         self,
-        pool_source: Callable[[], asyncpg.Pool | None],
+        params_source: Callable[[], ConnectionParams | None],
         flush_interval: float = 0.2,
         batch_size: int = 500,
         max_pending: int = 100_000,
         on_written: Callable[[int], None] | None = None,
         on_dropped: Callable[[int], None] | None = None,
     ) -> None:
-        self._pool_source = pool_source
+        self._params_source = params_source
         self.flush_interval = flush_interval
         self.batch_size = batch_size
         self.max_pending = max_pending
@@ -148,23 +149,25 @@ class AuditWriter:
                 await asyncio.sleep(1.0)  # Postgres is down: retry without spinning
 
     async def flush(self) -> bool:
-        """Write every pending event; False (events kept) when the database cannot take them."""
-        pool = self._pool_source()
-        if pool is None:
+        """Write every pending event; False (events kept) when the database cannot take them.
+
+        The batches are COPied by psycopg2 in one worker-thread call: under full load a
+        coroutine on the serving loop waited seconds per resume, so one await per batch
+        (asyncpg's COPY) let the backlog grow while requests were answered."""
+        params = self._params_source()
+        if params is None:
             return False
+        return await asyncio.to_thread(self._write_pending, params)
+
+    def _write_pending(self, params: ConnectionParams) -> bool:
+        # runs in a worker thread; `record` only appends and this is the only remover, and
+        # each list operation is atomic under the GIL
         while self._pending:
             batch = self._pending[: self.batch_size]
             del self._pending[: len(batch)]
             try:
-                async with pool.acquire(timeout=5.0) as conn:
-                    await conn.copy_records_to_table(
-                        "access_log",
-                        schema_name="audit",
-                        columns=COLUMNS,
-                        records=batch,
-                        timeout=10.0,
-                    )
-            except DATABASE_ERRORS as exc:
+                _copy_events(params, batch)
+            except (psycopg2.Error, OSError) as exc:
                 self._pending[:0] = batch
                 log.warning(
                     "audit flush failed (%s); %d events kept", type(exc).__name__, self.pending
@@ -172,3 +175,23 @@ class AuditWriter:
                 return False
             self._on_written(len(batch))
         return True
+
+
+def _copy_events(params: ConnectionParams, events: list[AuditEvent]) -> None:
+    rows = "".join("\t".join(map(_copy_text, event)) + "\n" for event in events)
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute("set local statement_timeout = '10s'")
+        cur.copy_expert(
+            f"copy audit.access_log ({', '.join(COLUMNS)}) from stdin", io.StringIO(rows)
+        )
+
+
+def _copy_text(value: object) -> str:
+    """One field in COPY's text format."""
+    if value is None:
+        return "\\N"
+    text = value.isoformat() if isinstance(value, dt.datetime) else str(value)
+    return text.translate(_COPY_ESCAPES)
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
