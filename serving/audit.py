@@ -16,6 +16,7 @@ import datetime as dt
 import io
 import json
 import logging
+import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -104,6 +105,7 @@ class AuditWriter:
         self._on_written = on_written or (lambda n: None)
         self._on_dropped = on_dropped or (lambda n: None)
         self._pending: list[str] = []  # rows already in COPY text format
+        self._writing = threading.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -162,8 +164,12 @@ class AuditWriter:
         return await asyncio.to_thread(self._write_pending, params)
 
     def _write_pending(self, params: ConnectionParams) -> bool:
-        # runs in a worker thread; `record` only appends and this is the only remover, and
-        # each list operation is atomic under the GIL
+        # runs in a worker thread. `record` only appends; removers take turns (a flush
+        # cancelled at shutdown keeps running in its thread while close() flushes again)
+        with self._writing:
+            return self._write_batches(params)
+
+    def _write_batches(self, params: ConnectionParams) -> bool:
         while self._pending:
             batch = self._pending[: self.batch_size]
             del self._pending[: len(batch)]
