@@ -164,16 +164,35 @@ create or replace function audit.row_digest(r audit.access_log) returns text
         extract(epoch from r.occurred_at), r.actor, r.action, r.partner_id, r.member_ref,
         r.purpose, r.outcome, r.request_id, r.detail::text), 'UTF8')), 'hex')
 $$;
+-- the chain's last link, read once per appending transaction. Always by the index: the plan
+-- is cached per session, and a plan made while the table looked small (seq scan + sort) would
+-- make every append read the whole log
+create or replace function audit.chain_tip(out seq bigint, out hash text)
+    language sql stable set enable_seqscan = off as $$
+    select chain_seq, row_hash from audit.access_log
+        where chain_seq is not null order by chain_seq desc limit 1
+$$;
 create or replace function audit.chain_row() returns trigger language plpgsql as $$
 declare
-    last record;
+    xact text := pg_current_xact_id()::text;
+    tip text[] := string_to_array(current_setting('audit.chain_tip', true), ':');
+    seq bigint;
+    prev text;
 begin
-    perform pg_advisory_xact_lock(hashtext('audit.access_log.chain'));
-    select chain_seq, row_hash into last from audit.access_log
-        where chain_seq is not null order by chain_seq desc limit 1;
-    new.chain_seq := coalesce(last.chain_seq, 0) + 1;
-    new.prev_hash := coalesce(last.row_hash, '');
+    if tip[1] is distinct from xact then
+        -- first append of this transaction: take the chain (held to commit, so no one else
+        -- appends after the tip this transaction read), then read the tip from the table
+        perform pg_advisory_xact_lock(hashtext('audit.access_log.chain'));
+        select t.seq, t.hash into seq, prev from audit.chain_tip() t;
+    else
+        seq := tip[2]::bigint;
+        prev := tip[3];
+    end if;
+    new.chain_seq := coalesce(seq, 0) + 1;
+    new.prev_hash := coalesce(prev, '');
     new.row_hash := audit.row_digest(new);
+    -- transaction-local: gone at commit, undone with a rolled-back savepoint
+    perform set_config('audit.chain_tip', concat_ws(':', xact, new.chain_seq, new.row_hash), true);
     return new;
 end $$;
 drop trigger if exists access_log_chain on audit.access_log;
