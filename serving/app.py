@@ -48,6 +48,7 @@ from serving.eligibility import (
     requested_partner,
     validate_request,
 )
+from serving.gc_tuning import tuned_for_serving
 from serving.health import DATABASE_ERRORS, MART_OID_SQL, DatabaseUnavailable, healthz
 from serving.member_lookup import MemberLookups
 from serving.metrics import MetricsMiddleware, ServingMetrics, metrics_endpoint
@@ -464,7 +465,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
         try:
-            yield
+            with tuned_for_serving():
+                yield
         finally:
             await runtime.stop()
 

@@ -1,0 +1,30 @@
+"""Garbage-collector settings for the serving process.
+
+The API allocates a few dozen short-lived containers per request and keeps up to 200K cached
+lookups. With CPython's defaults (a young collection every 700 allocations) that meant ~200
+young collections a second and, as the cache grew, full collections of 100+ ms that stalled
+every request in flight (measured under the bench's uncached mix: 13 full collections, 1.3 s,
+in 10 s). Objects alive after start-up (modules, the app, pools) are frozen out of the
+collector's view, and young collections run ~30x less often.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator
+
+YOUNG_THRESHOLD = 20_000
+
+
+@contextlib.contextmanager
+def tuned_for_serving() -> Iterator[None]:
+    """While serving: start-up objects frozen, fewer young collections; restored after."""
+    previous = gc.get_threshold()
+    gc.freeze()  # O(1); no collect first: it would cost every app start (tests start hundreds)
+    gc.set_threshold(YOUNG_THRESHOLD, *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+        gc.unfreeze()
