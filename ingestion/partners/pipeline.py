@@ -161,9 +161,10 @@ def process_archived_file(
         with MemberLoad(params, config.partner_id, pipeline_name(config.partner_id)) as load:
             parsed = parse_and_validate(path, config, record, load.add, progress)
             load.commit()
+        # merging overlaps reading: load is the merge thread's time, parse the rest of ours
         record.load_seconds = load.seconds
         elapsed = _elapsed(record.started_at)
-        record.parse_seconds = None if elapsed is None else elapsed - load.seconds
+        record.parse_seconds = None if elapsed is None else elapsed - load.waited
         rejects, total, loaded = parsed.rejects, parsed.total, load.rows
         record.rows_total, record.rows_loaded, record.rows_rejected = total, loaded, len(rejects)
         record.preview = _preview(parsed.first_valid)
