@@ -33,7 +33,7 @@ from serving.api_keys import KEYS_CHANGED_CHANNEL
 from serving.apple_upload import UPLOAD_PATH, AppleUploads
 from serving.audit import AuditWriter, check_event
 from serving.auth import Authenticator, Unauthorized
-from serving.cache import MISSING, LookupCache
+from serving.cache import MISSING, LookupCache, cache_entry, from_cache_entry
 from serving.device_connect import AUTHORIZE_PATH, CALLBACK_PATH, DeviceConnect
 from serving.eligibility import (
     CHECK_PATH,
@@ -406,10 +406,10 @@ async def check_eligibility(request: Request) -> Response:
         except DatabaseUnavailable as exc:
             headers["Retry-After"] = "5"
             return answer(503, {"error": "unavailable", "detail": str(exc)}, "unavailable")
-        runtime.lookup_cache.put(cache_key, (row, member_ref), generation)
+        runtime.lookup_cache.put(cache_key, cache_entry(member_ref, row), generation)
     else:
         metrics.cache_hits.inc()
-        row, member_ref = cached  # type: ignore[misc]
+        member_ref, row = from_cache_entry(cached)  # type: ignore[arg-type]
     # the cache holds the row, not the answer: DOB is compared per request
     if not isinstance(row, MartRow) or row.date_of_birth != check.date_of_birth:
         return answer(404, NOT_FOUND_JSON, "not_found")
