@@ -79,15 +79,15 @@ class MemberLoad:
         at most two chunks are held); a failed merge raises here or at commit."""
         if not table.num_rows:
             return
-        # encoded here, so the merge thread only waits on Postgres (its COPY is the slower half)
-        # only members already stored are deleted: probing the index for every new member
-        # cost more than a 500K-row file's whole COPY. The stored ids are probed against the
-        # chunk's (hashing a 50K chunk, not all stored ids, per chunk: 0.12 s instead of 1.1 s
-        # for a 500K-row file into a partner with 490K members)
+        # Only members already stored are deleted (probing the index for every new member cost
+        # more than a 500K-row file's whole COPY). The stored ids are probed against the chunk:
+        # hashing the 50K chunk, not every stored id, per chunk took a 500K-row file into a
+        # partner with 490K members from 1.1 s to 0.12 s.
         replaced = self._existing.filter(pc.is_in(self._existing, value_set=table["employee_id"]))
         rows = table.cast(MEMBER_ARROW_SCHEMA).append_column(
             LOAD_SCHEMA.field(LOAD_ID_COLUMN), pa.array([self.load_id] * table.num_rows)
         )
+        # encoded here, so the merge thread only waits on Postgres (its COPY is the slower half)
         keys = binary_copy_data(pa.table({"employee_id": replaced})) if len(replaced) else None
         data = binary_copy_data(rows)
         self._wait()
