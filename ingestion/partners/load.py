@@ -59,7 +59,7 @@ class MemberLoad:
         self.schema_name = schema_name
         self.load_id = new_load_id()
         self.rows = 0
-        self.seconds = 0.0  # spent merging and committing (in the merge thread)
+        self.seconds = 0.0  # spent merging (in the merge thread) and committing
         self.waited = 0.0  # the caller's time spent waiting for merges
         self._params = params
         self._scope = contextlib.ExitStack()
