@@ -3,15 +3,23 @@
 pyarrow gives no line numbers. A record starts on the line after the previous record's
 first line plus the line breaks quoted inside that record's values, which holds exactly when
 the file has no blank lines (pyarrow skips them, line numbers count them). So the sum of
-record spans is checked against a count of the file's line breaks. A file that does not fit
-(blank lines, a wrong field count, bytes that are not UTF-8, NULs, a quoted header, another
-encoding) gets None: the caller reads it with the stdlib reader, which reports such details.
+record spans is checked against a count of the file's line breaks.
+
+The file is parsed as it is read, so its first rows are validated and loaded while Arrow's
+threads parse the rest. What rules this path out shows up at two times:
+- before the first row (another encoding, NULs, a quoted header, a missing column): the
+  reader returns None and the caller reads the file with the stdlib reader;
+- while reading (a wrong field count, bytes that are not UTF-8, an over-long value, and after
+  the last row, blank lines): ArrowPathUnfit is raised, and the caller throws away what it
+  read and reads the file again with the stdlib reader, which reports such details by line.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import itertools
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -29,13 +37,12 @@ PY_WHITESPACE = (
     "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
 _NULL_TEXT = pa.scalar(None, pa.string())
+BLOCK_BYTES = 1 << 20  # parsed ahead a block at a time; ~7K rows of a typical file
 
 
-def read_csv_batches(path: Path, inbound: Inbound, size: int) -> list[RowBatch] | None:
-    """The whole file as batches of `size` rows, or None when only the stdlib reader fits.
-
-    Eager on purpose: the choice of reader is final before the first row is handed on.
-    """
+def read_csv_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBatch] | None:
+    """The file as batches of about `size` rows, or None when only the stdlib reader fits.
+    Iterating may raise ArrowPathUnfit (see the module's docstring)."""
     options = inbound.csv_options
     if codecs.lookup(options.encoding).name != "utf-8":
         return None
@@ -72,28 +79,56 @@ def read_csv_batches(path: Path, inbound: Inbound, size: int) -> list[RowBatch] 
         positions = _check_columns(inbound, header)
     except UnreadableFileError:
         return None  # the stdlib reader words it, after any undecodable bytes it meets first
-    table = _parse(pa.py_buffer(data)[start:end], len(header), options.delimiter, options.quotechar)
-    if table is None or _longest_value(table) > csv.field_size_limit():
-        return None
-    spans = _record_spans(table, has_cr=data.find(b"\r", start, end) != -1)
-    if pc.sum(spans).as_py() != _line_breaks(data, start, end) + 1:
-        return None  # blank lines inside the file
-    del data
-    lines = pc.add(pc.subtract(pc.cumulative_sum(spans), spans), first_line).combine_chunks()
-    # one contiguous array per column (batches are zero-copy slices of it)
-    columns = {
-        name: _stripped(table.column(pos).combine_chunks())
-        if pos is not None
-        else pa.nulls(len(table), pa.string())
-        for name, pos in zip(mapped_fields(inbound), positions, strict=True)
-    }
-    return [
-        RowBatch(
-            lines=lines.slice(offset, size),
-            columns={name: column.slice(offset, size) for name, column in columns.items()},
-        )
-        for offset in range(0, len(table), size)
-    ]
+    body = pa.py_buffer(data)[start:end]
+    fields = mapped_fields(inbound)
+    rows = _stream(body, len(header), options.delimiter, options.quotechar)
+    has_cr = data.find(b"\r", start, end) != -1
+    lines = _line_breaks(data, start, end, has_cr) + 1
+    return _batches(rows, positions, fields, size, first_line, lines, has_cr)
+
+
+class ArrowPathUnfit(Exception):
+    """Met while reading: the file is one only the stdlib reader numbers right. Whatever was
+    read from it must be thrown away and the file read again with `arrow=False`."""
+
+
+def _batches(
+    rows: Iterator[pa.RecordBatch],
+    positions: list[int | None],
+    fields: list[str],
+    size: int,
+    first_line: int,
+    physical_lines: int,
+    has_cr: bool,
+) -> Iterator[RowBatch]:
+    """Batches of about `size` rows as the parser reads them. What only the whole file can
+    show (a blank line anywhere makes the record spans fall short of its line count) is
+    checked after the last batch, by raising ArrowPathUnfit."""
+    pending: list[pa.RecordBatch] = []
+    held = 0
+    line = first_line
+    for batch in itertools.chain(rows, [None]):
+        if batch is not None:
+            pending.append(batch)
+            held += batch.num_rows
+        if held and (held >= size or batch is None):
+            table = pa.Table.from_batches(pending)
+            pending, held = [], 0
+            if _longest_value(table) > csv.field_size_limit():
+                raise ArrowPathUnfit("a value is longer than the csv module accepts")
+            spans = _record_spans(table, has_cr)
+            yield RowBatch(
+                lines=pc.add(pc.subtract(pc.cumulative_sum(spans), spans), line).combine_chunks(),
+                columns={
+                    name: _stripped(table.column(pos).combine_chunks())
+                    if pos is not None
+                    else pa.nulls(len(table), pa.string())
+                    for name, pos in zip(fields, positions, strict=True)
+                },
+            )
+            line += pc.sum(spans).as_py()
+    if line - first_line != physical_lines:
+        raise ArrowPathUnfit("blank lines inside the file")
 
 
 def _first_break(data: bytes, start: int) -> int | None:
@@ -101,20 +136,23 @@ def _first_break(data: bytes, start: int) -> int | None:
     return min(found) if found else None
 
 
-def _line_breaks(data: bytes, start: int, end: int) -> int:
+def _line_breaks(data: bytes, start: int, end: int, has_cr: bool) -> int:
     """Line breaks as Python's universal newlines count them: \\n, \\r\\n and a lone \\r."""
-    return (
-        data.count(b"\n", start, end) + data.count(b"\r", start, end)
-        - data.count(b"\r\n", start, end)
-    )  # fmt: skip
+    breaks = data.count(b"\n", start, end)
+    if has_cr:
+        breaks += data.count(b"\r", start, end) - data.count(b"\r\n", start, end)
+    return breaks
 
 
-def _parse(body: pa.Buffer, width: int, delimiter: str, quotechar: str) -> pa.Table | None:
+def _stream(
+    body: pa.Buffer, width: int, delimiter: str, quotechar: str
+) -> Iterator[pa.RecordBatch]:
+    """Record batches of text columns, parsed a block at a time (ahead, on Arrow's threads)."""
     names = [f"c{i}" for i in range(width)]
     try:
-        return pv.read_csv(
-            body,
-            read_options=pv.ReadOptions(column_names=names),
+        reader = pv.open_csv(
+            pa.BufferReader(body),
+            read_options=pv.ReadOptions(column_names=names, block_size=BLOCK_BYTES),
             parse_options=pv.ParseOptions(
                 delimiter=delimiter,
                 quote_char=quotechar,
@@ -129,8 +167,10 @@ def _parse(body: pa.Buffer, width: int, delimiter: str, quotechar: str) -> pa.Ta
                 quoted_strings_can_be_null=False,
             ),
         )
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return None  # a wrong field count, invalid UTF-8, ...: the stdlib reader says which line
+        yield from reader
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        # a wrong field count, invalid UTF-8, ...: the stdlib reader says which line
+        raise ArrowPathUnfit(str(exc)) from exc
 
 
 def _longest_value(table: pa.Table) -> int:

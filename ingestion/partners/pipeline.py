@@ -20,6 +20,7 @@ from ingestion.partners import imports as ledger
 from ingestion.partners import pipeline_name
 from ingestion.partners.archive import archive_stream
 from ingestion.partners.config import PartnerConfig
+from ingestion.partners.csv_arrow import ArrowPathUnfit
 from ingestion.partners.error_report import write_error_report
 from ingestion.partners.errors import UnreadableFileError
 from ingestion.partners.imports import ImportRecord
@@ -158,9 +159,17 @@ def process_archived_file(
 ) -> ImportRecord:
     """Parse, validate and load one archived file, updating its ledger row. Used by replay too."""
     try:
-        with MemberLoad(params, config.partner_id, pipeline_name(config.partner_id)) as load:
-            parsed = parse_and_validate(path, config, record, load.add, progress)
-            load.commit()
+        try:
+            parsed, load = _load_file(path, config, record, params, progress, arrow=True)
+        except ArrowPathUnfit as unfit:
+            # rare (blank lines, a malformed row): the fast parser's rows were rolled back
+            log.info(
+                "%s: %s read again by the stdlib reader (%s)",
+                config.partner_id,
+                record.filename,
+                unfit,
+            )
+            parsed, load = _load_file(path, config, record, params, progress, arrow=False)
         # merging overlaps reading: load is the merge thread's time, parse the rest of ours
         record.load_seconds = load.seconds
         elapsed = _elapsed(record.started_at)
@@ -196,6 +205,21 @@ def process_archived_file(
     return record
 
 
+def _load_file(
+    path: Path,
+    config: PartnerConfig,
+    record: ImportRecord,
+    params: ConnectionParams,
+    progress: Progress | None,
+    arrow: bool,
+) -> tuple[ParsedFile, MemberLoad]:
+    """One attempt at the file: every chunk merged in one transaction, committed at the end."""
+    with MemberLoad(params, config.partner_id, pipeline_name(config.partner_id)) as load:
+        parsed = parse_and_validate(path, config, record, load.add, progress, arrow)
+        load.commit()
+    return parsed, load
+
+
 @dataclass
 class ParsedFile:
     rejects: list[Reject] = field(default_factory=list)
@@ -209,14 +233,16 @@ def parse_and_validate(
     record: ImportRecord,
     on_valid: Callable[[pa.Table], None],
     progress: Progress | None = None,
+    arrow: bool = True,
 ) -> ParsedFile:
     """Stream the file in chunks: each chunk's valid rows go to `on_valid` as Arrow as soon as
     they are checked, every bad row is kept as a reject. An unreadable file raises
-    UnreadableFileError, possibly after some chunks: the caller's load must not commit then."""
+    UnreadableFileError (or, with `arrow`, ArrowPathUnfit), possibly after some chunks: the
+    caller's load must not commit then."""
     assert record.received_at is not None
     validator = RowValidator(config, record.file_id, record.received_at)
     parsed = ParsedFile()
-    for batch in read_batches(path, config.inbound, CHUNK_ROWS):
+    for batch in read_batches(path, config.inbound, CHUNK_ROWS, arrow):
         result = validator.validate(batch)
         parsed.total += len(batch)
         if result.valid.num_rows:

@@ -15,10 +15,13 @@ from ingestion.partners.formats import mapped_fields, read_rows
 ARROW_BATCH_ROWS = 50_000
 
 
-def read_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBatch]:
+def read_batches(path: Path, inbound: Inbound, size: int, arrow: bool = True) -> Iterator[RowBatch]:
     """The rows of a partner file in batches (of `size` rows from the streaming readers), with
-    the same values, line numbers and row problems whichever reader serves it."""
-    if inbound.format == "csv":
+    the same values, line numbers and row problems whichever reader serves it.
+
+    With `arrow`, a CSV may be served by pyarrow's parser, and iterating may then raise
+    ArrowPathUnfit: throw away what was read and ask again with `arrow=False`."""
+    if arrow and inbound.format == "csv":
         batches = read_csv_batches(path, inbound, max(size, ARROW_BATCH_ROWS))
         if batches is not None:
             return iter(batches)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import time
 
 from ingestion.partners.pipeline import import_partner_files
@@ -209,3 +210,45 @@ def test_a_file_left_half_processed_by_a_crash_is_loaded_once_on_retry(platform)
         (ids,),
     )
     assert counts == [(15, 15)]
+
+
+def test_a_blank_line_met_after_the_first_chunk_merged_reloads_the_file_once_by_line(
+    platform, caplog
+):
+    # The fast CSV parser streams: its first chunks are merged before a blank line near the
+    # end shows that only the stdlib reader numbers this file right. That attempt rolls back
+    # and the file is read again; every member lands once, on its physical line.
+    config = platform.configs["acme_corp"]
+    generated = generate_partner_file(
+        config, rows=60_000, bad_share=0.01, seed=43, id_offset=3_000_000
+    )
+    lines = generated.content.split(b"\n")
+    starts = {m["source_line_number"] for m in generated.valid_members}
+    # before a record, after one that took a single line: past the first 50,000-row chunk
+    blank_at = min(line for line in starts if line > 59_000 and line - 1 in starts)
+    content = b"\n".join([*lines[: blank_at - 1], b"", *lines[blank_at - 1 :]])
+    platform.upload("acme_corp", "enrollment_blank_line.csv", content)
+
+    with caplog.at_level(logging.INFO, logger="ingestion.partners.pipeline"):
+        [record] = _import(platform, "acme_corp")
+
+    assert "read again by the stdlib reader (blank lines inside the file)" in caplog.text
+    assert record.status == "loaded"
+    assert record.rows_total == 60_000
+    ids = [m["employee_id"] for m in generated.valid_members]
+    stored = dict(
+        platform.query(
+            "select employee_id, source_line_number from raw_partners.enrollment_members"
+            " where partner_id = 'acme_corp' and employee_id = any(%s)",
+            (ids,),
+        )
+    )
+    assert len(stored) == record.rows_loaded == len(ids)
+    expected = {
+        m["employee_id"]: m["source_line_number"] + (m["source_line_number"] >= blank_at)
+        for m in generated.valid_members
+    }
+    assert stored == expected
+    report = platform.sftp_root / "acme_corp" / "errors" / "enrollment_blank_line.errors.csv"
+    reported = {int(r[0]) for r in list(csv.reader(io.StringIO(report.read_text())))[1:]}
+    assert reported == {line + (line >= blank_at) for line in generated.bad_rows}
