@@ -38,6 +38,7 @@ PY_WHITESPACE = (
 )
 _NULL_TEXT = pa.scalar(None, pa.string())
 BLOCK_BYTES = 1 << 20  # parsed ahead a block at a time; ~7K rows of a typical file
+SMALL_BATCH = 10_000
 
 
 def read_csv_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBatch] | None:
@@ -101,17 +102,20 @@ def _batches(
     physical_lines: int,
     has_cr: bool,
 ) -> Iterator[RowBatch]:
-    """Batches of about `size` rows as the parser reads them. What only the whole file can
-    show (a blank line anywhere makes the record spans fall short of its line count) is
-    checked after the last batch, by raising ArrowPathUnfit."""
+    """Batches of at most about `size` rows as the parser reads them: small first and last
+    ones (each twice the one before, up to `size`, and at most a quarter of what is left), so
+    the first merge starts soon and the last one, which nothing overlaps, is short.
+    What only the whole file can show (a blank line anywhere makes the record spans fall
+    short of its line count) is checked after the last batch, by raising ArrowPathUnfit."""
     pending: list[pa.RecordBatch] = []
     held = 0
     line = first_line
+    wanted = SMALL_BATCH
     for batch in itertools.chain(rows, [None]):
         if batch is not None:
             pending.append(batch)
             held += batch.num_rows
-        if held and (held >= size or batch is None):
+        if held and (held >= wanted or batch is None):
             table = pa.Table.from_batches(pending)
             pending, held = [], 0
             if _longest_value(table) > csv.field_size_limit():
@@ -127,6 +131,8 @@ def _batches(
                 },
             )
             line += pc.sum(spans).as_py()
+            remaining = physical_lines - (line - first_line)
+            wanted = max(SMALL_BATCH, min(size, 2 * wanted, remaining // 4))
     if line - first_line != physical_lines:
         raise ArrowPathUnfit("blank lines inside the file")
 
