@@ -72,32 +72,35 @@ class MemberLoad:
 
     def __enter__(self) -> MemberLoad:
         self._merger = self._scope.enter_context(ThreadPoolExecutor(1, "member-merge"))
+        key_reader = self._scope.enter_context(ThreadPoolExecutor(1, "member-keys"))
         self._conn = self._scope.enter_context(connect(self._params))
         self._cur = self._scope.enter_context(self._conn.cursor())
-        # read by the merge thread while the caller parses the file's first chunk
-        self._stored = self._merger.submit(self._prepare)
+        # on a connection of its own, so the first chunks merge while the ids are read
+        self._stored = key_reader.submit(stored_ids, self._params, self.partner_id)
+        self._merging = self._merger.submit(
+            self._cur.execute, "create temp table incoming_keys (employee_id text) on commit drop"
+        )
         return self
-
-    def _prepare(self) -> pa.Array:
-        self._cur.execute("create temp table incoming_keys (employee_id text) on commit drop")
-        return existing_keys(self._cur, self.partner_id)
 
     def add(self, table: pa.Table) -> None:
         """Hand one validated chunk to the merge thread (after the previous one is merged, so
         at most two chunks are held); a failed merge raises here or at commit."""
         if not table.num_rows:
             return
-        # Only members already stored are deleted (probing the index for every new member cost
-        # more than a 500K-row file's whole COPY). The stored ids are probed against the chunk:
-        # hashing the 50K chunk, not every stored id, per chunk took a 500K-row file into a
-        # partner with 490K members from 1.1 s to 0.12 s.
-        stored = self._result(self._stored)
-        replaced = stored.filter(pc.is_in(stored, value_set=table["employee_id"]))
+        ids = table["employee_id"]
+        if self._stored.done():
+            # Only members already stored are deleted (probing the index for every new member
+            # cost more than a 500K-row file's whole COPY). The stored ids are probed against
+            # the chunk: hashing the chunk, not every stored id, per chunk took a 500K-row file
+            # into a partner with 490K members from 1.1 s to 0.12 s.
+            stored = self._stored.result()
+            ids = stored.filter(pc.is_in(stored, value_set=ids))
+        # else (the first, small chunks of a file) every id in the chunk is probed
         rows = table.cast(MEMBER_ARROW_SCHEMA).append_column(
             LOAD_SCHEMA.field(LOAD_ID_COLUMN), pa.array([self.load_id] * table.num_rows)
         )
         # encoded here, so the merge thread only waits on Postgres (its COPY is the slower half)
-        keys = binary_copy_data(pa.table({"employee_id": replaced})) if len(replaced) else None
+        keys = binary_copy_data(pa.table({"employee_id": ids})) if len(ids) else None
         data = binary_copy_data(rows)
         self._wait()
         self._merging = self._merger.submit(self._merge, keys, data, table.num_rows)
@@ -120,9 +123,11 @@ class MemberLoad:
         started = time.perf_counter()
         if replaced_keys is not None:
             copy_binary(self._cur, "incoming_keys (employee_id)", replaced_keys)
+            # an array, not a join: the key's index is probed whatever the planner thinks of
+            # a temp table without statistics
             self._cur.execute(
-                f"delete from {TABLE} m using incoming_keys k"
-                " where m.partner_id = %s and m.employee_id = k.employee_id",
+                f"delete from {TABLE} where partner_id = %s"
+                " and employee_id = any(array(select employee_id from incoming_keys))",
                 (self.partner_id,),
             )
             self._cur.execute("truncate incoming_keys")
@@ -153,20 +158,20 @@ class MemberLoad:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        for running in (self._stored, self._merging):
-            if running is not None:
-                running.exception()  # let the thread's statement finish before rolling back
+        if self._merging is not None:
+            self._merging.exception()  # let the thread's statement finish before rolling back
         if not self._committed:
             self._conn.rollback()
         self._scope.__exit__(exc_type, exc, traceback)
 
 
-def existing_keys(cur, partner_id: str) -> pa.Array:
+def stored_ids(params: ConnectionParams, partner_id: str) -> pa.Array:
     """The employee ids stored for a partner (read once per file; imports of one partner
     take turns, and the unique key turns any race into a failed load, never a duplicate)."""
     sink = io.BytesIO()
-    query = cur.mogrify(f"select employee_id from {TABLE} where partner_id = %s", (partner_id,))
-    cur.copy_expert(f"copy ({query.decode()}) to stdout with (format csv)", sink)
+    with connect(params) as conn, conn.cursor() as cur:
+        query = cur.mogrify(f"select employee_id from {TABLE} where partner_id = %s", (partner_id,))
+        cur.copy_expert(f"copy ({query.decode()}) to stdout with (format csv)", sink)
     if not sink.tell():
         return pa.array([], pa.string())
     sink.seek(0)
