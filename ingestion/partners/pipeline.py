@@ -9,6 +9,7 @@ import contextlib
 import datetime as dt
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,9 +159,21 @@ def process_archived_file(
     progress: Progress | None = None,
 ) -> ImportRecord:
     """Parse, validate and load one archived file, updating its ledger row. Used by replay too."""
+    reporting = 0.0
+
+    def report_rejects(parsed: ParsedFile) -> None:
+        # The report depends on the file alone (a retried import sends the same one), so it
+        # goes out while the last chunk merges, before the commit.
+        nonlocal reporting
+        started = time.perf_counter()
+        if parsed.rejects:
+            report = deliver_error_report(record, path, config, settings, parsed.rejects)
+            record.error_report_path = str(report)
+        reporting = time.perf_counter() - started
+
     try:
         try:
-            parsed, load = _load_file(path, config, record, params, progress, arrow=True)
+            parsed, load = _load_file(path, config, record, params, report_rejects, progress)
         except ArrowPathUnfit as unfit:
             # rare (blank lines, a malformed row): the fast parser's rows were rolled back
             log.info(
@@ -169,18 +182,16 @@ def process_archived_file(
                 record.filename,
                 unfit,
             )
-            parsed, load = _load_file(path, config, record, params, progress, arrow=False)
+            parsed, load = _load_file(
+                path, config, record, params, report_rejects, progress, arrow=False
+            )
         # merging overlaps reading: load is the merge thread's time, parse the rest of ours
         record.load_seconds = load.seconds
         elapsed = _elapsed(record.started_at)
-        record.parse_seconds = None if elapsed is None else elapsed - load.waited
+        record.parse_seconds = None if elapsed is None else elapsed - load.waited - reporting
         rejects, total, loaded = parsed.rejects, parsed.total, load.rows
         record.rows_total, record.rows_loaded, record.rows_rejected = total, loaded, len(rejects)
         record.preview = _preview(parsed.first_valid)
-        if rejects:
-            record.error_report_path = str(
-                deliver_error_report(record, path, config, settings, rejects)
-            )
         record.status = "loaded"
         log.info(
             "%s: %s loaded %d of %d rows (%d rejected)",
@@ -210,12 +221,14 @@ def _load_file(
     config: PartnerConfig,
     record: ImportRecord,
     params: ConnectionParams,
+    before_commit: Callable[[ParsedFile], None],
     progress: Progress | None,
-    arrow: bool,
+    arrow: bool = True,
 ) -> tuple[ParsedFile, MemberLoad]:
     """One attempt at the file: every chunk merged in one transaction, committed at the end."""
     with MemberLoad(params, config.partner_id, pipeline_name(config.partner_id)) as load:
         parsed = parse_and_validate(path, config, record, load.add, progress, arrow)
+        before_commit(parsed)
         load.commit()
     return parsed, load
 
@@ -276,6 +289,7 @@ def deliver_error_report(
 ) -> Path:
     """Archive the report beside the original and upload it to the partner's errors/ folder."""
     report = source.parent / f"{record.file_id}.errors.csv"
+    report.unlink(missing_ok=True)  # left read-only by an attempt that did not finish
     write_error_report(report, config, rejects)
     report.chmod(0o444)
     stem = record.filename.rsplit(".", 1)[0]
