@@ -263,3 +263,13 @@ def http_server(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def settle(bench: Bench) -> None:
+    """Untimed: finish the background work the big loads left (autovacuum, dirty buffers),
+    so it does not run during one of the measurements and not the other."""
+    from mdp.database import connect
+
+    with connect(bench.params, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("vacuum analyze")
+        cur.execute("checkpoint")

@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.common import PARTNER, Bench, Figure, http_server, phase
+from bench.common import PARTNER, Bench, Figure, http_server, phase, settle
 
 CONNECTIONS = 32
 CHECK_PATH = "/api/v1/eligibility/check"
@@ -329,13 +329,3 @@ def _bare(bench: Bench, requests: list[bytes], warmup: float, duration: float) -
         f"p99 {result['p99_ms']:.2f} ms ({result['generator']})"
     )
     return result
-
-
-def settle(bench: Bench) -> None:
-    """Untimed: finish the background work the big loads left (autovacuum, dirty buffers),
-    so it does not run during one of the measurements and not the other."""
-    from mdp.database import connect
-
-    with connect(bench.params, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute("vacuum analyze")
-        cur.execute("checkpoint")
