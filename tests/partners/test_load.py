@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from ingestion.partners.errors import UnreadableFileError
-from ingestion.partners.load import MemberLoad
+from ingestion.partners.load import MemberLoad, stored_ids
 from ingestion.partners.pipeline import import_partner_files
 from ingestion.partners.validation import MEMBER_ARROW_SCHEMA
 from sandbox.generator import generate_partner_file
@@ -48,11 +48,11 @@ def test_a_newer_file_replaces_its_members_rows_and_records_a_dlt_load(platform)
     assert (one.rows_loaded, two.rows_loaded) == (40, 40)
 
 
-def _members(ids: list[str], program: str, file_id: str) -> pa.Table:
+def _members(ids: list[str], program: str, file_id: str, partner_id: str = "load_test") -> pa.Table:
     received = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     rows = [
         {
-            "partner_id": "load_test",
+            "partner_id": partner_id,
             "employee_id": employee_id,
             "last_name": "Doe",
             "date_of_birth": dt.date(1980, 1, 2),
@@ -134,3 +134,18 @@ def test_members_whose_ids_need_quoting_are_replaced_too(platform):
             load.commit()
     loaded = _loaded(platform)
     assert {k: loaded[k][0] for k in odd} == dict.fromkeys(odd, "second")
+
+
+def test_stored_ids_come_back_exactly_with_or_without_line_breaks(platform):
+    # one joined value normally; ids holding a line break take the COPY path
+    plain = ["S1", "S,2", 'S"3', "S\\4", "S\t5", "É6", " S7 "]
+    with MemberLoad(platform.params, "ids_test", "partner_ids_test") as load:
+        load.add(_members(plain, "p", "f6", "ids_test"))
+        load.commit()
+    assert sorted(stored_ids(platform.params, "ids_test").to_pylist()) == sorted(plain)
+
+    with MemberLoad(platform.params, "ids_test", "partner_ids_test") as load:
+        load.add(_members(["S\n8"], "p", "f7", "ids_test"))
+        load.commit()
+    assert sorted(stored_ids(platform.params, "ids_test").to_pylist()) == sorted([*plain, "S\n8"])
+    assert stored_ids(platform.params, "nobody").to_pylist() == []
