@@ -45,7 +45,6 @@ from mdp.database import ConnectionParams, connect
 TABLE = f"{DATASET}.{MEMBERS_TABLE}"
 LOAD_ID_COLUMN = "_dlt_load_id"
 LOAD_COMPLETED = 0  # dlt's status for a completed load in _dlt_loads
-COPY_READ_BYTES = 1 << 20
 LOAD_SCHEMA = MEMBER_ARROW_SCHEMA.append(pa.field(LOAD_ID_COLUMN, pa.string(), nullable=False))
 
 
@@ -117,7 +116,7 @@ class MemberLoad:
             finally:
                 self.waited += time.perf_counter() - started
 
-    def _merge(self, replaced_keys: bytes | None, rows: bytes, count: int) -> None:
+    def _merge(self, replaced_keys: list[bytes] | None, rows: list[bytes], count: int) -> None:
         """Delete the members the chunk replaces, then COPY it in (both binary COPY data)."""
         started = time.perf_counter()
         if replaced_keys is not None:
@@ -198,16 +197,25 @@ def stored_ids(params: ConnectionParams, partner_id: str) -> pa.Array:
     return read.column("employee_id").combine_chunks()
 
 
-def binary_copy_data(table: pa.Table) -> bytes:
-    """An Arrow table as Postgres binary COPY data."""
+def binary_copy_data(table: pa.Table) -> list[bytes]:
+    """An Arrow table as Postgres binary COPY data, in parts (joining them copied a 500K-row
+    file's ~125 MB once more, 0.1-0.15 s of the reading thread)."""
     encoder = pgpq.ArrowToPostgresBinaryEncoder(table.schema)
     parts = [encoder.write_header()]
     parts += [encoder.write_batch(batch) for batch in table.to_batches()]
     parts.append(encoder.finish())
-    return b"".join(parts)
+    return [part for part in parts if part]  # an empty read would end the COPY
 
 
-def copy_binary(cur, target: str, data: bytes) -> None:
-    cur.copy_expert(
-        f"copy {target} from stdin with (format binary)", io.BytesIO(data), size=COPY_READ_BYTES
-    )
+class _PartsReader:
+    """The file-like object `copy_expert` reads: each read hands over the next part whole."""
+
+    def __init__(self, parts: list[bytes]):
+        self._parts = iter(parts)
+
+    def read(self, size: int = -1) -> bytes:
+        return next(self._parts, b"")
+
+
+def copy_binary(cur, target: str, data: list[bytes]) -> None:
+    cur.copy_expert(f"copy {target} from stdin with (format binary)", _PartsReader(data))
