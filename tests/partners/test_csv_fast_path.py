@@ -18,7 +18,12 @@ from hypothesis import strategies as st
 from ingestion.partners.batches import RowBatch, batches_from_rows
 from ingestion.partners.column_checks import parse_dates, regex_matches
 from ingestion.partners.config import Inbound, load_partner_config
-from ingestion.partners.csv_arrow import PY_WHITESPACE, ArrowPathUnfit, read_csv_batches
+from ingestion.partners.csv_arrow import (
+    PY_WHITESPACE,
+    ArrowPathUnfit,
+    _holds_line_break,
+    read_csv_batches,
+)
 from ingestion.partners.error_report import write_error_report
 from ingestion.partners.formats import mapped_fields, read_rows
 from ingestion.partners.reading import read_batches
@@ -204,3 +209,24 @@ def test_patterns_match_as_re_match_does(pattern):
     values = ["AB1234", "ab1234", "123-45-6789", "١٢٣٤", "x", "xx", "ba", "AB", None, "E0000001"]
     expected = [None if v is None else re.match(pattern, v) is not None for v in values]
     assert regex_matches(pa.array(values, pa.string()), pattern).to_pylist() == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "has_cr", "expected"),
+    [
+        (["a", "b\nc", "d"], False, True),
+        (["a", "b\rc", "d"], False, False),  # a lone \r counts only in files that have one
+        (["a", "b\rc", "d"], True, True),
+        (["a", "", None, "é"], True, False),
+        ([None, None], False, False),
+    ],
+)
+def test_line_breaks_are_found_in_any_value_of_any_chunk(values, has_cr, expected):
+    column = pa.chunked_array([pa.array(["x"], pa.string()), pa.array(values, pa.string())])
+    assert _holds_line_break(column, has_cr) is expected
+
+
+def test_line_breaks_outside_a_sliced_chunk_do_not_count():
+    whole = pa.array(["1\n", "2", "3", "4\n"], pa.string())
+    assert not _holds_line_break(pa.chunked_array([whole.slice(1, 2)]), has_cr=False)
+    assert _holds_line_break(pa.chunked_array([whole.slice(2, 2)]), has_cr=False)
