@@ -2,16 +2,16 @@
 
 pyarrow gives no line numbers. A record starts on the line after the previous record's
 first line plus the line breaks quoted inside that record's values, which holds exactly when
-the file has no blank lines (pyarrow skips them, line numbers count them). So the sum of
-record spans is checked against a count of the file's line breaks.
+the file has no blank lines. pyarrow is told not to skip them: a blank line reads as a row
+of empty values, and the file goes to the stdlib reader (files of one column always do).
 
 The file is parsed as it is read, so its first rows are validated and loaded while Arrow's
 threads parse the rest. What rules this path out shows up at two times:
 - before the first row (another encoding, NULs, a quoted header, a missing column): the
   reader returns None and the caller reads the file with the stdlib reader;
-- while reading (a wrong field count, bytes that are not UTF-8, an over-long value, and after
-  the last row, blank lines): ArrowPathUnfit is raised, and the caller throws away what it
-  read and reads the file again with the stdlib reader, which reports such details by line.
+- while reading (a wrong field count, a blank line, bytes that are not UTF-8, an over-long
+  value): ArrowPathUnfit is raised, and the caller throws away what it read and reads the
+  file again with the stdlib reader, which reports such details by line.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from __future__ import annotations
 import codecs
 import csv
 import itertools
+import mmap
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,12 +51,14 @@ def read_csv_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBat
     options = inbound.csv_options
     if codecs.lookup(options.encoding).name != "utf-8":
         return None
-    data = path.read_bytes()
-    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    data = _mapped(path)
+    if data is None:
+        return None  # empty: the stdlib reader says so
+    start = len(codecs.BOM_UTF8) if data[: len(codecs.BOM_UTF8)] == codecs.BOM_UTF8 else 0
     end = len(data)
     while end > start and data[end - 1] in b"\r\n":  # trailing blank lines are skipped by both
         end -= 1
-    if b"\x00" in data:
+    if data.find(b"\x00") != -1:
         return None
     first_line = 1
     if options.has_header:
@@ -75,8 +80,8 @@ def read_csv_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBat
         first_line = 2
     else:
         header = list(options.columns or [])
-    if end <= start:
-        return None
+    if end <= start or len(header) < 2:
+        return None  # a blank line would pass for a one-field row
     try:
         positions = _check_columns(inbound, header)
     except UnreadableFileError:
@@ -85,8 +90,16 @@ def read_csv_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBat
     fields = mapped_fields(inbound)
     rows = _stream(body, len(header), options.delimiter, options.quotechar)
     has_cr = data.find(b"\r", start, end) != -1
-    lines = _line_breaks(data, start, end, has_cr) + 1
-    return _batches(rows, positions, fields, size, first_line, lines, has_cr)
+    return _batches(rows, positions, fields, size, first_line, len(body), has_cr)
+
+
+def _mapped(path: Path) -> mmap.mmap | None:
+    """The file's bytes, mapped (and read in) at once: no copy into our memory."""
+    with path.open("rb") as handle:
+        if not os.fstat(handle.fileno()).st_size:
+            return None
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        return mmap.mmap(handle.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
 
 
 class ArrowPathUnfit(Exception):
@@ -100,16 +113,15 @@ def _batches(
     fields: list[str],
     size: int,
     first_line: int,
-    physical_lines: int,
+    body_bytes: int,
     has_cr: bool,
 ) -> Iterator[RowBatch]:
     """Batches of at most about `size` rows as the parser reads them: small first and last
     ones (each twice the one before, up to `size`, and at most a quarter of what is left), so
-    the first merge starts soon and the last one, which nothing overlaps, is short.
-    What only the whole file can show (a blank line anywhere makes the record spans fall
-    short of its line count) is checked after the last batch, by raising ArrowPathUnfit."""
+    the first merge starts soon and the last one, which nothing overlaps, is short. What is
+    left is estimated from the bytes read so far (values plus one separator each)."""
     pending: list[pa.RecordBatch] = []
-    held = 0
+    held = read_rows = read_bytes = 0
     line = first_line
     wanted = SMALL_BATCH
     for batch in itertools.chain(rows, [None]):
@@ -119,8 +131,12 @@ def _batches(
         if held and (held >= wanted or batch is None):
             table = pa.Table.from_batches(pending)
             pending, held = [], 0
-            if _longest_value(table) > csv.field_size_limit():
+            lengths = [pc.binary_length(column) for column in table.columns]
+            if _longest(lengths) > csv.field_size_limit():
+                # the stdlib reader refuses such a field: so must this path
                 raise ArrowPathUnfit("a value is longer than the csv module accepts")
+            if _any_blank_row(lengths):
+                raise ArrowPathUnfit("a blank line, or a row of empty fields")
             spans = _record_spans(table, has_cr)
             yield RowBatch(
                 lines=pc.add(pc.subtract(pc.cumulative_sum(spans), spans), line).combine_chunks(),
@@ -132,23 +148,15 @@ def _batches(
                 },
             )
             line += pc.sum(spans).as_py()
-            remaining = physical_lines - (line - first_line)
+            read_rows += len(table)
+            read_bytes += sum(pc.sum(n).as_py() or 0 for n in lengths) + len(table) * len(lengths)
+            remaining = max(body_bytes - read_bytes, 0) * read_rows // max(read_bytes, 1)
             wanted = max(SMALL_BATCH, min(size, 2 * wanted, remaining // 4))
-    if line - first_line != physical_lines:
-        raise ArrowPathUnfit("blank lines inside the file")
 
 
-def _first_break(data: bytes, start: int) -> int | None:
+def _first_break(data: mmap.mmap, start: int) -> int | None:
     found = [i for i in (data.find(b"\n", start), data.find(b"\r", start)) if i != -1]
     return min(found) if found else None
-
-
-def _line_breaks(data: bytes, start: int, end: int, has_cr: bool) -> int:
-    """Line breaks as Python's universal newlines count them: \\n, \\r\\n and a lone \\r."""
-    breaks = data.count(b"\n", start, end)
-    if has_cr:
-        breaks += data.count(b"\r", start, end) - data.count(b"\r\n", start, end)
-    return breaks
 
 
 def _stream(
@@ -166,7 +174,9 @@ def _stream(
                 double_quote=True,
                 escape_char=False,
                 newlines_in_values=True,
-                ignore_empty_lines=True,
+                # kept, as a row of empty values, which makes this path step aside: a blank
+                # line is a line in the stdlib reader's numbering
+                ignore_empty_lines=False,
             ),
             convert_options=pv.ConvertOptions(
                 column_types=dict.fromkeys(names, pa.string()),
@@ -177,13 +187,36 @@ def _stream(
         yield from reader
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
         # a wrong field count, invalid UTF-8, ...: the stdlib reader says which line
-        raise ArrowPathUnfit(str(exc)) from exc
+        raise ArrowPathUnfit(_unfit_reason(exc)) from exc
 
 
-def _longest_value(table: pa.Table) -> int:
-    # the stdlib reader refuses a field over csv.field_size_limit(): so must this path
-    longest = [pc.max(pc.binary_length(column)).as_py() for column in table.columns]
-    return max((n for n in longest if n is not None), default=0)
+_FIELD_COUNT = re.compile(r"Expected (\d+) columns, got (\d+)")
+
+
+def _unfit_reason(exc: Exception) -> str:
+    """Why Arrow's parser gave up, in words fit for a log: its message quotes the row."""
+    message = str(exc)
+    if found := _FIELD_COUNT.search(message):
+        expected, got = found.groups()
+        return f"a row with {got} of {expected} fields"
+    if "UTF8" in message or "UTF-8" in message:
+        return "bytes that are not UTF-8"
+    return f"the parser stopped ({type(exc).__name__})"
+
+
+def _longest(lengths: list[pa.ChunkedArray]) -> int:
+    return max(
+        (n for n in (pc.max(length).as_py() for length in lengths) if n is not None), default=0
+    )
+
+
+def _any_blank_row(lengths: list[pa.ChunkedArray]) -> bool:
+    """A row whose every value is empty: what a blank line reads as (and a row of nothing
+    but delimiters, which the stdlib reader tells apart)."""
+    blank = pc.equal(lengths[0], 0)
+    for length in lengths[1:]:
+        blank = pc.and_(blank, pc.equal(length, 0))
+    return bool(pc.any(blank).as_py())
 
 
 def _record_spans(table: pa.Table, has_cr: bool) -> pa.ChunkedArray:
