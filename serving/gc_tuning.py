@@ -16,6 +16,8 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
+from mdp.gc_pauses import startup_objects_frozen
+
 YOUNG_THRESHOLD = 5_000
 
 
@@ -23,10 +25,10 @@ YOUNG_THRESHOLD = 5_000
 def tuned_for_serving() -> Iterator[None]:
     """While serving: start-up objects frozen, fewer young collections; restored after."""
     previous = gc.get_threshold()
-    gc.freeze()  # O(1); no collect first: it would cost every app start (tests start hundreds)
-    gc.set_threshold(YOUNG_THRESHOLD, *previous[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*previous)
-        gc.unfreeze()
+    # no collect before freezing: it would cost every app start (tests start hundreds)
+    with startup_objects_frozen():
+        gc.set_threshold(YOUNG_THRESHOLD, *previous[1:])
+        try:
+            yield
+        finally:
+            gc.set_threshold(*previous)
