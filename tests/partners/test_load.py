@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from ingestion.partners.errors import UnreadableFileError
-from ingestion.partners.load import MemberLoad, stored_ids
+from ingestion.partners.load import PROBE_ROWS, MemberLoad, stored_ids
 from ingestion.partners.pipeline import import_partner_files
 from ingestion.partners.validation import MEMBER_ARROW_SCHEMA
 from sandbox.generator import generate_partner_file
@@ -104,6 +104,28 @@ def test_chunks_merge_in_one_transaction_and_replace_members_across_chunks(platf
         "select count(*) from raw_partners._dlt_loads where load_id in (%s, %s)",
         (first_load, second_load),
     ) == [(2,)]
+
+
+def test_small_chunks_probe_their_ids_and_large_ones_use_the_stored_ids_alike(platform):
+    # a chunk of up to PROBE_ROWS may go before the stored ids are read (each id probed in
+    # the key's index); a larger one waits for them: either way, exactly the stored members
+    # are replaced and the new ones added
+    stored = [f"P{i:05d}" for i in range(3 * PROBE_ROWS)]
+    with MemberLoad(platform.params, "load_test", "partner_load_test") as load:
+        load.add(_members(stored, "first", "f6"))
+        load.commit()
+    small = stored[: PROBE_ROWS // 2] + [f"N{i:05d}" for i in range(PROBE_ROWS // 2)]
+    large = stored[PROBE_ROWS:] + [f"M{i:05d}" for i in range(PROBE_ROWS)]
+    with MemberLoad(platform.params, "load_test", "partner_load_test") as load:
+        load.add(_members(small, "second", "f7"))
+        load.add(_members(large, "second", "f7"))
+        load.commit()
+
+    programs = {k: v[0] for k, v in _loaded(platform).items() if k[0] in "PNM"}
+    assert len(programs) == len(set(stored + small + large))
+    assert {k for k, p in programs.items() if p == "first"} == set(
+        stored[PROBE_ROWS // 2 : PROBE_ROWS]
+    )
 
 
 def test_a_load_left_without_commit_changes_nothing(platform):
