@@ -18,9 +18,8 @@ encodes Arrow in Rust): Postgres parses no dates, timestamps or CSV quoting.
 Chunks are merged by one worker thread while the next chunk is read and validated; the reader
 encodes each chunk, so the thread only waits on Postgres (with the GIL released), whose COPY is
 the slower half. At most two chunks are held, one being merged, one being validated. The
-partner's stored ids (which say which members a chunk replaces) are read on a second
-connection meanwhile; the merge thread waits for them, except for a chunk so small that
-probing the key's index for each of its ids costs less.
+partner's stored ids (which say which members a chunk replaces) are read by the merge thread
+when a chunk first needs them (see `_replaced`).
 A 500K-row file into the machine's Postgres: 3.0-3.2 s merging in line, 2.2-2.7 s with the
 merge thread, ~2.0 s with a streaming parse.
 """
@@ -45,8 +44,8 @@ from mdp.database import ConnectionParams, connect
 TABLE = f"{DATASET}.{MEMBERS_TABLE}"
 LOAD_ID_COLUMN = "_dlt_load_id"
 LOAD_COMPLETED = 0  # dlt's status for a completed load in _dlt_loads
-# a chunk this small probes the key's index for each of its ids rather than wait for the
-# stored ids (10K probes took ~0.11 s of Postgres time, a 490K-id read ~0.1-0.15 s)
+# a chunk this small probes the key's index for each of its ids rather than read the stored
+# ids (10K probes took ~0.11 s of Postgres time, a 490K-id read ~0.1-0.15 s)
 PROBE_ROWS = 1_000
 LOAD_SCHEMA = MEMBER_ARROW_SCHEMA.append(pa.field(LOAD_ID_COLUMN, pa.string(), nullable=False))
 
@@ -71,17 +70,12 @@ class MemberLoad:
         self._scope = contextlib.ExitStack()
         self._committed = False
         self._merging: Future[None] | None = None
-        self._stored: Future[pa.Array] | None = None
+        self._stored: pa.Array | None = None  # read when a chunk first needs them
 
     def __enter__(self) -> MemberLoad:
         self._merger = self._scope.enter_context(ThreadPoolExecutor(1, "member-merge"))
-        key_reader = ThreadPoolExecutor(1, "member-keys")
-        # a small file may be merged before the ids are read: its load does not wait for them
-        self._scope.callback(key_reader.shutdown, wait=False, cancel_futures=True)
         self._conn = self._scope.enter_context(connect(self._params))
         self._cur = self._scope.enter_context(self._conn.cursor())
-        # on a connection of its own, so the first chunks merge while the ids are read
-        self._stored = key_reader.submit(stored_ids, self._params, self.partner_id)
         self._merging = self._merger.submit(
             self._cur.execute, "create temp table incoming_keys (employee_id text) on commit drop"
         )
@@ -133,14 +127,37 @@ class MemberLoad:
 
     def _replaced(self, ids: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
         """The chunk's ids that are stored already. Only those are deleted: probing the index
-        for every new member cost more than a 500K-row file's whole COPY (~11 µs an id). So a
-        chunk of more than PROBE_ROWS waits here, on the merge thread, for the stored ids;
-        the stored ids are probed against the chunk (hashing the chunk, not every stored id,
-        took a 500K-row file into a partner with 490K members from 1.1 s to 0.12 s)."""
-        if not self._stored.done() and len(ids) <= PROBE_ROWS:
-            return ids  # a small file does not wait for the read: each id is probed
-        stored = self._stored.result()
-        return stored.filter(pc.is_in(stored, value_set=ids))
+        for every new member cost more than a 500K-row file's whole COPY (~11 µs an id).
+        The partner's stored ids are read (on the merge thread) when a chunk first needs
+        them: not for a chunk of up to PROBE_ROWS, whose ids are probed, nor for one whose
+        ids all lie outside the stored ids' range (new members often get higher ids). The
+        stored ids are probed against the chunk (hashing the chunk, not every stored id, took
+        a 500K-row file into a partner with 490K members from 1.1 s to 0.12 s)."""
+        if self._stored is None:
+            if len(ids) <= PROBE_ROWS:
+                return ids
+            if not self._any_stored_between(ids):
+                return ids.slice(0, 0)
+            self._stored = stored_ids(self._params, self.partner_id)
+        return self._stored.filter(pc.is_in(self._stored, value_set=ids))
+
+    def _any_stored_between(self, ids: pa.ChunkedArray) -> bool:
+        """Whether a stored id lies between the chunk's least and greatest id, as the
+        database orders them (two index look-ups, whatever the collation)."""
+        copy_binary(
+            self._cur,
+            "incoming_keys (employee_id)",
+            binary_copy_data(pa.table({"employee_id": ids})),
+        )
+        self._cur.execute(
+            f"select exists (select from {TABLE} where partner_id = %s and employee_id"
+            " between (select min(employee_id) from incoming_keys)"
+            " and (select max(employee_id) from incoming_keys))",
+            (self.partner_id,),
+        )
+        (found,) = self._cur.fetchone()
+        self._cur.execute("truncate incoming_keys")
+        return bool(found)
 
     def commit(self) -> str:
         """Record the load in `_dlt_loads` and commit; returns the load id."""

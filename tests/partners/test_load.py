@@ -107,9 +107,9 @@ def test_chunks_merge_in_one_transaction_and_replace_members_across_chunks(platf
 
 
 def test_small_chunks_probe_their_ids_and_large_ones_use_the_stored_ids_alike(platform):
-    # a chunk of up to PROBE_ROWS may go before the stored ids are read (each id probed in
-    # the key's index); a larger one waits for them: either way, exactly the stored members
-    # are replaced and the new ones added
+    # a chunk of up to PROBE_ROWS probes the key's index for each of its ids; a larger one
+    # among stored ids reads them: either way, exactly the stored members are replaced and
+    # the new ones added
     stored = [f"P{i:05d}" for i in range(3 * PROBE_ROWS)]
     with MemberLoad(platform.params, "load_test", "partner_load_test") as load:
         load.add(_members(stored, "first", "f6"))
@@ -126,6 +126,22 @@ def test_small_chunks_probe_their_ids_and_large_ones_use_the_stored_ids_alike(pl
     assert {k for k, p in programs.items() if p == "first"} == set(
         stored[PROBE_ROWS // 2 : PROBE_ROWS]
     )
+
+
+def test_a_chunk_knows_whether_any_stored_id_lies_within_its_range_of_ids(platform):
+    with MemberLoad(platform.params, "load_test", "partner_load_test") as load:
+        load.add(_members(["R100", "R300"], "first", "f8"))
+        load.commit()
+    with MemberLoad(platform.params, "load_test", "partner_load_test") as load:
+        load._wait()  # the temp table exists
+
+        def between(*ids: str) -> bool:
+            return load._any_stored_between(pa.chunked_array([pa.array(ids, pa.string())]))
+
+        assert between("R200", "R299") is False  # new members between the stored ones
+        assert between("R400", "R500") is False  # above them
+        assert between("R050", "R150") is True  # R100 inside the range, though not an id
+        assert between("R300") is True
 
 
 def test_a_load_left_without_commit_changes_nothing(platform):
