@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from ingestion.partners.errors import UnreadableFileError
-from ingestion.partners.load import PROBE_ROWS, MemberLoad, stored_ids
+from ingestion.partners.load import PROBE_ROWS, MemberLoad, joined_lines, stored_ids
 from ingestion.partners.pipeline import import_partner_files
 from ingestion.partners.validation import MEMBER_ARROW_SCHEMA
 from sandbox.generator import generate_partner_file
@@ -128,20 +128,54 @@ def test_small_chunks_probe_their_ids_and_large_ones_use_the_stored_ids_alike(pl
     )
 
 
-def test_a_chunk_knows_whether_any_stored_id_lies_within_its_range_of_ids(platform):
-    with MemberLoad(platform.params, "load_test", "partner_load_test") as load:
-        load.add(_members(["R100", "R300"], "first", "f8"))
+def test_a_chunk_knows_whether_any_of_its_ids_lies_within_the_stored_range(platform):
+    with MemberLoad(platform.params, "range_check", "partner_range_check") as load:
+        load.add(_members(["R100", "R300"], "first", "f8", "range_check"))
         load.commit()
-    with MemberLoad(platform.params, "load_test", "partner_load_test") as load:
-        load._wait()  # the temp table exists
+    with MemberLoad(platform.params, "range_check", "partner_range_check") as load:
+        load._wait()  # the stored range is read
 
-        def between(*ids: str) -> bool:
-            return load._any_stored_between(pa.chunked_array([pa.array(ids, pa.string())]))
+        def within(*ids: str) -> bool:
+            return load._any_in_stored_range(pa.chunked_array([pa.array(ids, pa.string())]))
 
-        assert between("R200", "R299") is False  # new members between the stored ones
-        assert between("R400", "R500") is False  # above them
-        assert between("R050", "R150") is True  # R100 inside the range, though not an id
-        assert between("R300") is True
+        assert within("R400", "R500") is False  # above the stored ids
+        assert within("A1", "B2") is False  # below them
+        assert within("R050", "R400") is False  # on either side, none between R100 and R300
+        assert within("R050", "R200") is True  # R200 lies between them, though not an id
+        assert within("R300") is True
+        assert within("Z\n1", "Z2") is True  # ids that cannot be joined in lines: "maybe"
+
+
+def test_a_large_chunk_outside_the_stored_range_replaces_nobody_and_reads_no_ids(platform):
+    stored = [f"T{i:05d}" for i in range(PROBE_ROWS)]
+    with MemberLoad(platform.params, "range_test", "partner_range_test") as load:
+        load.add(_members(stored, "first", "f9", "range_test"))
+        assert load._stored is None  # no stored members: nothing to look up
+        load.commit()
+    higher = [f"U{i:05d}" for i in range(2 * PROBE_ROWS)]
+    among = stored[::2] + [f"T{i:05d}x" for i in range(PROBE_ROWS)]
+    with MemberLoad(platform.params, "range_test", "partner_range_test") as load:
+        load.add(_members(higher, "second", "f10", "range_test"))
+        load._wait()
+        assert load._stored is None  # new, higher ids: the stored ids were not read
+        load.add(_members(among, "second", "f10", "range_test"))
+        load._wait()
+        assert load._stored is not None and len(load._stored) == len(stored)
+        load.commit()
+    programs = dict(
+        platform.query(
+            "select employee_id, program from raw_partners.enrollment_members"
+            " where partner_id = 'range_test'"
+        )
+    )
+    assert len(programs) == len(set(stored + higher + among))
+    assert {k for k, p in programs.items() if p == "first"} == set(stored[1::2])
+
+
+def test_ids_join_in_lines_unless_one_holds_a_line_break():
+    assert joined_lines(pa.chunked_array([["a", "b,c"], ['"d"']])) == 'a\nb,c\n"d"'
+    assert joined_lines(pa.chunked_array([["a"], ["b\nc"]])) is None
+    assert joined_lines(pa.chunked_array([[""]])) == ""
 
 
 def test_a_load_left_without_commit_changes_nothing(platform):
