@@ -7,7 +7,9 @@ Arrow does the common case in C++; the values where its answer might differ from
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,46 +31,117 @@ def parse_dates(text: pa.Array, date_format: str) -> pa.Array:
     layout = _canonical_layout(date_format)
     if layout is None:
         return _parse_like_pandas(text, date_format)
-    pattern, day_at = layout
-    stamps = pc.strptime(text, format=date_format, unit="s", error_is_null=True)
-    # Arrow's strptime rolls 02/30 over to 03/01 and takes short years; a value in the
-    # canonical layout whose day survived is read as pandas reads it, the rest goes to pandas
-    certain = pc.and_(pc.match_substring_regex(text, pattern), pc.greater_equal(pc.year(stamps), 1))
-    if day_at is not None:
-        day_read = pc.utf8_lpad(pc.cast(pc.day(stamps), pa.string()), 2, "0")
-        certain = pc.and_(certain, pc.equal(pc.utf8_slice_codeunits(text, *day_at), day_read))
-    parsed = pc.cast(stamps, pa.date32())
-    doubtful = pc.and_(pc.is_valid(text), pc.invert(pc.fill_null(certain, False)))
+    days, certain = _canonical_dates(text, layout)
+    # a value in the canonical layout that is a real date is read as pandas reads it; the
+    # rest (another layout, 02/30, month 13, year 0) goes to pandas
+    parsed = pa.array(days, mask=~certain).view(pa.date32())
+    doubtful = pc.and_(pc.is_valid(text), pa.array(~certain))
     if not pc.any(doubtful).as_py():
         return parsed
     redone = _parse_like_pandas(text.filter(doubtful), date_format)
     return pc.replace_with_mask(parsed, doubtful, redone)
 
 
-def _canonical_layout(date_format: str) -> tuple[str, tuple[int, int] | None] | None:
-    """(anchored regex of the zero-padded layout, where the day is) for formats made of
-    %Y, %m, %d and ASCII literals; None for any other format."""
-    parts, offset, day_at = ["^"], 0, None
+@dataclass(frozen=True)
+class _Layout:
+    """A zero-padded date layout: its width in bytes, the bytes its literals must be, and
+    where its year, month and day digits start."""
+
+    width: int
+    literals: dict[int, int]  # position -> byte
+    year_at: int
+    month_at: int
+    day_at: int
+
+
+def _canonical_layout(date_format: str) -> _Layout | None:
+    """The fixed-width layout of a format made of %Y, %m and %d (each once) and ASCII
+    literals; None for any other format."""
     pieces = re.findall(r"%.|[^%]", date_format)
     if "".join(pieces) != date_format:
         return None  # a trailing lone %
+    offset, literals, starts = 0, {}, {}
     for piece in pieces:
         if piece == "%%":
             piece = "%"
         elif piece.startswith("%"):
-            width = _DIGITS.get(piece[1])
-            if width is None:
+            code = piece[1]
+            if code not in _DIGITS or code in starts:
                 return None
-            if piece == "%d":
-                day_at = (offset, offset + width)
-            parts.append(f"[0-9]{{{width}}}")
-            offset += width
+            starts[code] = offset
+            offset += _DIGITS[code]
             continue
         if not piece.isascii():
             return None
-        parts.append(re.escape(piece))
+        literals[offset] = ord(piece)
         offset += 1
-    return "".join(parts) + "$", day_at
+    if len(starts) != len(_DIGITS):
+        return None
+    return _Layout(offset, literals, starts["Y"], starts["m"], starts["d"])
+
+
+def _canonical_dates(text: pa.Array, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
+    """(days since 1970-01-01 as int32, whether the value is a real date in the layout) for
+    every value, from its bytes as a matrix of one row per value: Arrow's strptime and the
+    checks that made it agree with pandas took ~8 ms per 50K values."""
+    count = len(text)
+    days = np.zeros(count, np.int32)
+    certain = np.zeros(count, bool)
+    if count == 0 or text.null_count == count:
+        return days, certain
+    _, offsets_buffer, data_buffer = text.buffers()
+    offsets = np.frombuffer(offsets_buffer, np.int32)[text.offset : text.offset + count + 1]
+    data = np.frombuffer(data_buffer, np.uint8)
+    fits = np.diff(offsets) == layout.width
+    if text.null_count:
+        fits &= np.asarray(pc.is_valid(text))
+    if fits.all():  # the usual column: the values lie end to end, a view is the matrix
+        where = slice(None)
+        chars = data[offsets[0] : offsets[-1]].reshape(count, layout.width)
+    else:
+        where = np.flatnonzero(fits)
+        chars = data[offsets[:-1][where][:, None] + np.arange(layout.width)]
+    # one row per byte position, each contiguous; "0".."9" become 0..9, anything else > 9
+    digits = np.ascontiguousarray(chars.T) - np.uint8(ord("0"))
+    shape_ok = np.ones(digits.shape[1], bool)
+    for position, row in enumerate(digits):
+        if position in layout.literals:
+            shape_ok &= row == np.uint8((layout.literals[position] - ord("0")) % 256)
+        else:
+            shape_ok &= row <= 9
+
+    def number(at: int, width: int) -> np.ndarray:
+        value = digits[at].astype(np.int32)
+        for row in digits[at + 1 : at + width]:
+            value = value * 10 + row
+        return value
+
+    year, month, day = (
+        number(layout.year_at, 4),
+        number(layout.month_at, 2),
+        number(layout.day_at, 2),
+    )
+    real = shape_ok & (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1)
+    month = np.where(real, month, 1)
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    real &= day <= _MONTH_DAYS[month - 1] + ((month == 2) & leap)
+    date = _days_from_civil(year, month, day)
+    days[where] = date
+    certain[where] = real
+    return days, certain
+
+
+_MONTH_DAYS = np.array([31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], np.int32)
+
+
+def _days_from_civil(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np.ndarray:
+    """Days since 1970-01-01 of proleptic Gregorian dates (H. Hinnant's days_from_civil)."""
+    shifted = year - (month <= 2)  # years starting in March: the leap day ends the year
+    era = shifted // 400
+    year_of_era = shifted - era * 400
+    day_of_year = (153 * ((month + 9) % 12) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146_097 + day_of_era - 719_468
 
 
 def _parse_like_pandas(text: pa.Array, date_format: str) -> pa.Array:

@@ -199,6 +199,36 @@ def test_dates_parse_as_pandas_parses_them(date_format):
     assert parse_dates(pa.array(texts, pa.string()), date_format).to_pylist() == expected
 
 
+def _as_pandas_reads(texts: list[str | None], date_format: str) -> list[dt.date | None]:
+    stamps = pd.to_datetime(pd.Series(texts, dtype=object), format=date_format, errors="coerce")
+    return [None if pd.isna(s) else s.date() for s in stamps]
+
+
+_DATE_LIKE = st.one_of(
+    st.none(),
+    st.dates(dt.date(1700, 1, 1), dt.date(2200, 12, 31)).map(lambda d: d.strftime("%m/%d/%Y")),
+    st.dates(dt.date(1700, 1, 1), dt.date(2200, 12, 31)).map(lambda d: d.strftime("%Y-%m-%d")),
+    st.dates(dt.date(1700, 1, 1), dt.date(2200, 12, 31)).map(lambda d: d.strftime("%d.%m.%Y")),
+    st.tuples(st.integers(0, 99), st.integers(0, 99), st.integers(0, 9999)).map(
+        lambda t: f"{t[0]:02d}/{t[1]:02d}/{t[2]:04d}"
+    ),
+    st.text(alphabet="0123456789/-. x", max_size=11),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    texts=st.lists(_DATE_LIKE, min_size=1, max_size=30),
+    date_format=st.sampled_from(["%m/%d/%Y", "%Y-%m-%d", "%d.%m.%Y", "%Y%m%d"]),
+    skip=st.integers(0, 2),
+)
+def test_any_date_text_parses_as_pandas_parses_it(texts, date_format, skip):
+    # the fixed-layout values are read from their bytes; whatever else, as pandas reads it.
+    # `skip` slices the array, as a batch of a larger column is
+    column = pa.array(["01/01/2000"] * skip + texts, pa.string()).slice(skip)
+    assert parse_dates(column, date_format).to_pylist() == _as_pandas_reads(texts, date_format)
+
+
 @pytest.mark.parametrize(
     "pattern",
     [
