@@ -5,6 +5,10 @@ fresh child process, so its peak RSS is the import's own and the parent stays sm
 measurement starts on a settled database (`settle`: vacuum analyze, checkpoint). The
 baseline COPYs the same CSV file as-is (every row, header skipped) into a plain table of
 text columns on the same Postgres: the fastest way that database takes these rows.
+
+Both sides count their best of two runs (the machine's drift is larger than most effects
+measured here): the baseline COPYs one file twice; ours imports two files of the same size,
+each of new members (importing one file again would replace its members: other work).
 """
 
 from __future__ import annotations
@@ -157,25 +161,38 @@ def typed_copy_floor(bench: Bench, path: Path) -> tuple[float, int]:
     return seconds, rows
 
 
+IMPORT_RUNS = 2  # as many as the baseline's COPY runs: the best of each side counts
+
+
 def run(bench: Bench, sizes: list[int]) -> list[Figure]:
     figures: list[Figure] = []
     for index, rows in enumerate(sizes):
         label = f"{rows // 1000}K rows"
         phase(f"partner load: {label}")
-        # members no other benchmark file uses, so every load inserts new members
-        path = write_file(
-            bench,
-            rows,
-            seed=100 + index,
-            id_offset=2_000_000 + 1_000_000 * index,
-            sequence=100 + index,
-        ).path
-        # each measurement starts on a settled database: the vacuum and dirty buffers the
-        # previous load left (ours, the baseline's, another figure's) are not timed in this one
-        settle(bench)
-        result = import_in_child(path)
-        if result["status"] != "loaded":
-            raise RuntimeError(f"the {label} import ended {result['status']}")
+        # the baseline COPYs one file twice, but a file imported again replaces its members
+        # (other work): each import gets its own file of members no other file uses, so
+        # every import inserts new members
+        results = []
+        for attempt in range(IMPORT_RUNS):
+            path = write_file(
+                bench,
+                rows,
+                seed=100 + 10 * index + attempt,
+                id_offset=2_000_000 + 1_000_000 * (IMPORT_RUNS * index + attempt),
+                sequence=100 + 10 * index + attempt,
+            ).path
+            # each measurement starts on a settled database: the vacuum and dirty buffers
+            # the previous load left (ours, the baseline's, another figure's) are not timed
+            settle(bench)
+            result = import_in_child(path)
+            if result["status"] != "loaded":
+                raise RuntimeError(f"the {label} import ended {result['status']}")
+            result["path"] = path
+            results.append(result)
+            phase(f"  import {attempt + 1}: {result['seconds']:.2f}s")
+        result = min(results, key=lambda r: r["seconds"])
+        path = result["path"]
+        peak_rss = max(r["peak_rss_mb"] for r in results)
         settle(bench)
         copy_seconds, copy_rows = copy_baseline(bench, path)
         settle(bench)
@@ -184,12 +201,13 @@ def run(bench: Bench, sizes: list[int]) -> list[Figure]:
         baseline = copy_rows / copy_seconds
         phase(
             f"  ours {result['seconds']:.2f}s ({ours:,.0f} rows/s), COPY {copy_seconds:.2f}s "
-            f"({baseline:,.0f} rows/s), peak RSS {result['peak_rss_mb']:.0f} MB"
+            f"({baseline:,.0f} rows/s), peak RSS {peak_rss:.0f} MB"
         )
         section = f"1. Partner file load, acme_corp CSV, {label} ({BAD_SHARE:.0%} bad)"
+        runs = " and ".join(f"{r['seconds']:.3f}" for r in results)
         rows_note = (
             f"{result['rows_loaded']:,} loaded, {result['rows_rejected']:,} rejected "
-            f"of {result['rows_total']:,}"
+            f"of {result['rows_total']:,}; best of {IMPORT_RUNS} imports ({runs} s)"
         )
         figures += [
             Figure(section, "parse+validate+load", ours, "rows/s", note=rows_note),
@@ -228,9 +246,10 @@ def run(bench: Bench, sizes: list[int]) -> list[Figure]:
         peak = Figure(
             "3. Peak memory of the import (child process, VmHWM)",
             f"peak RSS, {label}",
-            result["peak_rss_mb"],
+            peak_rss,
             "MB",
-            note=f"{result['rss_before_mb']:.0f} MB after imports, before the file",
+            note=f"{result['rss_before_mb']:.0f} MB after imports, before the file;"
+            f" the larger of {IMPORT_RUNS} imports",
         )
         if rows >= 500_000:
             peak.target, peak.op = 1024, "<="
