@@ -33,6 +33,7 @@ from bench.common import PARTNER, Bench, Figure, http_server, phase, settle
 CONNECTIONS = 32
 CHECK_PATH = "/api/v1/eligibility/check"
 MIX = (0.8, 0.1, 0.1)  # found with the right DOB, wrong DOB, unknown id
+ROUNDS = 2  # each a baseline run, then the app (fresh) under both mixes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,36 +266,49 @@ def run(bench: Bench, warmup: float, duration: float) -> list[Figure]:
     }
     phase(f"eligibility API: {len(members):,} members in the mart; settling the database")
     settle(bench)
-    # the baseline runs before and after the app; the better run counts (the stricter ratio)
-    bare_runs = [_bare(bench, mixes["cached"], warmup, duration)]
-    app_runs = {}
+    # Rounds of: the baseline, then the app (a fresh server, so the uncached mix starts on an
+    # empty cache every round). Each side counts its best round, as drift between rounds is
+    # larger than most effects measured here.
+    bare_runs: list[dict] = []
+    app_rounds: dict[str, list[dict]] = {name: [] for name in mixes}
     env = {"MDP_PARTNER_CONFIG_DIR": str(_partner_configs_without_limit(bench.root))}
-    with http_server("serving.app:create_app", env=env, factory=True) as url:
-        for name, requests in mixes.items():
-            phase(f"  app, {name} mix ({len(requests):,} distinct requests)")
-            before = _cache_counters(url)
-            result = measure(url, requests, warmup, duration, bench.root)
-            after = _cache_counters(url)
-            result["counters"] = {k: after[k] - before.get(k, 0) for k in after}
-            app_runs[name] = result
-            phase(
-                f"  {name}: {result['rps']:,.0f} req/s, p50 {result['p50_ms']:.2f} ms, "
-                f"p99 {result['p99_ms']:.2f} ms"
-            )
-    bare_runs.append(_bare(bench, mixes["cached"], warmup, duration))
+    for round_number in range(1, ROUNDS + 1):
+        bare_runs.append(_bare(bench, mixes["cached"], warmup, duration))
+        with http_server("serving.app:create_app", env=env, factory=True) as url:
+            for name, requests in mixes.items():
+                phase(
+                    f"  app, {name} mix ({len(requests):,} distinct requests), round {round_number}"
+                )
+                # each round starts elsewhere in the list: the uncached mix asks the database
+                # for members no earlier round asked for
+                start = (round_number - 1) * len(requests) // ROUNDS
+                requests = requests[start:] + requests[:start]
+                before = _cache_counters(url)
+                result = measure(url, requests, warmup, duration, bench.root)
+                after = _cache_counters(url)
+                result["counters"] = {k: after[k] - before.get(k, 0) for k in after}
+                app_rounds[name].append(result)
+                phase(
+                    f"  {name}: {result['rps']:,.0f} req/s, p50 {result['p50_ms']:.2f} ms, "
+                    f"p99 {result['p99_ms']:.2f} ms"
+                )
     bare = max(bare_runs, key=lambda r: r["rps"])
+    app_runs = {name: max(runs, key=lambda r: r["rps"]) for name, runs in app_rounds.items()}
 
     section = (
         f"4. Eligibility API, {CONNECTIONS} connections, {duration:g}s after {warmup:g}s warm-up"
     )
     runs = " and ".join(f"{r['rps']:,.0f}" for r in bare_runs)
+    app_all = {
+        name: " and ".join(f"{r['rps']:,.0f}" for r in rs) for name, rs in app_rounds.items()
+    }
     figures = [
         Figure(
             section,
             "bare Starlette endpoint (baseline)",
             bare["rps"],
             "req/s",
-            note=f"best of {runs} req/s (before and after the app); "
+            note=f"best of {runs} req/s (one run per round, before the app's); "
             f"p50 {bare['p50_ms']:.2f} ms, p99 {bare['p99_ms']:.2f} ms",
         ),
     ]
@@ -302,7 +316,7 @@ def run(bench: Bench, warmup: float, duration: float) -> list[Figure]:
         counters = result["counters"]
         lookups = counters["eligibility_cache_hits"] + counters["eligibility_cache_misses"]
         note = (
-            f"{_statuses(result)}; cache hits {counters['eligibility_cache_hits'] / (lookups or 1):.0%}"
+            f"best of {app_all[name]} req/s; {_statuses(result)}; cache hits {counters['eligibility_cache_hits'] / (lookups or 1):.0%}"
             f" (warm-up included); audit rows dropped {counters['audit_events_dropped']:.0f}"
         )
         figures += [
