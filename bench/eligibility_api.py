@@ -17,6 +17,7 @@ date of birth, 10% unknown ids.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime as dt
 import json
 import multiprocessing
@@ -182,9 +183,11 @@ def measure(url: str, requests: list[bytes], warmup: float, duration: float, roo
     port = int(url.rsplit(":", 1)[1])
     if shutil.which("wrk"):
         return _wrk(port, requests, warmup, duration, root)
+    # an executor, not multiprocessing.Pool: leaving a Pool terminates its worker with SIGTERM,
+    # which a worker started from a shell's background job ignores (the bench then hung)
     context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
-        return pool.apply(_load_process, (port, requests, warmup, duration))
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(_load_process, port, requests, warmup, duration).result()
 
 
 # ---------------------------------------------------------------------------------------------
