@@ -195,7 +195,7 @@ begin
     end if;
     new.chain_seq := coalesce(seq, 0) + 1;
     new.prev_hash := coalesce(prev, '');
-    -- audit.row_digest(new), written out: a function call here cost ~3 µs a row
+    -- audit.row_digest(new), written out: calling it cost ~4.5 µs of CPU a row
     new.row_hash := {digest_of_new};
     -- transaction-local: gone at commit, undone with a rolled-back savepoint
     perform set_config('audit.chain_tip', concat_ws(':', xact, new.chain_seq, new.row_hash), true);

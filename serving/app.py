@@ -193,9 +193,9 @@ class Runtime:
             "database": p.dbname,
             "server_settings": {
                 "application_name": "mdp-serving",
-                # the lookups' statements are prepared once per connection; under "auto"
-                # Postgres kept planning the mart lookup for every batch of ids (~50 µs of
-                # its CPU a query on this machine, 130 µs a query with the generic plan)
+                # the lookups' statements are prepared once per connection, but under "auto"
+                # Postgres planned the mart lookup again for every batch of ids: 180 µs of
+                # its CPU a 10-id query on this machine, 130 µs with the generic plan
                 "plan_cache_mode": "force_generic_plan",
             },
         }

@@ -1,7 +1,8 @@
 """Whole-column date parsing and pattern matching that agree value for value with Python's.
 
-Arrow does the common case in C++; the values where its answer might differ from Python's
-(pandas' strptime, the `re` module) are few and are decided by Python itself.
+The common case is done over whole columns (dates in a fixed layout from their bytes with
+numpy, patterns with Arrow's RE2); the values where that answer might differ from Python's
+(pandas' to_datetime, the `re` module) are few and are decided by Python itself.
 """
 
 from __future__ import annotations

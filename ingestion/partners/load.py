@@ -157,7 +157,7 @@ class MemberLoad:
 
     def _any_in_stored_range(self, ids: pa.ChunkedArray) -> bool:
         """Whether any of the chunk's ids lies between the least and greatest stored id, as
-        the database orders them: one statement with the ids joined in one value (~2 ms for
+        the database orders them: one statement with the ids joined in one value (~3 ms for
         10K ids; a COPY into the temp table and its truncate took ~8 ms of the merge thread,
         the slower of the two, for every chunk)."""
         joined = joined_lines(ids)
