@@ -18,6 +18,7 @@ from typing import Any
 
 import asyncpg
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -33,6 +34,7 @@ from serving.api_keys import KEYS_CHANGED_CHANNEL
 from serving.apple_upload import UPLOAD_PATH, AppleUploads
 from serving.audit import AuditWriter, check_event
 from serving.auth import Authenticator, Unauthorized
+from serving.bodies import declared_too_large
 from serving.cache import MISSING, LookupCache, cache_entry, from_cache_entry
 from serving.device_connect import AUTHORIZE_PATH, CALLBACK_PATH, DeviceConnect
 from serving.eligibility import (
@@ -313,7 +315,7 @@ def _request_id(header: str | None) -> str:
 
 async def _read_body(receive: Receive, content_length: str | None, limit: int) -> bytes | None:
     """The request body, or None as soon as it is known to exceed `limit` bytes."""
-    if content_length is not None and content_length.isdigit() and int(content_length) > limit:
+    if declared_too_large(content_length, limit):
         return None
     chunks: list[bytes] = []
     size = 0
@@ -354,15 +356,18 @@ async def check_eligibility(request: Request) -> Response:
     member_ref: str | None = None
 
     def answer(status: int, body: dict[str, Any] | bytes, outcome: str) -> Response:
+        # rendered before it is audited, so the audit row records what was sent
+        if isinstance(body, bytes):  # rendered already (the hot answers)
+            response = Response(body, status, headers, media_type="application/json")
+        else:
+            response = JSONResponse(body, status_code=status, headers=headers)
         runtime.audit.record(
             check_event(
                 principal.actor, partner_id, member_ref, outcome, headers["X-Request-ID"], status
             )
         )
         metrics.count_check(partner_id, outcome)
-        if isinstance(body, bytes):  # rendered already (the hot answers)
-            return Response(body, status, headers, media_type="application/json")
-        return JSONResponse(body, status_code=status, headers=headers)
+        return response
 
     partner = runtime.partners.get(partner_id)
     if partner is None or not partner.eligibility_api.enabled:
@@ -487,13 +492,29 @@ def create_app(
             *device_connect.routes(),
         ],
         middleware=[Middleware(MetricsMiddleware, metrics=runtime.metrics, routes=ROUTES)],
-        exception_handlers={500: _internal_error},
+        exception_handlers={HTTPException: _http_error, 500: _internal_error},
         lifespan=lifespan,
     )
     app.state.runtime = runtime
     app.state.webhooks = webhooks
     app.state.apple_uploads = apple_uploads
     return app
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (404 for an unknown path, 405 for a wrong method) in the API's
+    JSON error shape rather than as plain text."""
+    assert isinstance(exc, HTTPException)
+    error = _HTTP_ERRORS.get(exc.status_code, "http_error")
+    detail = exc.detail
+    if exc.status_code == 405 and exc.headers and "Allow" in exc.headers:
+        detail = f"method {request.method} not allowed here; allowed: {exc.headers['Allow']}"
+    return JSONResponse(
+        {"error": error, "detail": detail}, status_code=exc.status_code, headers=exc.headers
+    )
+
+
+_HTTP_ERRORS = {404: "not_found", 405: "method_not_allowed"}
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

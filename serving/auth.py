@@ -19,6 +19,7 @@ KEY_SQL = (
     "select key_id, partner_id from serving.api_keys where key_hash = $1 and revoked_at is null"
 )
 MAX_KEY_CHARS = 256
+_NOT_CACHED = object()
 QUERY_TIMEOUT_SECONDS = 2.0
 
 
@@ -57,7 +58,9 @@ def bearer_token(header: str | None) -> str:
 
 
 class Authenticator:
-    """Looks keys up in `serving.api_keys`; remembers answers (also "unknown") for `ttl` s."""
+    """Looks keys up in `serving.api_keys`; remembers answers (also "unknown") for `ttl` s.
+    Unknown keys are remembered apart, so a flood of random keys only ever evicts its own
+    kind: the real keys stay cached."""
 
     def __init__(
         self,
@@ -68,25 +71,44 @@ class Authenticator:
         self.ttl_seconds = ttl_seconds
         self.max_entries = max_entries
         self._clock = clock
-        self._entries: dict[str, tuple[Principal | None, float]] = {}
+        self._known: dict[str, tuple[Principal, float]] = {}
+        self._unknown: dict[str, float] = {}
+        # bumped by every invalidation: a lookup that was in flight across one does not
+        # store what it read (it may predate the revocation that caused it)
+        self._generation = 0
 
     def invalidate(self) -> None:
-        self._entries.clear()
+        self._generation += 1
+        self._known.clear()
+        self._unknown.clear()
 
     async def authenticate(self, header: str | None, pool: asyncpg.Pool | None) -> Principal:
         key_hash = hash_key(bearer_token(header))
-        now = self._clock()
-        cached = self._entries.get(key_hash)
-        if cached is not None and cached[1] > now:
-            principal = cached[0]
-        else:
+        principal = self._cached(key_hash, self._clock())
+        if principal is _NOT_CACHED:
+            generation = self._generation
             principal = await self._fetch(key_hash, pool)
-            if len(self._entries) >= self.max_entries:
-                self._entries.clear()  # a flood of random keys must not grow memory
-            self._entries[key_hash] = (principal, now + self.ttl_seconds)
+            if generation == self._generation:
+                self._remember(key_hash, principal, self._clock() + self.ttl_seconds)
         if principal is None:
             raise Unauthorized("unknown_key", "unknown or revoked API key")
+        assert isinstance(principal, Principal)
         return principal
+
+    def _cached(self, key_hash: str, now: float) -> Principal | None | object:
+        known = self._known.get(key_hash)
+        if known is not None and known[1] > now:
+            return known[0]
+        expires = self._unknown.get(key_hash)
+        if expires is not None and expires > now:
+            return None
+        return _NOT_CACHED
+
+    def _remember(self, key_hash: str, principal: Principal | None, expires: float) -> None:
+        entries: dict = self._unknown if principal is None else self._known
+        if len(entries) >= self.max_entries:
+            entries.clear()  # bounded memory, whatever keys are sent
+        entries[key_hash] = expires if principal is None else (principal, expires)
 
     async def _fetch(self, key_hash: str, pool: asyncpg.Pool | None) -> Principal | None:
         if pool is None:

@@ -80,9 +80,7 @@ class DeviceConnect:
             )
         except ConnectError as exc:
             return _page(400, "Fitbit was not connected", str(exc))
-        log.info(
-            "fitbit connected: %s (subscribed: %s)", log_ref(connection_id), subscribed
-        )
+        log.info("fitbit connected: %s (subscribed: %s)", log_ref(connection_id), subscribed)
         return _page(200, "Fitbit connected", "You can close this window.")
 
 

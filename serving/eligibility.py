@@ -10,6 +10,7 @@ import datetime as dt
 import functools
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -83,7 +84,7 @@ def load_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
     if not body.strip():
         raise InvalidRequest([Problem("body", "empty body: expected a JSON object")])
     try:
-        value = json.loads(body)
+        value = json.loads(body, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         problem = f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         raise InvalidRequest([Problem("body", problem)]) from None
@@ -138,12 +139,32 @@ def _date_of_birth(value: object, today: dt.date) -> tuple[dt.date | None, str |
     return date, None
 
 
+def shown_name(name: str) -> str:
+    """A client's field name as an error may echo it: cut short, and with what UTF-8 cannot
+    carry (a lone surrogate from a JSON escape such as "\\ud800") written as an escape."""
+    return name[:MAX_ID_CHARS].encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members, refusing a name given twice: which one counts would be up to
+    the parser (a second partner_id would slip past the 403 check)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        counts = Counter(name for name, _ in pairs)
+        raise InvalidRequest(
+            [
+                Problem(shown_name(name), "given more than once")
+                for name, n in counts.items()
+                if n > 1
+            ]
+        )
+    return value
+
+
 def validate_request(payload: dict[str, Any], today: dt.date) -> EligibilityRequest:
     """Check every field (reporting all problems at once); unknown fields are rejected."""
     problems = [
-        Problem(str(name)[:MAX_ID_CHARS], "unknown field")
-        for name in payload
-        if name not in REQUEST_FIELDS
+        Problem(shown_name(name), "unknown field") for name in payload if name not in REQUEST_FIELDS
     ]
     employee_id = payload.get("employee_id")
     if "employee_id" not in payload:
@@ -372,8 +393,16 @@ def openapi_document() -> dict[str, Any]:
                     ],
                     "properties": {
                         "eligible": {"type": "boolean"},
-                        "program": {"type": "string"},
-                        "eligibility_start_date": date,
+                        "program": {
+                            "type": ["string", "null"],
+                            "description": "null when the partner's file gives none.",
+                        },
+                        "eligibility_start_date": {
+                            **date,
+                            "type": ["string", "null"],
+                            "description": "null when the partner's file gives none (then "
+                            "eligible is false).",
+                        },
                         "eligibility_end_date": {**date, "type": ["string", "null"]},
                         "reason": {
                             "type": "string",
