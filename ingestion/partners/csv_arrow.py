@@ -22,7 +22,7 @@ import itertools
 import mmap
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,12 @@ import pyarrow.csv as pv
 from ingestion.partners.batches import RowBatch
 from ingestion.partners.config import Inbound
 from ingestion.partners.errors import UnreadableFileError
-from ingestion.partners.formats import _check_columns, mapped_fields
+from ingestion.partners.formats import (
+    _check_columns,
+    mapped_fields,
+    unclosed_quote,
+    unclosed_quote_error,
+)
 
 # every character str.strip() removes (the stdlib path strips with it); a test checks the list
 PY_WHITESPACE = (
@@ -90,7 +95,12 @@ def read_csv_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBat
     fields = mapped_fields(inbound)
     rows = _stream(body, len(header), options.delimiter, options.quotechar)
     has_cr = data.find(b"\r", start, end) != -1
-    return _batches(rows, positions, fields, size, first_line, len(body), has_cr)
+
+    def check_last_record(line: int) -> None:
+        if opened := unclosed_quote(path, options, line):
+            raise unclosed_quote_error(opened)
+
+    return _batches(rows, positions, fields, size, first_line, len(body), has_cr, check_last_record)
 
 
 def _mapped(path: Path) -> mmap.mmap | None:
@@ -115,6 +125,7 @@ def _batches(
     first_line: int,
     body_bytes: int,
     has_cr: bool,
+    check_last_record: Callable[[int], None],
 ) -> Iterator[RowBatch]:
     """Batches of at most about `size` rows as the parser reads them: small first and last
     ones (each twice the one before, up to `size`, and at most a quarter of what is left), so
@@ -138,8 +149,11 @@ def _batches(
             if _any_blank_row(lengths):
                 raise ArrowPathUnfit("a blank line, or a row of empty fields")
             spans = _record_spans(table, has_cr)
+            lines = pc.add(pc.subtract(pc.cumulative_sum(spans), spans), line).combine_chunks()
+            if batch is None and spans[-1].as_py() > 1:
+                check_last_record(lines[-1].as_py())  # its quoted value may never close
             yield RowBatch(
-                lines=pc.add(pc.subtract(pc.cumulative_sum(spans), spans), line).combine_chunks(),
+                lines=lines,
                 columns={
                     name: _stripped(table.column(pos).combine_chunks())
                     if pos is not None

@@ -12,12 +12,13 @@ import codecs
 import csv
 import datetime as dt
 import io
-import zipfile
+import itertools
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingestion.partners.config import Inbound
+from ingestion.partners.config import CsvOptions, Inbound
 from ingestion.partners.errors import UnreadableFileError
 from ingestion.partners.fields import DATE_FIELDS
 
@@ -89,6 +90,7 @@ def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                 header = list(options.columns or [])
             columns = _check_columns(inbound, header)
             width = len(header)
+            line = last_line
             for record in reader:
                 line = last_line + 1
                 last_line = reader.line_num
@@ -102,15 +104,79 @@ def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                     )
                     continue
                 yield RawRow(line, _values_from(record, columns))
-        except UnicodeDecodeError as exc:
-            raise UnreadableFileError(
-                f"bytes that are not valid {options.encoding} near line {last_line + 1}: {exc.reason}"
-                f" (byte 0x{exc.object[exc.start]:02x})"
-            ) from None
+        except UnicodeDecodeError:
+            raise undecodable(path, options.encoding) from None
         except csv.Error as exc:
             raise UnreadableFileError(
                 f"CSV structure broken near line {last_line + 1}: {exc}"
             ) from None
+        if last_line > line and (opened := unclosed_quote(path, options, line)):
+            raise unclosed_quote_error(opened)
+
+
+def undecodable(path: Path, encoding: str) -> UnreadableFileError:
+    """The error for a file with bytes `encoding` cannot decode, naming the first such byte's
+    line. Counted from the raw bytes: the text reader decodes ahead of the rows it hands out,
+    so its line count is behind when the error surfaces."""
+    decoder = codecs.getincrementaldecoder(_codec(encoding))()
+    consumed = 0  # bytes handed to the decoder before the current block
+    with open(path, "rb") as raw:
+        while block := raw.read(1 << 20):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                held = len(exc.object) - len(block)  # bytes the decoder kept from before
+                offset = consumed - held + exc.start
+                raw.seek(0)
+                before = raw.read(offset)
+                line = 1 + before.count(b"\n") + before.count(b"\r") - before.count(b"\r\n")
+                return UnreadableFileError(
+                    f"bytes that are not valid {encoding} on line {line}: {exc.reason}"
+                    f" (byte 0x{exc.object[exc.start]:02x} at offset {offset})"
+                )
+            consumed += len(block)
+    return UnreadableFileError(f"bytes that are not valid {encoding}")
+
+
+def unclosed_quote_error(line: int) -> UnreadableFileError:
+    return UnreadableFileError(
+        f"the quoted value opened on line {line} is never closed: every line after it would"
+        " be read as part of that one value"
+    )
+
+
+def unclosed_quote(path: Path, options: CsvOptions, start_line: int) -> int | None:
+    """The line where the file's last record opens a quoted value that never closes, if it
+    does. The csv module (not strict) reads such a value to the end of the file and keeps it:
+    every row after the quote would vanish into one value. Only the last record can do that,
+    so only it is read again, with the csv module's rules for quotes (a quote opens a value
+    only as its first character; a doubled quote inside one is a quote)."""
+    with open(path, "rb") as raw:
+        text = io.TextIOWrapper(raw, encoding=_codec(options.encoding), newline="")
+        rest = "".join(itertools.islice(text, start_line - 1, None))
+    quote = options.quotechar
+    special = re.compile(f"[{re.escape(quote + options.delimiter)}\r\n]")
+    position, at_field_start = 0, True
+    while found := special.search(rest, position):
+        if found.group() != quote:  # a delimiter or a line break: a new value starts
+            position, at_field_start = found.end(), True
+            continue
+        if not (at_field_start and found.start() == position):
+            position, at_field_start = found.end(), False  # a quote inside a plain value
+            continue
+        opened, position = found.start(), found.end()
+        while True:  # inside the quoted value: up to a quote that is not doubled
+            closing = rest.find(quote, position)
+            if closing == -1:
+                before = rest[:opened]
+                return start_line + before.count("\n") + before.count("\r") - before.count("\r\n")
+            position = closing + 1
+            if rest.startswith(quote, position):
+                position += 1
+                continue
+            break
+        at_field_start = False
+    return None
 
 
 def _values_from(record: list[str], columns: list[int | None]) -> list[str | None]:
@@ -152,10 +218,8 @@ def read_fixed_width(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                 elif len(line) > record_length and line[record_length:].strip():
                     problem = f"line is {len(line)} characters, longer than the record length {record_length}"
                 yield RawRow(line_no, values, problem)
-        except UnicodeDecodeError as exc:
-            raise UnreadableFileError(
-                f"bytes that are not valid {layout.encoding} near line {line_no + 1}: {exc.reason}"
-            ) from None
+        except UnicodeDecodeError:
+            raise undecodable(path, layout.encoding) from None
 
 
 def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
@@ -166,9 +230,9 @@ def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
         raise UnreadableFileError("file is empty")
     try:
         workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, EOFError, OSError, ValueError) as exc:
+    except Exception as exc:  # openpyxl raises what zipfile, zlib and its XML parser raise
         raise UnreadableFileError(
-            f"not a readable Excel workbook (truncated or corrupt?): {exc}"
+            f"not a readable Excel workbook (truncated or corrupt?): {_described(exc)}"
         ) from None
     try:
         if options.sheet is None:
@@ -191,28 +255,37 @@ def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                 if cells is None or all(c is None or str(c).strip() == "" for c in cells):
                     continue
                 values = [
-                    _cell_text(cells[i], target, inbound.date_format)
-                    if i is not None and i < len(cells)
-                    else None
+                    _cell_text(cells[i], target) if i is not None and i < len(cells) else None
                     for i, target in zip(columns, fields, strict=True)
                 ]
                 yield RawRow(options.header_row + offset, values)
-        except (zipfile.BadZipFile, EOFError, KeyError, OSError) as exc:
-            raise UnreadableFileError(f"workbook is truncated or corrupt: {exc}") from None
+        except UnreadableFileError:
+            raise
+        except Exception as exc:  # a sheet's XML or its compressed bytes are broken
+            raise UnreadableFileError(
+                f"workbook is truncated or corrupt: {_described(exc)}"
+            ) from None
     finally:
         workbook.close()
 
 
-def _cell_text(cell: object, target: str, date_format: str) -> str | None:
+def _described(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _cell_text(cell: object, target: str) -> str | None:
+    """A cell as text. A date cell in a date field becomes ISO text (which the validator
+    reads in workbooks beside the partner's format): written out in a format with a
+    two-digit year, a 1960 birth date would read back as 2060."""
     if cell is None:
         return None
     if isinstance(cell, dt.datetime):
-        return cell.date().strftime(date_format) if target in DATE_FIELDS else cell.isoformat()
+        return cell.date().isoformat() if target in DATE_FIELDS else cell.isoformat()
     if isinstance(cell, dt.date):
-        return cell.strftime(date_format) if target in DATE_FIELDS else cell.isoformat()
+        return cell.isoformat()
     if isinstance(cell, (int, float)) and not isinstance(cell, bool):
         if target in DATE_FIELDS and 1 <= cell < 2958466:  # a date cell saved as a plain serial
-            return (EXCEL_EPOCH + dt.timedelta(days=int(cell))).strftime(date_format)
+            return (EXCEL_EPOCH + dt.timedelta(days=int(cell))).isoformat()
         if isinstance(cell, float) and cell.is_integer():
             return str(int(cell))
         return str(cell)

@@ -10,6 +10,7 @@ bounds), then the SSN's digits, then a missing or repeated member identifier.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -40,6 +41,10 @@ MEMBER_ARROW_SCHEMA = pa_arrow.schema(
         pa_arrow.field("file_received_at", pa_arrow.timestamp("us", tz="UTC"), nullable=False),
     ]
 )
+
+ISO_DATE = "%Y-%m-%d"
+# 9 digits, as 123-45-6789, 123 45 6789 or 123456789, not inside a longer run of digits
+_SSN_SHAPED = re.compile(r"(?<!\d)\d{3}[- ]?\d{2}[- ]?(\d{4})(?!\d)")
 
 Errors = dict[int, list[str]]  # position in chunk -> messages
 
@@ -129,10 +134,15 @@ class RowValidator:
             if name not in DATE_FIELDS:
                 continue
             dates[name] = parse_dates(text[name], fmt)
+            if self.inbound.format == "xlsx" and fmt != ISO_DATE:
+                # date cells arrive as ISO text (see formats._cell_text), text cells as typed
+                dates[name] = pc.coalesce(dates[name], parse_dates(text[name], ISO_DATE))
             bad = positions(pc.and_(pc.is_valid(text[name]), pc.is_null(dates[name])))
             unparsed[name] = set(bad)
             for pos, value in _at(text[name], bad):
-                errors[pos].append(f"{name}: {value!r} is not a date in the format {fmt}")
+                errors[pos].append(
+                    f"{name}: {self._shown(value)} is not a date in the format {fmt}"
+                )
         return dates, unparsed
 
     def _check_field(
@@ -187,7 +197,9 @@ class RowValidator:
             for pos, value in _at(text, positions(pc.and_(flagged, pc.is_valid(text)))):
                 # the SSN itself never goes into a message
                 errors[pos].append(
-                    f"ssn: {message}" if name == "ssn" else f"{name}: {value!r} {message}"
+                    f"ssn: {message}"
+                    if name == "ssn"
+                    else f"{name}: {self._shown(value)} {message}"
                 )
 
     def _hash_ssn(
@@ -206,6 +218,13 @@ class RowValidator:
         last4 = pa_arrow.array([d[-4:] if d else None for d in digits], pa_arrow.string())
         text["ssn"] = pa_arrow.nulls(count, pa_arrow.string())  # the clear SSN goes no further
         return hashed, last4
+
+    def _shown(self, value: object) -> str:
+        """A value as a message quotes it. A partner sending SSNs may put one in the wrong
+        column: in their files, an SSN-shaped run of digits is masked to its last 4."""
+        if "ssn" not in self.fields:
+            return repr(value)
+        return _SSN_SHAPED.sub(r"***-**-\1", repr(value))
 
     def _flag_repeated_ids(
         self, lines: pa_arrow.Array, keys: pa_arrow.Array, errors: Errors

@@ -11,12 +11,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingestion.partners.config import load_partner_config
+from ingestion.partners.csv_arrow import ArrowPathUnfit
 from ingestion.partners.errors import UnreadableFileError
 from ingestion.partners.formats import read_rows, row_dict
+from ingestion.partners.reading import read_batches
+from ingestion.partners.validation import RowValidator
 
 REPO = Path(__file__).resolve().parents[2]
 ACME = load_partner_config(REPO / "partner_configs" / "acme_corp.yaml")
 INITECH = load_partner_config(REPO / "partner_configs" / "initech.yaml")
+GLOBEX = load_partner_config(REPO / "partner_configs" / "globex_health.yaml")
+UMBRELLA = load_partner_config(REPO / "partner_configs" / "umbrella_plan.yaml")
 HEADER = list(ACME.inbound.column_mappings)
 
 cell = st.text(
@@ -88,3 +93,156 @@ def test_unreadable_csv_raises_with_a_reason(tmp_path, content, reason):
     with pytest.raises(UnreadableFileError) as caught:
         list(read_rows(path, ACME.inbound))
     assert reason in caught.value.reason
+
+
+def _read_all(path: Path, inbound, arrow: bool) -> list:
+    """Every batch of the file, as the import reads it (Arrow, if it steps aside, stdlib)."""
+    try:
+        return list(read_batches(path, inbound, 1_000, arrow))
+    except ArrowPathUnfit:
+        return list(read_batches(path, inbound, 1_000, arrow=False))
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
+def test_a_quote_never_closed_quarantines_the_file_rather_than_swallow_the_rest(tmp_path, arrow):
+    # the csv module (not strict) and Arrow both read such a value to the end of the file:
+    # 998 rows vanished into one member's program, and the file counted as loaded
+    header = "Employee ID,First Name,Last Name,Date of Birth,Email,Program"
+    rows = [f"EMP{i:05d},Ann,Lee,01/02/1980,a@b.example,Gold" for i in range(1, 1001)]
+    rows[1] = rows[1].replace(",Gold", ',"Gold')  # line 3
+    path = tmp_path / "f.csv"
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    with pytest.raises(UnreadableFileError) as caught:
+        _read_all(path, ACME.inbound, arrow)
+    assert "quoted value opened on line 3 is never closed" in caught.value.reason
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
+def test_a_last_record_with_closed_quotes_over_lines_still_loads(tmp_path, arrow):
+    header = "Employee ID,First Name,Last Name,Date of Birth,Email,Program"
+    body = 'EMP00001,Ann,Lee,01/02/1980,a@b.example,"Gold\n""plus"", ""x,y"""\n'
+    body += 'EMP00002,Bob,Lee,01/02/1980,b@b.example,"Silver\r\nline, two"'  # no final break
+    path = tmp_path / "f.csv"
+    path.write_bytes((header + "\n" + body).encode())
+    batches = _read_all(path, ACME.inbound, arrow)
+    assert [line for b in batches for line in b.lines.to_pylist()] == [2, 4]
+    programs = [v for b in batches for v in b.columns["program"].to_pylist()]
+    assert programs == ['Gold\n"plus", "x,y"', "Silver\r\nline, two"]
+
+
+@pytest.mark.parametrize("crlf", [False, True], ids=["lf", "crlf"])
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
+def test_undecodable_bytes_are_reported_on_their_own_line(tmp_path, arrow, crlf):
+    # the text reader decodes ahead of the rows: its line count was ~50 lines behind
+    newline = "\r\n" if crlf else "\n"
+    rows = [f"EMP{i:05d},Ann,Lee,01/02/1980" for i in range(1, 3001)]
+    data = (
+        newline.join(["Employee ID,First Name,Last Name,Date of Birth", *rows]) + newline
+    ).encode()
+    at = data.index(b"EMP01500")  # the record on line 1501
+    path = tmp_path / "f.csv"
+    path.write_bytes(data[:at] + b"EMP\xff" + data[at + 4 :])
+    with pytest.raises(UnreadableFileError) as caught:
+        _read_all(path, ACME.inbound, arrow)
+    assert "not valid utf-8 on line 1501" in caught.value.reason
+    assert "byte 0xff" in caught.value.reason
+
+
+def test_undecodable_bytes_in_a_fixed_width_file_name_their_line(tmp_path):
+    good = "IN000001  SMITH               JOHN           19800102diabetes    20240101        "
+    path = tmp_path / "f.txt"
+    path.write_bytes(("\n".join([good] * 3) + "\n").encode() + b"IN000004\xff" + good[9:].encode())
+    with pytest.raises(UnreadableFileError) as caught:
+        list(read_rows(path, INITECH.inbound))
+    assert "on line 4" in caught.value.reason
+
+
+def _workbook(tmp_path: Path, rows: list[list[object]]) -> Path:
+    import openpyxl
+
+    book = openpyxl.Workbook()
+    sheet = book.active
+    sheet.title = "Members"
+    sheet.append(list(GLOBEX.inbound.column_mappings))
+    for row in rows:
+        sheet.append(row)
+    path = tmp_path / "members.xlsx"
+    book.save(path)
+    return path
+
+
+def _with_sheet_xml(path: Path, change) -> None:
+    import zipfile
+
+    with zipfile.ZipFile(path) as source:
+        entries = {info.filename: source.read(info) for info in source.infolist()}
+    entries["xl/worksheets/sheet1.xml"] = change(entries["xl/worksheets/sheet1.xml"])
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
+        for name, data in entries.items():
+            target.writestr(name, data)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda xml: xml[: len(xml) // 2], "ParseError"),  # a valid zip, its XML cut
+        (lambda xml: xml.replace(b"<row", b"<row <", 1), "ParseError"),
+    ],
+    ids=["cut-xml", "broken-xml"],
+)
+def test_a_workbook_with_broken_sheet_xml_is_unreadable_not_a_crash(tmp_path, change, reason):
+    # these raised ParseError out of the reader: the run failed, and the file, never
+    # finished, was tried first again by every run after it
+    path = _workbook(tmp_path, [["GX000001", "Ann", "Lee", "1980-01-02", "F", "P", None, None]])
+    _with_sheet_xml(path, change)
+    with pytest.raises(UnreadableFileError) as caught:
+        list(read_rows(path, GLOBEX.inbound))
+    assert reason in caught.value.reason
+
+
+def test_workbook_date_cells_keep_their_century_under_a_two_digit_year_format(tmp_path):
+    import datetime as dt
+
+    config = GLOBEX.model_copy(
+        update={"inbound": GLOBEX.inbound.model_copy(update={"date_format": "%m/%d/%y"})}
+    )
+    path = _workbook(
+        tmp_path,
+        [
+            ["GX000001", "Ann", "Lee", dt.date(1960, 5, 1), "F", "P", None, None],  # a date cell
+            ["GX000002", "Bob", "Lee", "05/01/61", "M", "P", None, None],  # text, as typed
+            ["GX000003", "Cy", "Lee", 22402, "M", "P", None, None],  # a serial: 1961-05-01
+        ],
+    )
+    validator = RowValidator(
+        config, "f", dt.datetime(2025, 6, 1, tzinfo=dt.UTC), dt.date(2025, 6, 1)
+    )
+    (batch,) = _read_all(path, config.inbound, arrow=False)
+    chunk = validator.validate(batch)
+    assert chunk.rejects[0].line == 3  # "61" is 2061 under %y, as strptime reads it
+    assert "is after today" in chunk.rejects[0].errors[0]
+    ids, births = (chunk.valid[c].to_pylist() for c in ("employee_id", "date_of_birth"))
+    dates = dict(zip(ids, births, strict=True))
+    assert dates == {"GX000001": dt.date(1960, 5, 1), "GX000003": dt.date(1961, 5, 1)}
+
+
+def test_an_ssn_typed_into_another_column_is_masked_in_messages(tmp_path):
+    import datetime as dt
+
+    path = tmp_path / "umbrella_1.csv"
+    path.write_text(
+        "SSN|FIRST_NAME|LAST_NAME|BIRTH_DATE|PLAN_CODE|COVERAGE_BEGIN|COVERAGE_END\n"
+        "123-45-6789|Ann|Lee|555-44-3333|P|2024-01-01|\n"
+        "987654321|Bob|Lee|1980-01-02|P|555443333|\n"
+    )
+    validator = RowValidator(UMBRELLA, "f", dt.datetime(2025, 6, 1, tzinfo=dt.UTC))
+    messages = [
+        m
+        for b in _read_all(path, UMBRELLA.inbound, True)
+        for r in validator.validate(b).rejects
+        for m in r.errors
+    ]
+    assert messages == [
+        "date_of_birth: '***-**-3333' is not a date in the format %Y-%m-%d",
+        "eligibility_start_date: '***-**-3333' is not a date in the format %Y-%m-%d",
+    ]
