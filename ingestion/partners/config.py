@@ -6,14 +6,25 @@ other partners from loading.
 
 from __future__ import annotations
 
+import codecs
 import datetime as dt
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ingestion.partners.fields import CANONICAL_FIELDS
 
@@ -22,10 +33,53 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Loc = tuple[str | int, ...]
+
+
+def _problems(title: str, found: list[tuple[Loc, str, object]]) -> ValidationError:
+    """Problems each at its own key path, below the validator's (a ValueError is reported
+    once, at the validator's level); pydantic prefixes the path of the value validated."""
+    return ValidationError.from_exception_data(
+        title,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("config", "{problem}", {"problem": message}),
+                loc=loc,
+                input=value,
+            )
+            for loc, message, value in found
+        ],
+    )
+
+
+def _text_encoding(name: str) -> str:
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        raise ValueError(
+            f"unknown encoding {name!r} (Python codec names: utf-8, latin-1, cp1252, ...)"
+        ) from None
+    try:
+        "".encode(name)  # refuses codecs that are not text encodings (base64, rot13)
+    except LookupError:
+        raise ValueError(f"{name!r} is not a text encoding") from None
+    return name
+
+
+def _canonical_field(name: str) -> str:
+    if name not in CANONICAL_FIELDS:
+        raise ValueError(f"unknown field {name!r}; known fields: {sorted(CANONICAL_FIELDS)}")
+    return name
+
+
+Encoding = Annotated[str, AfterValidator(_text_encoding)]
+CanonicalField = Annotated[str, AfterValidator(_canonical_field)]
+
+
 class CsvOptions(_Strict):
     delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
     quotechar: Annotated[str, Field(min_length=1, max_length=1)] = '"'
-    encoding: str = "utf-8"
+    encoding: Encoding = "utf-8"
     has_header: bool = True
     columns: list[str] | None = None  # names for a headerless file, in order
 
@@ -33,6 +87,15 @@ class CsvOptions(_Strict):
     def _headerless_needs_columns(self) -> CsvOptions:
         if not self.has_header and not self.columns:
             raise ValueError("a file without a header row needs 'columns' listing its column names")
+        return self
+
+    @model_validator(mode="after")
+    def _quote_is_not_the_delimiter(self) -> CsvOptions:
+        if self.quotechar == self.delimiter:
+            # at the key the partner wrote: either may be the default
+            key = "quotechar" if "quotechar" in self.model_fields_set else "delimiter"
+            problem = f"{self.delimiter!r} is both delimiter and quotechar"
+            raise _problems("CsvOptions", [((key,), problem, self.delimiter)])
         return self
 
 
@@ -49,7 +112,7 @@ class FixedWidthField(_Strict):
 
 class FixedWidthOptions(_Strict):
     fields: Annotated[list[FixedWidthField], Field(min_length=1)]
-    encoding: str = "utf-8"
+    encoding: Encoding = "utf-8"
     has_header: bool = False
 
     @property
@@ -76,13 +139,17 @@ class RemoteLocation(_Strict):
 
 
 class FieldRule(_Strict):
-    type: Literal["string", "date", "enum", "number"] = "string"
+    """Checks on one canonical field. validation.py enforces min and max on date fields and
+    pattern, min_length, max_length and allowed on string fields, so a rule is refused when it
+    sets an option its field's type would ignore (see Inbound._rules_fit_their_fields)."""
+
+    type: Literal["string", "date", "enum"] | None = None  # None: the field's own type
     pattern: str | None = None
-    min_length: int | None = None
-    max_length: int | None = None
-    min: str | float | None = None  # dates: ISO date or "today"
-    max: str | float | None = None
-    allowed: list[str] | None = None
+    min_length: Annotated[int, Field(ge=0)] | None = None
+    max_length: Annotated[int, Field(ge=0)] | None = None
+    min: dt.date | Literal["today"] | None = None
+    max: dt.date | Literal["today"] | None = None
+    allowed: Annotated[list[str], Field(min_length=1)] | None = None
 
     @field_validator("pattern")
     @classmethod
@@ -94,15 +161,115 @@ class FieldRule(_Strict):
                 raise ValueError(f"not a valid regular expression: {exc}") from None
         return value
 
-    @field_validator("min", "max")
+    # before the union is tried: one message, not one per member of dt.date | "today"
+    @field_validator("min", "max", mode="before")
     @classmethod
-    def _bound_is_readable(cls, value: str | float | None) -> str | float | None:
-        if isinstance(value, str) and value != "today":
+    def _bound_is_a_date(cls, value: object) -> object:
+        if value is None or value == "today":
+            return value
+        if isinstance(value, dt.datetime):
+            raise ValueError(f"{value} has a time of day; give a date (YYYY-MM-DD) or 'today'")
+        if isinstance(value, dt.date):  # YAML reads an unquoted 2024-01-01 as a date
+            return value
+        if isinstance(value, str):
             try:
-                dt.date.fromisoformat(value)
+                return dt.date.fromisoformat(value)
             except ValueError:
-                raise ValueError(f"{value!r} is neither 'today' nor an ISO date") from None
-        return value
+                pass
+        raise ValueError(f"{value!r} is neither 'today' nor a date (YYYY-MM-DD)")
+
+    @model_validator(mode="after")
+    def _options_agree(self) -> FieldRule:
+        found: list[tuple[Loc, str, object]] = []
+        if self.type == "enum" and self.allowed is None:
+            found.append((("allowed",), "type enum needs 'allowed', the accepted values", None))
+        if (
+            self.min_length is not None
+            and self.max_length is not None
+            and self.min_length > self.max_length
+        ):
+            found.append(
+                (
+                    ("min_length",),
+                    f"{self.min_length} is greater than max_length {self.max_length}",
+                    self.min_length,
+                )
+            )
+        if isinstance(self.min, dt.date) and isinstance(self.max, dt.date) and self.min > self.max:
+            found.append((("min",), f"{self.min} is after max {self.max}", self.min))
+        if found:
+            raise _problems("FieldRule", found)
+        return self
+
+
+# which rule types fit a field of each canonical type, and the options each type enforces
+_FITTING_TYPES = {"string": ("string", "enum"), "date": ("date",)}
+_ENFORCED_OPTIONS = {
+    "string": ("pattern", "min_length", "max_length", "allowed"),
+    "date": ("min", "max"),
+}
+
+
+def _rule_problems(name: str, rule: FieldRule) -> Iterator[tuple[Loc, str, object]]:
+    """What is wrong with the rule for one field, each at its key path below the field."""
+    kind = CANONICAL_FIELDS.get(name)
+    if kind is None:
+        yield (), f"unknown field {name!r}; known fields: {sorted(CANONICAL_FIELDS)}", name
+        return
+    fitting = _FITTING_TYPES.get(kind, (kind,))
+    if rule.type is not None and rule.type not in fitting:
+        yield (
+            ("type",),
+            f"{name} is a {kind} field; type {rule.type!r} contradicts it"
+            f" (use {' or '.join(fitting)}, or leave type out)",
+            rule.type,
+        )
+        return  # the options below are judged against the field's real type
+    enforced = _ENFORCED_OPTIONS.get(kind, ())
+    for option in ("pattern", "min_length", "max_length", "allowed", "min", "max"):
+        value = getattr(rule, option)
+        if value is not None and option not in enforced:
+            yield (
+                (option,),
+                f"{name} is a {kind} field, which is checked for"
+                f" {', '.join(enforced)} only: {option} would be ignored",
+                value,
+            )
+
+
+_SAMPLE_DATE = dt.date(1987, 11, 23)  # day > 12: a swapped day and month cannot read back
+_DATE_DIRECTIVES = frozenset("aAwdbBmyYHIpMSfzZjUWcxXGuV%")  # those strptime can read
+_NEEDED_DIRECTIVES = {
+    "a year (%Y or %y)": "Yy",
+    "a month (%m, %b or %B)": "mbB",
+    "a day (%d)": "d",
+}
+
+
+def _date_format_problem(fmt: str) -> str | None:
+    directives = re.findall(r"%(.?)", fmt, flags=re.DOTALL)
+    unknown = [
+        f"%{d}" if d else "a lone % at the end" for d in directives if d not in _DATE_DIRECTIVES
+    ]
+    if unknown:
+        return f"{fmt!r} has unknown strftime directive(s): {', '.join(unknown)}"
+    missing = [
+        what for what, codes in _NEEDED_DIRECTIVES.items() if not set(codes) & set(directives)
+    ]
+    if missing:
+        needs = f"{', '.join(missing[:-1])} and {missing[-1]}" if missing[1:] else missing[0]
+        return f"{fmt!r} lacks {needs}: write it like '%m/%d/%Y'"
+    repeated = sorted({f"%{d}" for d in directives if d != "%" and directives.count(d) > 1})
+    if repeated:
+        return f"{fmt!r} repeats {', '.join(repeated)}"
+    text = _SAMPLE_DATE.strftime(fmt)
+    try:
+        read = dt.datetime.strptime(text, fmt).date()
+    except (ValueError, re.error) as exc:
+        return f"{fmt!r} cannot read back {text!r}, the date {_SAMPLE_DATE} it wrote: {exc}"
+    if read != _SAMPLE_DATE:
+        return f"{fmt!r} wrote {_SAMPLE_DATE} as {text!r}, which it reads back as {read}"
+    return None
 
 
 Format = Literal["csv", "xlsx", "fixed_width"]
@@ -118,35 +285,31 @@ class Inbound(_Strict):
     xlsx: XlsxOptions | None = None
     fixed_width: FixedWidthOptions | None = None
     identifier: Literal["employee_id", "ssn"] = "employee_id"
-    column_mappings: dict[str, str] = Field(default_factory=dict)
+    column_mappings: dict[str, CanonicalField] = Field(default_factory=dict)
     date_format: str = "%Y-%m-%d"
-    required_fields: list[str] = Field(default_factory=lambda: ["employee_id"])
+    required_fields: list[CanonicalField] = Field(default_factory=lambda: ["employee_id"])
     validations: dict[str, FieldRule] = Field(default_factory=dict)
 
-    @field_validator("column_mappings")
+    @field_validator("date_format")
     @classmethod
-    def _mappings_target_known_fields(cls, value: dict[str, str]) -> dict[str, str]:
-        unknown = sorted({target for target in value.values() if target not in CANONICAL_FIELDS})
-        if unknown:
-            raise ValueError(
-                f"maps to unknown field(s) {unknown}; known fields: {sorted(CANONICAL_FIELDS)}"
-            )
-        return value
-
-    @field_validator("required_fields")
-    @classmethod
-    def _required_are_known(cls, value: list[str]) -> list[str]:
-        unknown = [name for name in value if name not in CANONICAL_FIELDS]
-        if unknown:
-            raise ValueError(f"unknown field(s) {unknown}")
+    def _date_format_reads_dates(cls, value: str) -> str:
+        problem = _date_format_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     @field_validator("validations")
     @classmethod
-    def _validated_are_known(cls, value: dict[str, FieldRule]) -> dict[str, FieldRule]:
-        unknown = [name for name in value if name not in CANONICAL_FIELDS]
-        if unknown:
-            raise ValueError(f"rules for unknown field(s) {unknown}")
+    def _rules_fit_their_fields(cls, value: dict[str, FieldRule]) -> dict[str, FieldRule]:
+        # a rule for a field no column maps to is allowed: one set of rules may serve
+        # several layouts of a partner's files
+        found = [
+            ((name, *loc), message, bad)
+            for name, rule in value.items()
+            for loc, message, bad in _rule_problems(name, rule)
+        ]
+        if found:
+            raise _problems("Inbound", found)
         return value
 
     @model_validator(mode="after")

@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
+import paramiko
+import psycopg2
+
+# what an outage raises (SFTP or database away): the run is retried, the file imported then
+TRANSIENT_ERRORS = (
+    OSError,
+    EOFError,
+    paramiko.SSHException,
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+)
+
 
 class UnreadableFileError(Exception):
     """The whole file cannot be read (encoding, layout, truncation): it is quarantined, alone."""

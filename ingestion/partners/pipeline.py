@@ -23,7 +23,7 @@ from ingestion.partners.archive import archive_stream
 from ingestion.partners.config import PartnerConfig
 from ingestion.partners.csv_arrow import ArrowPathUnfit
 from ingestion.partners.error_report import write_error_report
-from ingestion.partners.errors import UnreadableFileError
+from ingestion.partners.errors import TRANSIENT_ERRORS, UnreadableFileError
 from ingestion.partners.imports import ImportRecord
 from ingestion.partners.load import MemberLoad
 from ingestion.partners.reading import read_batches
@@ -209,12 +209,23 @@ def process_archived_file(
             record.status, record.reason = "quarantined", exc.reason
             log.warning("%s: %s quarantined: %s", config.partner_id, record.filename, exc.reason)
             deliver_quarantine_note(record, config, settings)
-        except Exception as exc:
+        except TRANSIENT_ERRORS as exc:
             record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"[:500]
             record.finished_at = dt.datetime.now(dt.UTC)
             with contextlib.suppress(Exception):
                 ledger.save(params, record)
             raise
+        except Exception as exc:
+            # not an outage, so no retry would help: a defect met in this file. It is
+            # recorded as failed (the reason in the ledger, not in logs: it may quote the file)
+            # and the partner's other files go on; the file stays for the next run.
+            record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"[:500]
+            log.error(
+                "%s: %s failed (%s); see the import ledger; the other files go on",
+                config.partner_id,
+                record.filename,
+                type(exc).__name__,
+            )
     record.finished_at = dt.datetime.now(dt.UTC)
     ledger.save(params, record)
     return record

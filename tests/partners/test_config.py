@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
-from ingestion.partners.config import PartnerConfigError, load_partner_config, load_partner_configs
+from ingestion.partners.config import (
+    ConfigProblem,
+    PartnerConfigError,
+    load_partner_config,
+    load_partner_configs,
+)
 from mdp.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,8 +34,8 @@ def test_the_shipped_partner_configs_are_valid():
         ("inbound:\n  csv: {delimiter: ';;'}\n", "inbound.csv.delimiter", "at most 1"),
         (
             "inbound:\n  column_mappings: {X: favourite_colour}\n",
-            "inbound.column_mappings",
-            "unknown field",
+            "inbound.column_mappings.X",
+            "unknown field 'favourite_colour'",
         ),
         (
             "inbound:\n  validations: {employee_id: {pattern: '([a-z'}}\n",
@@ -93,3 +99,135 @@ def test_partner_validate_command_reports_problems_and_exits_nonzero(tmp_path):
     assert result.exit_code == 1
     assert "ok    acme_corp" in result.output
     assert "typo.yaml: inbound.format:" in result.output
+
+
+SHIPPED = sorted(p.stem for p in (REPO / "partner_configs").glob("*.yaml"))
+
+
+def _problems_beside_the_shipped_configs(
+    tmp_path: Path, override: str, base: str = "acme_corp"
+) -> list[ConfigProblem]:
+    """Loads the shipped configs plus broken.yaml (`base` with `override` merged in); the
+    shipped ones must still load, and every problem must be broken.yaml's."""
+    for path in (REPO / "partner_configs").glob("*.yaml"):
+        shutil.copy(path, tmp_path)
+    text = (REPO / "partner_configs" / f"{base}.yaml").read_text()
+    text = text.replace(f"partner_id: {base}", "partner_id: broken")
+    (tmp_path / "broken.yaml").write_text(_merge(text, override))
+    loaded = load_partner_configs(tmp_path)
+    assert sorted(loaded.configs) == SHIPPED
+    assert loaded.problems
+    assert {p.file.name for p in loaded.problems} == {"broken.yaml"}
+    return loaded.problems
+
+
+def _reported(problems: list[ConfigProblem], key_path: str, words: str) -> ConfigProblem:
+    """The one problem at `key_path`, its message containing `words`."""
+    [problem] = [p for p in problems if p.key_path == key_path] or [None]
+    assert problem is not None, [str(p) for p in problems]
+    assert str(problem).startswith(f"broken.yaml: {key_path}: ")
+    assert words in problem.message, str(problem)
+    return problem
+
+
+@pytest.mark.parametrize(
+    ("base", "override", "key_path", "words"),
+    [
+        ("acme_corp", "inbound: {csv: {encoding: utf-9}}", "inbound.csv.encoding", "'utf-9'"),
+        ("acme_corp", "inbound: {csv: {encoding: rot13}}", "inbound.csv.encoding", "not a text"),
+        (
+            "initech",
+            "inbound: {fixed_width: {encoding: utf-9}}",
+            "inbound.fixed_width.encoding",
+            "unknown encoding 'utf-9'",
+        ),
+    ],
+)
+def test_an_unknown_encoding_is_refused_at_load(tmp_path, base, override, key_path, words):
+    problems = _problems_beside_the_shipped_configs(tmp_path, override, base)
+    _reported(problems, key_path, words)
+
+
+@pytest.mark.parametrize(
+    ("date_format", "words"),
+    [
+        ("MM/DD/YYYY", "lacks a year (%Y or %y), a month (%m, %b or %B) and a day (%d)"),
+        ("%Q-%m", "unknown strftime directive(s): %Q"),
+        ("%m/%d", "lacks a year"),
+        ("%m/%d/%Y%", "a lone % at the end"),
+        ("%d/%m/%Y %d", "repeats %d"),
+        ("%Y-%m-%d%z", "cannot read back '1987-11-23'"),
+    ],
+)
+def test_a_date_format_that_cannot_read_dates_is_refused_at_load(tmp_path, date_format, words):
+    problems = _problems_beside_the_shipped_configs(
+        tmp_path, f"inbound: {{date_format: '{date_format}'}}"
+    )
+    _reported(problems, "inbound.date_format", words)
+
+
+@pytest.mark.parametrize(
+    ("bound", "words"),
+    [
+        ("2024", "2024 is neither 'today' nor a date (YYYY-MM-DD)"),
+        ("yesterday", "'yesterday' is neither 'today' nor a date"),
+        ("2024-01-01 10:00:00", "has a time of day"),
+    ],
+)
+def test_a_date_bound_that_is_not_a_date_is_refused_at_load(tmp_path, bound, words):
+    problems = _problems_beside_the_shipped_configs(
+        tmp_path, f"inbound: {{validations: {{date_of_birth: {{max: {bound}}}}}}}"
+    )
+    _reported(problems, "inbound.validations.date_of_birth.max", words)
+    assert len(problems) == 1, [str(p) for p in problems]  # not one per type the bound may be
+
+
+def test_an_unquoted_yaml_date_is_a_date_bound(tmp_path):
+    path = tmp_path / "acme_corp.yaml"
+    base = (REPO / "partner_configs" / "acme_corp.yaml").read_text()
+    bounds = "{min: 1900-01-01, max: '2024-01-01'}"
+    path.write_text(_merge(base, f"inbound: {{validations: {{date_of_birth: {bounds}}}}}"))
+    rule = load_partner_config(path).inbound.validations["date_of_birth"]
+    assert (rule.min, rule.max) == (dt.date(1900, 1, 1), dt.date(2024, 1, 1))
+
+
+@pytest.mark.parametrize(
+    ("rules", "key_path", "words"),
+    [
+        ("{first_name: {type: date}}", "first_name.type", "type 'date' contradicts it"),
+        ("{last_name: {type: number, min: 5}}", "last_name.type", "'string', 'date' or 'enum'"),
+        ("{last_name: {type: number, min: 5}}", "last_name.min", "5 is neither 'today'"),
+        ("{date_of_birth: {pattern: '^19'}}", "date_of_birth.pattern", "would be ignored"),
+        ("{first_name: {max: today}}", "first_name.max", "would be ignored"),
+        ("{first_name: {type: enum}}", "first_name.allowed", "type enum needs 'allowed'"),
+        (
+            "{first_name: {min_length: 5, max_length: 2}}",
+            "first_name.min_length",
+            "5 is greater than max_length 2",
+        ),
+        (
+            "{date_of_birth: {min: 2024-01-01, max: 2000-01-01}}",
+            "date_of_birth.min",
+            "2024-01-01 is after max 2000-01-01",
+        ),
+    ],
+)
+def test_a_rule_that_does_not_fit_its_field_is_refused_at_load(tmp_path, rules, key_path, words):
+    problems = _problems_beside_the_shipped_configs(tmp_path, f"inbound: {{validations: {rules}}}")
+    _reported(problems, f"inbound.validations.{key_path}", words)
+
+
+@pytest.mark.parametrize(
+    ("csv", "key_path"),
+    [("{delimiter: '|', quotechar: '|'}", "quotechar"), ("{delimiter: '\"'}", "delimiter")],
+)
+def test_a_delimiter_that_is_also_the_quotechar_is_refused_at_load(tmp_path, csv, key_path):
+    problems = _problems_beside_the_shipped_configs(tmp_path, f"inbound: {{csv: {csv}}}")
+    _reported(problems, f"inbound.csv.{key_path}", "is both delimiter and quotechar")
+
+
+def test_an_unknown_mapping_target_is_reported_at_its_source_column(tmp_path):
+    problems = _problems_beside_the_shipped_configs(
+        tmp_path, "inbound: {column_mappings: {Colour: favourite_colour}}"
+    )
+    _reported(problems, "inbound.column_mappings.Colour", "unknown field 'favourite_colour'")

@@ -91,6 +91,46 @@ def test_each_unreadable_file_is_quarantined_with_its_reason_while_good_files_lo
     assert quarantined_rows == [(0,)]
 
 
+def test_a_file_that_meets_a_defect_is_recorded_failed_and_the_next_files_still_load(
+    platform, monkeypatch
+):
+    # a defect (not an outage) met while reading one file: no retry would help, so it must
+    # not stop the partner's other files, nor fail every later run on the same file
+    import pyarrow.compute as pc
+
+    acme = platform.configs["acme_corp"]
+    first = generate_partner_file(acme, rows=20, seed=8, id_offset=710_000)
+    second = generate_partner_file(acme, rows=20, seed=9, id_offset=720_000)
+    platform.upload("acme_corp", "enrollment_e_meets_a_defect.csv", first.content)
+    platform.upload("acme_corp", "enrollment_f_after_it.csv", second.content)
+    trim, calls = pc.utf8_trim, []
+
+    def trim_failing_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a defect")
+        return trim(*args, **kwargs)
+
+    monkeypatch.setattr(pc, "utf8_trim", trim_failing_first)
+
+    records = {r.filename: r for r in _import(platform, "acme_corp")}
+
+    failed = records["enrollment_e_meets_a_defect.csv"]
+    assert (failed.status, failed.reason) == ("failed", "RuntimeError: a defect")
+    assert records["enrollment_f_after_it.csv"].status == "loaded"
+    assert records["enrollment_f_after_it.csv"].rows_loaded == 20
+    ledger = platform.query(
+        "select status from raw_partners.file_imports where filename = %s",
+        ("enrollment_e_meets_a_defect.csv",),
+    )
+    assert ledger == [("failed",)]
+    stored = platform.query(
+        "select count(*) from raw_partners.enrollment_members m join raw_partners.file_imports f"
+        " on f.file_id = m.source_file_id where f.filename = 'enrollment_e_meets_a_defect.csv'"
+    )
+    assert stored == [(0,)]
+
+
 def test_excel_file_loads_with_real_date_cells_and_serials(platform):
     config = platform.configs["globex_health"]
     generated = generate_partner_file(config, rows=40, bad_share=0.1, seed=9)

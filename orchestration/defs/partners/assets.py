@@ -1,10 +1,9 @@
 """Partner enrollment files -> raw tables (dlt), with the import ledger beside them."""
 
 import dagster as dg
-import paramiko
-import psycopg2
 
 from ingestion.partners import DATASET, IMPORTS_TABLE, MEMBERS_TABLE, ensure_raw_tables
+from ingestion.partners.errors import TRANSIENT_ERRORS
 from ingestion.partners.imports import ImportRecord
 from ingestion.partners.pipeline import import_partner_files
 from ingestion.partners.transport import TransportConfigError
@@ -12,7 +11,6 @@ from orchestration.resources import PlatformResource
 
 MEMBERS_KEY = dg.AssetKey([DATASET, MEMBERS_TABLE])
 IMPORTS_KEY = dg.AssetKey([DATASET, IMPORTS_TABLE])
-TRANSIENT = (OSError, EOFError, paramiko.SSHException, psycopg2.OperationalError)
 
 
 class PartnerImportConfig(dg.Config):
@@ -88,7 +86,7 @@ def partner_files(
         except TransportConfigError as exc:
             context.log.error(str(exc))
             continue
-        except TRANSIENT as exc:
+        except TRANSIENT_ERRORS as exc:
             context.log.warning(f"{partner_id}: {type(exc).__name__}: {exc}; will retry")
             outages.append(partner_id)
             continue
@@ -97,6 +95,11 @@ def partner_files(
                 f"{partner_id}: {record.filename} -> {record.status} "
                 f"({record.rows_loaded or 0} loaded, {record.rows_rejected or 0} rejected)"
             )
+            if record.status == "failed":
+                context.log.error(
+                    f"{partner_id}: {record.filename} failed ({(record.reason or '').split(':')[0]});"
+                    " its reason is in the import ledger (`mdp imports list`)"
+                )
         records.extend(found)
     if outages:
         # Everything else is already imported; the retry only finds these partners' files.
