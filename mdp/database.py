@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import parse_qs, quote, unquote, urlparse
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlparse
 
 import psycopg2
 import psycopg2.extensions
@@ -19,6 +19,7 @@ import psycopg2.extensions
 from mdp.settings import Settings, load_settings
 
 EMBEDDED_DATABASE = "mdp"
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class ConnectionParams:
     user: str
     password: str
     dbname: str
+    sslmode: str | None = None  # libpq's (?sslmode= in the URL); None: the client's default
 
     @classmethod
     def from_url(cls, url: str) -> ConnectionParams:
@@ -38,35 +40,51 @@ class ConnectionParams:
             )
         query = parse_qs(parsed.query)
         host = query.get("host", [parsed.hostname or "127.0.0.1"])[0]
+        sslmode = query.get("sslmode", [None])[0]
+        if sslmode is not None and sslmode not in SSL_MODES:
+            raise ValueError(f"MDP_DATABASE_URL: sslmode must be one of {SSL_MODES}")
         return cls(
             host=host,
             port=int(query.get("port", [parsed.port or 5432])[0]),
             user=unquote(parsed.username or "postgres"),
             # dlt refuses credentials without a password even where the server trusts us.
             password=unquote(parsed.password or "") or "postgres",
-            dbname=(parsed.path or "/postgres").lstrip("/") or "postgres",
+            dbname=unquote((parsed.path or "/postgres").lstrip("/")) or "postgres",
+            sslmode=sslmode,
         )
 
     def dsn(self, dbname: str | None = None) -> str:
-        return (
-            f"host={self.host} port={self.port} user={self.user} "
-            f"password={self.password} dbname={dbname or self.dbname}"
+        # make_dsn quotes what needs it (a space or quote in a password broke the plain join)
+        return psycopg2.extensions.make_dsn(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=dbname or self.dbname,
+            sslmode=self.sslmode,
         )
 
     def url(self) -> str:
+        auth = f"{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+        query = {"sslmode": self.sslmode} if self.sslmode else {}
         if self.host.startswith("/"):
-            return (
-                f"postgresql://{self.user}:{self.password}@/{self.dbname}"
-                f"?host={self.host}&port={self.port}"
-            )
-        return f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.dbname}"
+            query = {"host": self.host, "port": str(self.port), **query}
+            return f"postgresql://{auth}@/{quote(self.dbname, safe='')}?{urlencode(query, quote_via=quote)}"
+        tail = f"?{urlencode(query, quote_via=quote)}" if query else ""
+        return f"postgresql://{auth}@{self.host}:{self.port}/{quote(self.dbname, safe='')}{tail}"
 
     def dlt_credentials(self) -> dict[str, object] | str:
-        if self.host.startswith("/"):
-            # dlt builds a URL from the parts; a socket directory only survives as ?host=
+        if self.host.startswith("/") or self.sslmode:
+            # dlt builds a URL from the parts; a socket directory and sslmode only survive in
+            # its query
+            query = {"host": self.host} if self.host.startswith("/") else {}
+            if self.sslmode:
+                query["sslmode"] = self.sslmode
+            host = "localhost" if self.host.startswith("/") else self.host
+            auth = f"{quote(self.user, safe='')}:{quote(self.password, safe='')}"
             return (
-                f"postgresql://{self.user}:{self.password}@localhost:{self.port}/{self.dbname}"
-                f"?host={quote(self.host, safe='')}"
+                f"postgresql://{auth}@{host}:{self.port}/{quote(self.dbname, safe='')}"
+                f"?{urlencode(query, quote_via=quote)}"
             )
         return {
             "database": self.dbname,
@@ -84,6 +102,7 @@ class ConnectionParams:
             "MDP_PG_USER": self.user,
             "MDP_PG_PASSWORD": self.password,
             "MDP_PG_DATABASE": self.dbname,
+            "MDP_PG_SSLMODE": self.sslmode or "prefer",
         }
 
 

@@ -193,6 +193,7 @@ class Runtime:
             "user": p.user,
             "password": p.password,
             "database": p.dbname,
+            **({"ssl": p.sslmode} if p.sslmode else {}),
             "server_settings": {
                 "application_name": "mdp-serving",
                 # the lookups' statements are prepared once per connection, but under "auto"

@@ -63,8 +63,13 @@ def _check_columns(inbound: Inbound, header: list[str]) -> list[int | None]:
         if target in inbound.required_fields and source not in positions
     ]
     if missing:
+        # the header's own cells are not quoted: a file without a header row has a member's
+        # values there. Only names from the partner's config are shown.
+        found = [f"'{source}'" for source in inbound.column_mappings if source in positions]
         raise UnreadableFileError(
-            f"missing required column(s) {', '.join(missing)}; header has {header}"
+            f"missing required column(s) {', '.join(missing)}; the header row has"
+            f" {len(header)} cells, of the configured columns "
+            + (f"only {', '.join(found)}" if found else "none (is the header row missing?)")
         )
     source_of = {target: source for source, target in inbound.column_mappings.items()}
     return [positions.get(source_of[target]) for target in mapped_fields(inbound)]

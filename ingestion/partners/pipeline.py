@@ -217,9 +217,11 @@ def process_archived_file(
             raise
         except Exception as exc:
             # not an outage, so no retry would help: a defect met in this file. It is
-            # recorded as failed (the reason in the ledger, not in logs: it may quote the file)
-            # and the partner's other files go on; the file stays for the next run.
-            record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"[:500]
+            # recorded as failed and the partner's other files go on. The exception's text
+            # may quote the file (PHI), so only its type is kept; the archived bytes let
+            # `mdp imports replay` reproduce it.
+            record.status = "failed"
+            record.reason = f"{type(exc).__name__} while importing; replay the file to see it"
             log.error(
                 "%s: %s failed (%s); see the import ledger; the other files go on",
                 config.partner_id,

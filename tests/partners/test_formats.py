@@ -246,3 +246,16 @@ def test_an_ssn_typed_into_another_column_is_masked_in_messages(tmp_path):
         "date_of_birth: '***-**-3333' is not a date in the format %Y-%m-%d",
         "eligibility_start_date: '***-**-3333' is not a date in the format %Y-%m-%d",
     ]
+
+
+def test_a_file_without_its_header_row_is_quarantined_without_quoting_its_first_row(tmp_path):
+    # the reason goes to the ledger, `mdp imports list`, Dagster metadata and the logs: the
+    # first row of such a file is a member's name, birth date and email
+    path = tmp_path / "f.csv"
+    path.write_text("E0000001,Aisha,Smith,03/27/1957,aisha.smith@example.com,weight\n")
+    with pytest.raises(UnreadableFileError) as caught:
+        list(read_rows(path, ACME.inbound))
+    reason = caught.value.reason
+    assert "missing required column(s) 'Employee ID' (for employee_id)" in reason
+    assert "has 6 cells, of the configured columns none (is the header row missing?)" in reason
+    assert not any(value in reason for value in ("E0000001", "Aisha", "Smith", "1957", "aisha"))

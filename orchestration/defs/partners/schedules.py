@@ -3,13 +3,13 @@
 import dagster as dg
 
 from ingestion.partners.config import load_partner_configs
-from mdp.settings import PROJECT_ROOT
+from mdp.settings import load_settings
 from orchestration.defs.partners.jobs import partner_import_job
 
 
 @dg.definitions
 def pull_partner_schedules() -> dg.Definitions:
-    configs = load_partner_configs(PROJECT_ROOT / "partner_configs").configs
+    configs = load_partner_configs(load_settings().partner_config_dir).configs
     schedules = [
         dg.ScheduleDefinition(
             name=f"{partner_id}_pull",

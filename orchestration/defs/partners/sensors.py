@@ -1,13 +1,23 @@
-"""The push-inbox sensor: a run when files on our SFTP server are complete."""
+"""The push-inbox sensor: a run when files on our SFTP server are complete.
+
+A run key names the complete files, so a tick that sees the same files again asks for no
+second run. An import empties the inbox of what it read; files still there
+`RETRY_AFTER_SECONDS` after their run was asked for belong to a run that failed for good
+(an outage longer than its retries), so they are asked for again under a new key: Dagster
+never starts two runs with one key.
+"""
 
 import hashlib
 import json
+import time
 
 import dagster as dg
 
 from ingestion.partners.transport import list_inbox, platform_endpoint, sftp_session
 from orchestration.defs.partners.jobs import partner_import_job
 from orchestration.resources import PlatformResource
+
+RETRY_AFTER_SECONDS = 15 * 60  # longer than a run with all its retries takes
 
 
 @dg.sensor(
@@ -18,7 +28,9 @@ from orchestration.resources import PlatformResource
     "or the same size and mtime on two polls.",
 )
 def push_inbox_sensor(context: dg.SensorEvaluationContext, platform: PlatformResource):
-    previous: dict[str, list[float]] = json.loads(context.cursor) if context.cursor else {}
+    state = json.loads(context.cursor) if context.cursor else {}
+    previous: dict[str, list[float]] = state.get("files", {})
+    requested: dict[str, list[float]] = state.get("requested", {})  # key -> [at, attempt]
     seen: dict[str, list[float]] = {}
     ready: dict[str, list[str]] = {}
     configs = platform.partner_configs().configs
@@ -35,10 +47,17 @@ def push_inbox_sensor(context: dg.SensorEvaluationContext, platform: PlatformRes
                     ready.setdefault(partner_id, []).append(
                         f"{remote.path}:{remote.size}:{remote.mtime}"
                     )
-    context.update_cursor(json.dumps(seen))
     if not ready:
+        context.update_cursor(json.dumps({"files": seen}))
         return dg.SkipReason(f"no complete files ({len(seen)} still arriving)")
-    run_key = hashlib.sha256(json.dumps(ready, sort_keys=True).encode()).hexdigest()[:20]
+    files_key = hashlib.sha256(json.dumps(ready, sort_keys=True).encode()).hexdigest()[:20]
+    asked_at, attempt = requested.get(files_key, (time.time(), 0))
+    if time.time() - asked_at >= RETRY_AFTER_SECONDS:
+        asked_at, attempt = time.time(), attempt + 1
+    context.update_cursor(
+        json.dumps({"files": seen, "requested": {files_key: [asked_at, attempt]}})
+    )
+    run_key = files_key if attempt == 0 else f"{files_key}-again-{int(attempt)}"
     return dg.RunRequest(
         run_key=run_key,
         run_config={"ops": {"partner_files": {"config": {"partners": sorted(ready)}}}},
