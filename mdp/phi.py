@@ -25,5 +25,7 @@ def log_ref(*parts: str) -> str:
 
 
 def normalize_ssn(value: str) -> str | None:
-    digits = "".join(ch for ch in value if ch.isdigit())
-    return digits if len(digits) == 9 else None
+    """The 9 digits of an SSN written as 123-45-6789, 123 45 6789 or 123456789; None for
+    anything else (letters were dropped, and "²" or Arabic-Indic digits counted as digits)."""
+    digits = value.replace("-", "").replace(" ", "")
+    return digits if len(digits) == 9 and digits.isascii() and digits.isdigit() else None

@@ -56,7 +56,7 @@ def _codec(encoding: str) -> str:
 
 def _check_columns(inbound: Inbound, header: list[str]) -> list[int | None]:
     """Header position of each mapped field (None: absent); a missing required column is fatal."""
-    positions = {name: i for i, name in enumerate(header)}
+    positions = _header_positions(list(inbound.column_mappings), header)
     missing = [
         f"'{source}' (for {target})"
         for source, target in inbound.column_mappings.items()
@@ -73,6 +73,27 @@ def _check_columns(inbound: Inbound, header: list[str]) -> list[int | None]:
         )
     source_of = {target: source for source, target in inbound.column_mappings.items()}
     return [positions.get(source_of[target]) for target in mapped_fields(inbound)]
+
+
+def _header_positions(sources: list[str], header: list[str]) -> dict[str, int]:
+    """Where each configured column is in the header: the cell of that name, else the one
+    cell that differs from it only in case or spacing ("EMPLOYEE ID", "Employee  Id"), as
+    partners' exports drift. Two such cells match neither: which one was meant is unclear."""
+    exact = {name: i for i, name in enumerate(header)}
+    loose: dict[str, list[int]] = {}
+    for i, name in enumerate(header):
+        loose.setdefault(_loosely(name), []).append(i)
+    positions = {}
+    for source in sources:
+        if source in exact:
+            positions[source] = exact[source]
+        elif len(candidates := loose.get(_loosely(source), [])) == 1:
+            positions[source] = candidates[0]
+    return positions
+
+
+def _loosely(name: str) -> str:
+    return " ".join(name.split()).casefold()
 
 
 def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
@@ -278,6 +299,14 @@ def _described(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
+def excel_serial_date(serial: int) -> dt.date | None:
+    """The date of an Excel serial. Excel counts a 29 February 1900 that never was (serial
+    60, None here): serials after it count from 1899-12-30, those before from 1899-12-31."""
+    if serial == 60:
+        return None
+    return EXCEL_EPOCH + dt.timedelta(days=serial if serial > 60 else serial + 1)
+
+
 def _cell_text(cell: object, target: str) -> str | None:
     """A cell as text. A date cell in a date field becomes ISO text (which the validator
     reads in workbooks beside the partner's format): written out in a format with a
@@ -290,7 +319,9 @@ def _cell_text(cell: object, target: str) -> str | None:
         return cell.isoformat()
     if isinstance(cell, (int, float)) and not isinstance(cell, bool):
         if target in DATE_FIELDS and 1 <= cell < 2958466:  # a date cell saved as a plain serial
-            return (EXCEL_EPOCH + dt.timedelta(days=int(cell))).isoformat()
+            date = excel_serial_date(int(cell))
+            if date is not None:
+                return date.isoformat()
         if isinstance(cell, float) and cell.is_integer():
             return str(int(cell))
         return str(cell)

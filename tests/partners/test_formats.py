@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 from pathlib import Path
 
@@ -201,7 +202,6 @@ def test_a_workbook_with_broken_sheet_xml_is_unreadable_not_a_crash(tmp_path, ch
 
 
 def test_workbook_date_cells_keep_their_century_under_a_two_digit_year_format(tmp_path):
-    import datetime as dt
 
     config = GLOBEX.model_copy(
         update={"inbound": GLOBEX.inbound.model_copy(update={"date_format": "%m/%d/%y"})}
@@ -227,7 +227,6 @@ def test_workbook_date_cells_keep_their_century_under_a_two_digit_year_format(tm
 
 
 def test_an_ssn_typed_into_another_column_is_masked_in_messages(tmp_path):
-    import datetime as dt
 
     path = tmp_path / "umbrella_1.csv"
     path.write_text(
@@ -259,3 +258,49 @@ def test_a_file_without_its_header_row_is_quarantined_without_quoting_its_first_
     assert "missing required column(s) 'Employee ID' (for employee_id)" in reason
     assert "has 6 cells, of the configured columns none (is the header row missing?)" in reason
     assert not any(value in reason for value in ("E0000001", "Aisha", "Smith", "1957", "aisha"))
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
+def test_header_names_match_whatever_their_case_and_spacing_unless_ambiguous(tmp_path, arrow):
+    path = tmp_path / "f.csv"
+    path.write_text(
+        "EMPLOYEE ID,first  name,Last Name,date of birth\nEMP00001,Ann,Lee,01/02/1980\n"
+    )
+    (batch,) = _read_all(path, ACME.inbound, arrow)
+    assert batch.columns["employee_id"].to_pylist() == ["EMP00001"]
+    assert batch.columns["first_name"].to_pylist() == ["Ann"]
+    assert batch.columns["date_of_birth"].to_pylist() == ["01/02/1980"]
+    # two cells that could each be "First Name": neither is taken
+    path.write_text(
+        "Employee ID,FIRST NAME,first name,Last Name,Date of Birth\nEMP00001,A,B,Lee,01/02/1980\n"
+    )
+    with pytest.raises(UnreadableFileError) as caught:
+        _read_all(path, ACME.inbound, arrow)
+    assert "missing required column(s) 'First Name' (for first_name)" in caught.value.reason
+
+
+def test_excel_serials_before_march_1900_skip_the_day_excel_invented():
+    from ingestion.partners.formats import excel_serial_date
+
+    assert excel_serial_date(1) == dt.date(1900, 1, 1)
+    assert excel_serial_date(59) == dt.date(1900, 2, 28)
+    assert excel_serial_date(60) is None  # Excel's 29 February 1900
+    assert excel_serial_date(61) == dt.date(1900, 3, 1)
+    assert excel_serial_date(45000) == dt.date(2023, 3, 15)
+
+
+@pytest.mark.parametrize(
+    ("text", "digits"),
+    [
+        ("123-45-6789", "123456789"),
+        ("123 45 6789", "123456789"),
+        ("123456789", "123456789"),
+        ("123-45-678x9", None),
+        ("12345678\u00b2", None),
+        ("\u0661\u0662\u0663\u0664\u0665\u0666\u0667\u0668\u0669", None),
+    ],
+)
+def test_an_ssn_is_nine_ascii_digits_with_optional_dashes_or_spaces(text, digits):
+    from mdp.phi import normalize_ssn
+
+    assert normalize_ssn(text) == digits
