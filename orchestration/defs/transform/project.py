@@ -1,4 +1,6 @@
-"""The dbt project as Dagster sees it; the manifest is prepared by `mdp` before loading."""
+"""The dbt project as Dagster sees it. `mdp` prepares the manifest before loading; any other
+loader (`dagster dev`, `dagster definitions validate -w workspace.yaml`) on a fresh clone
+gets it made here (`dbt parse`, no database needed) rather than a missing-manifest error."""
 
 from pathlib import Path
 
@@ -8,3 +10,5 @@ DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt_project"
 
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 dbt_project.prepare_if_dev()
+if not dbt_project.manifest_path.exists():
+    dbt_project.preparer.prepare(dbt_project)
