@@ -139,6 +139,8 @@ APPLE_SAMPLES_KEY = dg.AssetKey(["raw_apple_health", "samples"])
     description="HealthKit batches uploaded by the member app (POST /api/v1/apple-health/samples) "
     "and Apple Health exports dropped in <state>/apple_health/inbox/<member_id>/ (export.xml or "
     "the zip), merged on the sample's natural key; deletions and sync versions applied.",
+    # a database restart mid-load: the merge is idempotent, so the retry loads it once
+    retry_policy=dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL),
     pool="apple_health_loads",
 )
 def apple_health_exports(context: dg.AssetExecutionContext, platform: PlatformResource):

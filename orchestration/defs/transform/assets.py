@@ -47,4 +47,23 @@ translator = PlatformDbtTranslator(
 )
 def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, platform: PlatformResource):
     platform.params  # noqa: B018 -- exports the profile's MDP_PG_* variables for the dbt subprocess
-    yield from dbt.cli(["build"], context=context).stream()
+    build = dbt.cli(["build"], context=context, raise_on_error=False)
+    yield from build.stream()
+    if not build.is_successful():
+        raise _build_failure(build.get_artifact("run_results.json").get("results", []))
+
+
+def _build_failure(results: list[dict[str, Any]]) -> dg.Failure:
+    """Failed tests with no errored node are a verdict on the data: building again finds the
+    same rows, so no retry. An error (a model's SQL, a lost connection) may pass next time."""
+    errored = [r["unique_id"] for r in results if r.get("status") == "error"]
+    failed = [r["unique_id"] for r in results if r.get("status") == "fail"]
+    if failed and not errored:
+        return dg.Failure(
+            f"{len(failed)} dbt test(s) failed: {', '.join(failed[:10])}; see their asset checks",
+            allow_retries=False,
+        )
+    return dg.Failure(
+        f"dbt build failed: {len(errored)} node(s) errored ({', '.join(errored[:10])})",
+        allow_retries=True,
+    )
