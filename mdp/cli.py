@@ -8,23 +8,66 @@ import sys
 from pathlib import Path
 
 import click
+import psycopg2
 
 from mdp.settings import Settings, load_settings
+
+
+def _load_settings() -> Settings:
+    """Settings, with a malformed value reported in one line instead of a traceback."""
+    from mdp.database import ConnectionParams
+
+    try:
+        settings = load_settings()
+        if settings.database_url:
+            ConnectionParams.from_url(settings.database_url)
+    except ValueError as exc:
+        # from_url's and int()'s messages name the setting or value, never the URL's password
+        raise click.ClickException(f"invalid setting: {_redact(str(exc))}") from None
+    return settings
 
 
 def _settings() -> Settings:
     from mdp.stack import load_stack_env
 
-    settings = load_settings()
+    settings = _load_settings()
     load_stack_env(settings)
     return settings
+
+
+def _redact(text: str) -> str:
+    """`text` without MDP_DATABASE_URL's password, should a library have echoed it."""
+    from urllib.parse import unquote, urlparse
+
+    try:
+        password = urlparse(os.environ.get("MDP_DATABASE_URL", "")).password
+    except ValueError:
+        return text
+    for secret in {password, unquote(password or "")} - {None, ""}:
+        text = text.replace(secret, "***")
+    return text
+
+
+class _Main(click.Group):
+    """Failures an operator can fix (database down, port taken) as one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        from mdp.stack import StackError
+
+        try:
+            return super().invoke(ctx)
+        except psycopg2.OperationalError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise click.ClickException(f"database unavailable: {_redact(first)}") from None
+        except StackError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 def _print_json(value: object) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
-@click.group()
+@click.group(cls=_Main)
 def main() -> None:
     """Member data platform operator CLI."""
     os.environ.setdefault("RUNTIME__DLTHUB_TELEMETRY", "false")
@@ -96,14 +139,23 @@ def _print_status(status: dict) -> None:
 @click.option("--select", default=None, help="Dagster asset selection, e.g. 'group:partners+'.")
 def run_cmd(select: str | None) -> None:
     """Materialize assets once, recorded in the Dagster instance `make dev` shows."""
-    from mdp.orchestrate import run_assets
+    from mdp.orchestrate import SelectionError, check_selection, load_definitions, run_assets
     from mdp.stack import stack_up
 
+    if select is not None and not select.strip():
+        raise click.BadParameter("the asset selection is empty", param_hint="'--select'")
     settings = _settings()
+    defs = load_definitions(settings)
+    if select is not None:
+        # refused before any sandbox service starts (a start-up costs ~10 s and leaves them up)
+        try:
+            check_selection(defs, select)
+        except SelectionError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--select'") from None
     if not os.environ.get("MDP_SFTP_HOST"):
         # No SFTP server configured: this is the local stack, so make sure the sandbox runs.
         stack_up(settings, with_api=False)
-    result = run_assets(settings, select=select)
+    result = run_assets(settings, select=select, defs=defs)
     _report_run(result)
     sys.exit(0 if result.success else 1)
 
@@ -183,7 +235,7 @@ def partner_validate(path: Path | None) -> None:
         load_partner_configs,
     )
 
-    settings = load_settings()
+    settings = _load_settings()
     if path is not None and path.is_file():
         try:
             config = load_partner_config(path)
@@ -195,7 +247,10 @@ def partner_validate(path: Path | None) -> None:
             f"ok    {path.name}: {config.partner_id} ({config.inbound.format}, {config.inbound.transport})"
         )
         return
-    loaded = load_partner_configs(path or settings.partner_config_dir)
+    folder = path or settings.partner_config_dir
+    loaded = load_partner_configs(folder)
+    if not loaded.configs and not loaded.problems:
+        raise click.ClickException(f"no partner configs found in {folder}")
     for partner_id, config in sorted(loaded.configs.items()):
         click.echo(f"ok    {partner_id}: {config.inbound.format}, {config.inbound.transport}")
     for problem in loaded.problems:
@@ -218,8 +273,12 @@ def key_create(partner_id: str, label: str | None) -> None:
     from serving.api_keys import create_key
 
     settings = _settings()
-    if partner_id not in load_partner_configs(settings.partner_config_dir).configs:
+    config = load_partner_configs(settings.partner_config_dir).configs.get(partner_id)
+    if config is None:
         raise click.ClickException(f"no valid partner config for {partner_id!r}")
+    if not config.eligibility_api.enabled:
+        # the API refuses every key of such a partner: a key issued now would only mislead
+        raise click.ClickException(f"the eligibility API is disabled for {partner_id}")
     params = connection_params(settings)
     ensure_schema(params)
     key_id, key = create_key(params, partner_id, label)
@@ -232,12 +291,19 @@ def key_create(partner_id: str, label: str | None) -> None:
 @click.option("--key-id", default=None, help="Revoke one key; default: all of the partner's keys.")
 def key_revoke(partner_id: str, key_id: str | None) -> None:
     from mdp.database import connection_params
-    from serving.api_keys import revoke_key
+    from mdp.schema import ensure_schema
+    from serving.api_keys import ApiKeyError, revoke_key
 
-    count = revoke_key(connection_params(_settings()), partner_id, key_id)
-    click.echo(f"revoked {count} key(s) of {partner_id}")
+    params = connection_params(_settings())
+    ensure_schema(params)
+    try:
+        count = revoke_key(params, partner_id, key_id)
+    except ApiKeyError as exc:
+        raise click.ClickException(str(exc)) from None
     if count == 0:
-        sys.exit(1)
+        which = f"active key {key_id}" if key_id is not None else "active keys"
+        raise click.ClickException(f"no {which} for {partner_id}")
+    click.echo(f"revoked {count} key(s) of {partner_id}")
 
 
 # --- devices -------------------------------------------------------------------------------
@@ -289,8 +355,10 @@ def devices_connect(member_id: str, provider: str, redirect_uri: str | None) -> 
     from mdp.database import connection_params
 
     settings = _settings()
-    callback = redirect_uri or os.environ.get("FITBIT_REDIRECT_URI") or (
-        f"{settings.api_url}/oauth/fitbit/callback"
+    callback = (
+        redirect_uri
+        or os.environ.get("FITBIT_REDIRECT_URI")
+        or (f"{settings.api_url}/oauth/fitbit/callback")
     )
     try:
         outcome = connect_with_consent(
@@ -368,7 +436,7 @@ def imports() -> None:
 
 @imports.command("list")
 @click.option("--partner", "partner_id", default=None)
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True)
 def imports_list(partner_id: str | None, limit: int, as_json: bool) -> None:
     from ingestion.partners.imports import list_imports
@@ -396,9 +464,16 @@ def imports_list(partner_id: str | None, limit: int, as_json: bool) -> None:
 @click.argument("file_id")
 def imports_replay(file_id: str) -> None:
     """Re-import an archived file on purpose (it bypasses the duplicate check), then rebuild dbt."""
-    from mdp.replay import replay_import
+    from mdp.database import connection_params
+    from mdp.replay import ReplayError, replay_import
+    from mdp.schema import ensure_schema
 
-    record, run = replay_import(_settings(), file_id)
+    settings = _settings()
+    ensure_schema(connection_params(settings))
+    try:
+        record, run = replay_import(settings, file_id)
+    except ReplayError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(
         f"replayed {file_id} as {record.file_id}: {record.status}, "
         f"{record.rows_loaded or 0} loaded, {record.rows_rejected or 0} rejected"

@@ -44,14 +44,53 @@ def prepare_dbt_manifest(settings: Settings) -> Path:
     return project / "target" / "manifest.json"
 
 
-def run_assets(settings: Settings, select: str | None = None, run_config: dict | None = None):
-    """Materialize assets once, in process, recorded in the Dagster instance."""
-    import dagster as dg
+class SelectionError(ValueError):
+    """An asset selection that is not valid Dagster syntax or selects nothing."""
 
+
+def load_definitions(settings: Settings):
+    """The code location's Definitions, with the environment and dbt manifest prepared first."""
     prepare_environment(settings)
     prepare_dbt_manifest(settings)
     from orchestration.definitions import defs
 
+    return defs
+
+
+def check_selection(defs, select: str) -> int:
+    """How many assets and checks a selection string resolves to; SelectionError if none."""
+    import dagster as dg
+    from dagster._core.definitions.asset_selection import DagsterInvalidAssetSelectionError
+    from dagster._core.errors import DagsterInvalidSubsetError
+
+    if not select.strip():
+        raise SelectionError("the asset selection is empty")
+    graph = defs.resolve_asset_graph()
+    try:
+        selection = dg.AssetSelection.from_string(select)
+        assets = selection.resolve(graph)
+        checks = selection.resolve_checks(graph)
+    except DagsterInvalidAssetSelectionError:
+        raise SelectionError(f"{select!r} is not a valid asset selection") from None
+    except DagsterInvalidSubsetError as exc:
+        raise SelectionError(str(exc).split(". ")[0]) from None
+    if not assets and not checks:
+        raise SelectionError(f"selection matches no assets: {select!r}")
+    return len(assets) + len(checks)
+
+
+def run_assets(settings: Settings, select=None, run_config: dict | None = None, defs=None):
+    """Materialize assets once, in process, recorded in the Dagster instance.
+
+    `select` is a selection string or an AssetSelection; pass `defs` from load_definitions()
+    to skip preparing them again.
+    """
+    import dagster as dg
+
+    if defs is None:
+        defs = load_definitions(settings)
+    if isinstance(select, str) and select.strip():
+        check_selection(defs, select)
     if select:
         job_name = "mdp_run"
         defs = dg.Definitions.merge(

@@ -21,6 +21,11 @@ from mdp.database import connection_params, stop_embedded
 from mdp.settings import Settings, local_secret
 
 STACK_ENV = "stack.env"
+MASKED = "***"
+
+
+class StackError(RuntimeError):
+    """A local service could not start: its port is taken, it exited, or it never answered."""
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,7 @@ def start_service(
     if pid:
         return pid
     if _port_open(host, service.port):
-        raise RuntimeError(
-            f"{service.name}: port {service.port} is already taken by another program"
-        )
+        raise StackError(f"{service.name}: port {service.port} is already taken by another program")
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     log_dir = settings.state_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -80,13 +83,13 @@ def start_service(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(
+            raise StackError(
                 f"{service.name} exited with {proc.returncode}; see {log_dir / (service.name + '.log')}"
             )
         if _port_open(host, service.port):
             return proc.pid
         time.sleep(0.2)
-    raise RuntimeError(f"{service.name} did not open port {service.port} within {timeout:.0f}s")
+    raise StackError(f"{service.name} did not open port {service.port} within {timeout:.0f}s")
 
 
 def stop_service(settings: Settings, name: str, timeout: float = 15) -> bool:
@@ -249,15 +252,21 @@ def write_stack_env(settings: Settings) -> Path:
     return path
 
 
+# Names this process took from stack.env: a rewritten stack.env (`stack up` on other ports)
+# replaces them, where a stale value would point the run at a port nothing listens on.
+_loaded_from_stack_env: set[str] = set()
+
+
 def load_stack_env(settings: Settings) -> None:
-    """Fill in env vars the local stack provides, never overriding ones already set."""
+    """Fill in env vars the local stack provides, never overriding ones the user set."""
     path = settings.state_dir / STACK_ENV
     if not path.exists():
         return
     for line in path.read_text().splitlines():
         name, sep, value = line.partition("=")
-        if sep and name and not os.environ.get(name):
+        if sep and name and (not os.environ.get(name) or name in _loaded_from_stack_env):
             os.environ[name] = value
+            _loaded_from_stack_env.add(name)
 
 
 def stack_up(settings: Settings, with_api: bool = True) -> dict[str, object]:
@@ -283,7 +292,17 @@ def stack_down(settings: Settings) -> list[str]:
     return stopped
 
 
+def sandbox_sftp_credentials() -> bool:
+    """Whether the SFTP logins are the sandbox's generated ones, safe to print.
+
+    With MDP_SFTP_HOST or MDP_SFTP_PASSWORD set the platform talks to a real server, whose
+    password must not reach a terminal or a log.
+    """
+    return not (os.environ.get("MDP_SFTP_HOST") or os.environ.get("MDP_SFTP_PASSWORD"))
+
+
 def stack_status(settings: Settings) -> dict[str, object]:
+    show = sandbox_sftp_credentials()
     pg_pid_file = settings.pgdata_dir / "postmaster.pid"
     if settings.embedded:
         database = {
@@ -302,9 +321,9 @@ def stack_status(settings: Settings) -> dict[str, object]:
             "host": settings.sftp_host,
             "port": settings.sftp_port,
             "platform_user": settings.sftp_username,
-            "platform_password": settings.sftp_password,
+            "platform_password": settings.sftp_password if show else MASKED,
             "partner_users": {
-                pid: partner_sftp_password(settings, pid)
+                pid: partner_sftp_password(settings, pid) if show else MASKED
                 for pid in sorted(load_partner_configs(settings.partner_config_dir).configs)
             },
         },

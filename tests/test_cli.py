@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+from pathlib import Path
 
+import dagster as dg
+import pytest
 from click.testing import CliRunner
 
 from mdp.cli import main
+from mdp.orchestrate import SelectionError, check_selection
+from mdp.settings import load_settings, local_secret
 from sandbox.generator import generate_partner_file
 from serving.api_keys import list_keys
+from tests.conftest import REPO, fresh_database
 
 
 def test_key_create_prints_a_key_once_and_revoke_deactivates_it(platform):
@@ -70,3 +78,189 @@ def test_stack_status_json_names_addresses_and_sftp_credentials(platform):
     assert status["database"]["mode"] == "external"
     assert "***" in status["database"]["url"] or "@" in status["database"]["url"]
     assert set(status["sftp"]["partner_users"]) == set(platform.configs)
+
+
+# --- operator errors: one clear line and a non-zero exit, never a traceback ----------------
+
+
+@pytest.fixture
+def cli_env(tmp_path, monkeypatch):
+    """A private state folder; every env var the CLI sets (DAGSTER_HOME, MDP_PG_*) is undone."""
+    saved = dict(os.environ)
+    monkeypatch.setenv("MDP_STATE_DIR", str(tmp_path / "state"))
+    yield tmp_path
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+def _refused(result, exit_code: int = 1) -> str:
+    """The result of a command refused cleanly: its exit code, no traceback; returns stderr."""
+    assert result.exit_code == exit_code, result.output
+    assert isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    return result.stderr
+
+
+def test_replay_of_an_unknown_file_id_on_a_fresh_database_is_a_clear_error(cli_env, monkeypatch):
+    with fresh_database("mdp_cli") as params:
+        monkeypatch.setenv("MDP_DATABASE_URL", params.url())
+        result = CliRunner().invoke(main, ["imports", "replay", "nope"])
+    assert "no import with file id 'nope'" in _refused(result)
+
+
+def test_replay_names_missing_archived_bytes_and_a_partner_without_config(platform):
+    for file_id, partner_id in (("cli-no-bytes", "acme_corp"), ("cli-no-config", "gone_corp")):
+        platform.query(
+            "insert into raw_partners.file_imports"
+            " (file_id, partner_id, filename, sha256, status, archive_path)"
+            " values (%s, %s, 'f.csv', 'abc123', 'loaded', '/nonexistent/f.csv')",
+            (file_id, partner_id),
+        )
+    no_bytes = CliRunner().invoke(main, ["imports", "replay", "cli-no-bytes"])
+    assert "archived bytes for cli-no-bytes are missing" in _refused(no_bytes)
+    no_config = CliRunner().invoke(main, ["imports", "replay", "cli-no-config"])
+    assert "partner 'gone_corp' has no valid config" in _refused(no_config)
+
+
+def test_key_revoke_on_a_fresh_database_creates_the_schema_first(cli_env, monkeypatch):
+    with fresh_database("mdp_cli") as params:
+        monkeypatch.setenv("MDP_DATABASE_URL", params.url())
+        result = CliRunner().invoke(main, ["partner", "key", "revoke", "acme_corp"])
+    assert "no active keys for acme_corp" in _refused(result)
+
+
+def test_revoking_an_unknown_key_id_says_so_on_stderr(platform):
+    result = CliRunner().invoke(
+        main, ["partner", "key", "revoke", "acme_corp", "--key-id", "deadbeef"]
+    )
+    assert "no active key deadbeef for acme_corp" in _refused(result)
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("selection", "message"),
+    [
+        ("nonexistent_asset", "nonexistent_asset"),
+        ("a+b++(", "not a valid asset selection"),
+        ("group:nope", "selection matches no assets"),
+        ("  ", "the asset selection is empty"),
+    ],
+)
+def test_run_refuses_a_bad_selection_before_starting_the_stack(
+    platform, cli_env, monkeypatch, selection, message
+):
+    def stack_up(*_args, **_kwargs):
+        raise AssertionError("the stack was started for a selection that cannot run")
+
+    monkeypatch.setattr("mdp.stack.stack_up", stack_up)
+    result = CliRunner().invoke(main, ["run", "--select", selection])
+    assert message in _refused(result, exit_code=2)
+
+
+def test_check_selection_counts_what_a_selection_resolves_to():
+    @dg.asset(group_name="g")
+    def one() -> None: ...
+
+    defs = dg.Definitions(assets=[one])
+    assert check_selection(defs, "group:g") == 1
+    for bad in ("", "group:none", "missing", "one+(("):
+        with pytest.raises(SelectionError):
+            check_selection(defs, bad)
+
+
+def test_unreachable_database_is_one_line_without_the_password(cli_env, monkeypatch):
+    monkeypatch.setenv("MDP_DATABASE_URL", "postgresql://postgres:Pw-s3cret@127.0.0.1:1/x")
+    stderr = _refused(CliRunner().invoke(main, ["imports", "list"]))
+    assert "database unavailable" in stderr and "Pw-s3cret" not in stderr
+
+
+def test_a_database_url_that_is_not_postgres_is_a_clear_error(cli_env, monkeypatch):
+    monkeypatch.setenv("MDP_DATABASE_URL", "mysql://root:Pw-s3cret@db/y")
+    stderr = _refused(CliRunner().invoke(main, ["imports", "list"]))
+    assert "MDP_DATABASE_URL must start with postgresql://" in stderr
+    assert "Pw-s3cret" not in stderr
+
+
+def test_imports_list_refuses_a_negative_limit(cli_env):
+    result = CliRunner().invoke(main, ["imports", "list", "--limit", "-1"])
+    assert "--limit" in _refused(result, exit_code=2)
+
+
+def test_stack_up_names_a_port_taken_by_another_program(platform, cli_env, monkeypatch):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        monkeypatch.setenv("MDP_SFTP_PORT", str(port))
+        result = CliRunner().invoke(main, ["stack", "up", "--no-api"])
+    assert f"sftp: port {port} is already taken" in _refused(result)
+
+
+def test_key_create_refuses_a_partner_whose_eligibility_api_is_disabled(
+    platform, cli_env, monkeypatch
+):
+    configs = cli_env / "partner_configs"
+    configs.mkdir()
+    text = (REPO / "partner_configs" / "globex_health.yaml").read_text()
+    disabled = text.replace("eligibility_api: {enabled: true,", "eligibility_api: {enabled: false,")
+    assert disabled != text
+    (configs / "globex_health.yaml").write_text(disabled)
+    monkeypatch.setenv("MDP_PARTNER_CONFIG_DIR", str(configs))
+    result = CliRunner().invoke(
+        main, ["partner", "key", "create", "globex_health", "--label", "disabled"]
+    )
+    assert "the eligibility API is disabled for globex_health" in _refused(result)
+    assert not [k for k in list_keys(platform.params, "globex_health") if k.label == "disabled"]
+
+
+def test_stack_status_masks_the_credentials_of_a_real_sftp_server(cli_env, monkeypatch):
+    monkeypatch.setenv("MDP_DATABASE_URL", "postgresql://postgres:postgres@127.0.0.1:1/x")
+    monkeypatch.setenv("MDP_SFTP_HOST", "sftp.prod.example.com")
+    monkeypatch.setenv("MDP_SFTP_PASSWORD", "Pr0d-S3cret!")
+    plain = CliRunner().invoke(main, ["stack", "status"])
+    as_json = CliRunner().invoke(main, ["stack", "status", "--json"])
+    assert plain.exit_code == 0 and as_json.exit_code == 0
+    assert "password ***" in plain.stdout
+    status = json.loads(as_json.stdout)
+    assert status["sftp"]["platform_password"] == "***"
+    assert set(status["sftp"]["partner_users"].values()) == {"***"}
+    for output in (plain.stdout, as_json.stdout):
+        assert "Pr0d-S3cret!" not in output
+
+
+def test_stack_status_shows_the_sandbox_credentials(cli_env, monkeypatch):
+    monkeypatch.setenv("MDP_DATABASE_URL", "postgresql://postgres:postgres@127.0.0.1:1/x")
+    monkeypatch.delenv("MDP_SFTP_HOST", raising=False)
+    monkeypatch.delenv("MDP_SFTP_PASSWORD", raising=False)
+    result = CliRunner().invoke(main, ["stack", "status"])
+    assert result.exit_code == 0
+    sandbox_password = local_secret(cli_env / "state", "MDP_SFTP_PASSWORD")
+    assert f"password {sandbox_password}" in result.stdout
+
+
+@pytest.mark.parametrize("where", ["empty_folder", "/dev/null"])
+def test_partner_validate_of_a_path_without_configs_fails(cli_env, where):
+    path = Path(where)
+    if where == "empty_folder":
+        path = cli_env / where
+        path.mkdir()
+    result = CliRunner().invoke(main, ["partner", "validate", str(path)])
+    assert f"no partner configs found in {path}" in _refused(result)
+
+
+def test_a_rewritten_stack_env_replaces_what_the_old_one_set_but_not_the_users_own(
+    cli_env, monkeypatch
+):
+    from mdp.stack import STACK_ENV, load_stack_env
+
+    monkeypatch.delenv("CLI_TEST_PORT", raising=False)
+    monkeypatch.setenv("CLI_TEST_USER_SET", "mine")
+    settings = load_settings()
+    settings.state_dir.mkdir(parents=True)
+    stack_env = settings.state_dir / STACK_ENV
+    stack_env.write_text("CLI_TEST_PORT=2223\nCLI_TEST_USER_SET=stack\n")
+    load_stack_env(settings)
+    stack_env.write_text("CLI_TEST_PORT=23223\nCLI_TEST_USER_SET=stack\n")
+    load_stack_env(settings)
+    assert os.environ["CLI_TEST_PORT"] == "23223"
+    assert os.environ["CLI_TEST_USER_SET"] == "mine"
