@@ -11,4 +11,8 @@ DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt_project"
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
 dbt_project.prepare_if_dev()
 if not dbt_project.manifest_path.exists():
-    dbt_project.preparer.prepare(dbt_project)
+    # in process, as mdp does: the dbt executable need not be on PATH (an unactivated venv)
+    from dbt.cli.main import dbtRunner
+
+    dbt_dir = str(DBT_PROJECT_DIR)
+    dbtRunner().invoke(["parse", "--project-dir", dbt_dir, "--profiles-dir", dbt_dir, "--quiet"])
