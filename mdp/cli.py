@@ -462,7 +462,12 @@ def imports_list(partner_id: str | None, limit: int, as_json: bool) -> None:
 
 @imports.command("replay")
 @click.argument("file_id")
-def imports_replay(file_id: str) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replay even though a later file of the partner was loaded (its changes are undone).",
+)
+def imports_replay(file_id: str, force: bool) -> None:
     """Re-import an archived file on purpose (it bypasses the duplicate check), then rebuild dbt."""
     from mdp.database import connection_params
     from mdp.replay import ReplayError, replay_import
@@ -471,7 +476,7 @@ def imports_replay(file_id: str) -> None:
     settings = _settings()
     ensure_schema(connection_params(settings))
     try:
-        record, run = replay_import(settings, file_id)
+        record, run = replay_import(settings, file_id, force=force)
     except ReplayError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(

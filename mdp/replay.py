@@ -9,7 +9,7 @@ from ingestion.partners import DATASET, IMPORTS_TABLE, MEMBERS_TABLE
 from ingestion.partners import imports as ledger
 from ingestion.partners.config import load_partner_configs
 from ingestion.partners.imports import ImportRecord
-from ingestion.partners.pipeline import process_archived_file
+from ingestion.partners.pipeline import partner_lock, process_archived_file
 from mdp.database import connection_params
 from mdp.settings import Settings
 
@@ -18,7 +18,10 @@ class ReplayError(Exception):
     pass
 
 
-def replay_import(settings: Settings, file_id: str, rebuild: bool = True):
+def replay_import(settings: Settings, file_id: str, rebuild: bool = True, force: bool = False):
+    """Import an archived file again. Its rows replace the members' stored rows, so a file
+    that a later loaded file followed is refused unless `force`: it would put back values
+    the later file changed (newer file wins, and a replay is the newest)."""
     import dagster as dg
 
     from mdp.orchestrate import prepare_environment, run_assets
@@ -33,6 +36,15 @@ def replay_import(settings: Settings, file_id: str, rebuild: bool = True):
     archive = Path(original["archive_path"] or "")
     if not archive.is_file():
         raise ReplayError(f"archived bytes for {file_id} are missing at {archive}")
+    later = ledger.later_load(
+        params, original["partner_id"], original["received_at"], original["sha256"]
+    )
+    if later is not None and not force:
+        raise ReplayError(
+            f"{later['filename']} ({later['file_id']}) was loaded after {file_id}: replaying"
+            " would put back the values it changed for members in both files. Replay the"
+            " later file instead, or pass --force to replay this one anyway."
+        )
     prepare_environment(settings)
     now = dt.datetime.now(dt.UTC)
     record = ImportRecord(
@@ -49,18 +61,21 @@ def replay_import(settings: Settings, file_id: str, rebuild: bool = True):
         received_at=now,
         started_at=now,
     )
-    ledger.save(params, record)
     from tqdm import tqdm
 
-    with tqdm(desc=f"replaying {record.filename}", unit=" rows", disable=None) as bar:
-        process_archived_file(
-            record,
-            archive,
-            config,
-            settings,
-            params,
-            progress=lambda _name, rows: bar.update(rows - bar.n),
-        )
+    with partner_lock(params, config.partner_id) as acquired:
+        if not acquired:
+            raise ReplayError(f"an import of {config.partner_id} is running; replay when it ends")
+        ledger.save(params, record)
+        with tqdm(desc=f"replaying {record.filename}", unit=" rows", disable=None) as bar:
+            process_archived_file(
+                record,
+                archive,
+                config,
+                settings,
+                params,
+                progress=lambda _name, rows: bar.update(rows - bar.n),
+            )
     run = None
     if rebuild:
         raw = dg.AssetSelection.assets(

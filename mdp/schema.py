@@ -28,7 +28,7 @@ create table if not exists raw_partners.file_imports (
     sha256             text not null,
     size_bytes         bigint,
     format             text,
-    status             text not null,  -- processing | loaded | duplicate | quarantined | failed
+    status             text not null,  -- processing | loaded | duplicate | quarantined | failed | interrupted
     reason             text,
     duplicate_of       text,
     rows_total         integer,

@@ -214,11 +214,10 @@ class MartRow(NamedTuple):
 def ineligibility_reason(row: MartRow, today: dt.date) -> str | None:
     """None when covered today; otherwise why not, dates first (they say the most)."""
     start, end, status = row.eligibility_start_date, row.eligibility_end_date, row.coverage_status
+    # a date not given bounds nothing, as in dim_member.is_eligible_today
     if end is not None and end < today:
         return f"Coverage ended {end.isoformat()}"
-    if start is None:
-        return "Coverage has no start date"
-    if start > today:
+    if start is not None and start > today:
         return f"Coverage starts {start.isoformat()}"
     if status == "terminated":
         return "Coverage terminated"
@@ -405,8 +404,8 @@ def openapi_document() -> dict[str, Any]:
                         "eligibility_start_date": {
                             **date,
                             "type": ["string", "null"],
-                            "description": "null when the partner's file gives none (then "
-                            "eligible is false).",
+                            "description": "null when the partner's file gives none (no "
+                            "bound, as a null end date).",
                         },
                         "eligibility_end_date": {**date, "type": ["string", "null"]},
                         "reason": {

@@ -264,3 +264,27 @@ def test_a_rewritten_stack_env_replaces_what_the_old_one_set_but_not_the_users_o
     load_stack_env(settings)
     assert os.environ["CLI_TEST_PORT"] == "23223"
     assert os.environ["CLI_TEST_USER_SET"] == "mine"
+
+
+def test_replay_of_a_file_a_later_file_followed_is_refused_unless_forced(platform):
+    # the replay is the newest import: it would put back what the later file changed
+    from ingestion.partners.pipeline import import_partner_files
+
+    config = platform.configs["acme_corp"]
+    older = generate_partner_file(config, rows=5, seed=43, id_offset=960_000)
+    platform.upload("acme_corp", "enrollment_older.csv", older.content)
+    [first] = import_partner_files(config, platform.settings, platform.params)
+    newer = generate_partner_file(config, rows=5, seed=44, id_offset=960_000)
+    platform.upload("acme_corp", "enrollment_newer.csv", newer.content)
+    [second] = import_partner_files(config, platform.settings, platform.params)
+    assert (first.status, second.status) == ("loaded", "loaded")
+
+    refused = CliRunner().invoke(main, ["imports", "replay", first.file_id])
+
+    assert refused.exit_code == 1
+    assert f"enrollment_newer.csv ({second.file_id}) was loaded after" in refused.output
+    assert "--force" in refused.output
+    assert platform.query(
+        "select count(*) from raw_partners.file_imports where reason = %s",
+        (f"replay of {first.file_id}",),
+    ) == [(0,)]

@@ -9,6 +9,7 @@ from typing import Any
 from mdp.database import ConnectionParams, connect
 
 FINISHED = ("loaded", "quarantined")  # identical bytes after these are duplicates
+HANDLED = (*FINISHED, "duplicate")  # a remote file with one of these needs nothing more
 
 
 @dataclass
@@ -71,14 +72,48 @@ def finished_import_with_checksum(
 def already_seen_remote(
     params: ConnectionParams, partner_id: str, path: str, size: int, mtime: float
 ) -> bool:
-    """For pull partners, whose server we leave untouched: was this exact remote file handled?"""
+    """For pull partners, whose server we leave untouched: was this exact remote file handled?
+    Only a finished import counts: an attempt that failed or was interrupted (a crash left it
+    "processing") is tried again, or the file would be lost for good."""
     with connect(params) as conn, conn.cursor() as cur:
         cur.execute(
             "select 1 from raw_partners.file_imports where partner_id = %s and source_path = %s"
-            " and size_bytes = %s and remote_mtime = %s and status <> 'failed' limit 1",
-            (partner_id, path, size, mtime),
+            " and size_bytes = %s and remote_mtime = %s and status = any(%s) limit 1",
+            (partner_id, path, size, mtime, list(HANDLED)),
         )
         return cur.fetchone() is not None
+
+
+def mark_interrupted(params: ConnectionParams, partner_id: str) -> int:
+    """Call under the partner's import lock: no other run is importing its files then, so a
+    row still "processing" is an attempt whose run stopped (killed, crashed) before it ended.
+    The file is imported again as a new attempt, whose merge replaces whatever the stopped
+    one may have committed."""
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            "update raw_partners.file_imports set status = 'interrupted', finished_at = now(),"
+            " reason = 'the run importing it stopped before it finished; imported again'"
+            " where partner_id = %s and status = 'processing'",
+            (partner_id,),
+        )
+        return cur.rowcount
+
+
+def later_load(
+    params: ConnectionParams, partner_id: str, received_at: Any, sha256: str
+) -> dict[str, Any] | None:
+    """The partner's first file of other bytes than `sha256` loaded after `received_at`."""
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select file_id, filename, received_at from raw_partners.file_imports"
+            " where partner_id = %s and status = 'loaded' and received_at > %s"
+            " and sha256 <> %s order by received_at limit 1",
+            (partner_id, received_at, sha256),
+        )
+        row = cur.fetchone()
+    return (
+        None if row is None else dict(zip(("file_id", "filename", "received_at"), row, strict=True))
+    )
 
 
 def get(params: ConnectionParams, file_id: str) -> dict[str, Any] | None:

@@ -72,6 +72,12 @@ def import_partner_files(
         if not acquired:
             log.info("%s: another run is importing this partner; skipping", config.partner_id)
             return []
+        if interrupted := ledger.mark_interrupted(params, config.partner_id):
+            log.warning(
+                "%s: %d import(s) left unfinished by a stopped run; their files go again",
+                config.partner_id,
+                interrupted,
+            )
         with sftp_session(location.endpoint) as sftp:
             ready = complete_files(
                 sftp, location.inbox_dir, config.inbound.filename_pattern, settings.settle_seconds

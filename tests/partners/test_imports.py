@@ -253,6 +253,34 @@ def test_a_file_left_half_processed_by_a_crash_is_loaded_once_on_retry(platform)
     assert counts == [(15, 15)]
 
 
+def test_a_pull_partners_file_left_processing_by_a_crash_is_fetched_again(platform):
+    # their server keeps the file: it was skipped for good once any attempt was recorded
+    config = platform.configs["initech"]
+    generated = generate_partner_file(config, rows=20, seed=32, id_offset=930_000)
+    platform.upload_to_pull_server("initech", "INITECH_ELIG_crashed.txt", generated.content)
+    [first] = _import(platform, "initech")
+    # the run stopped after the load committed, before the ledger said 'loaded'
+    platform.query(
+        "update raw_partners.file_imports set status = 'processing' where file_id = %s",
+        (first.file_id,),
+    )
+
+    [retry] = _import(platform, "initech")
+
+    assert (retry.status, retry.rows_loaded) == ("loaded", 20)
+    assert platform.query(
+        "select status from raw_partners.file_imports where file_id = %s", (first.file_id,)
+    ) == [("interrupted",)]
+    ids = [m["employee_id"] for m in generated.valid_members]
+    counts = platform.query(
+        "select count(*), count(distinct employee_id) from raw_partners.enrollment_members"
+        " where partner_id = 'initech' and employee_id = any(%s)",
+        (ids,),
+    )
+    assert counts == [(20, 20)]
+    assert _import(platform, "initech") == []  # finished now: not fetched a third time
+
+
 def test_a_blank_line_met_after_the_first_chunk_merged_reloads_the_file_once_by_line(
     platform, caplog
 ):

@@ -14,7 +14,7 @@ def no_stuck_imports(platform: PlatformResource) -> dg.AssetCheckResult:
     with connect(platform.params) as conn, conn.cursor() as cur:
         cur.execute(
             "select f.file_id, f.filename, f.status from raw_partners.file_imports f"
-            " where f.status in ('processing', 'failed') and f.received_at < now() - interval '1 hour'"
+            " where f.status in ('processing', 'failed', 'interrupted') and f.received_at < now() - interval '1 hour'"
             " and not exists (select 1 from raw_partners.file_imports g where g.partner_id = f.partner_id"
             "   and g.sha256 = f.sha256 and g.status in ('loaded', 'duplicate', 'quarantined'))"
         )

@@ -3,6 +3,8 @@ with
 file_imports as (
 
     select * from {{ ref('stg_partners__file_imports') }}
+    -- an attempt a stopped run left unfinished: its file was imported again, and counts there
+    where status <> 'interrupted'
 
 ),
 
