@@ -1,12 +1,34 @@
 -- One reading per (member, device, metric, timestamp) across providers, canonical units:
 -- steps count, kg, mg/dL. Fitbit daily step totals are stamped at the member-local midnight;
--- Apple step samples are intervals, summed per day downstream.
+-- Apple step samples are intervals, summed per day downstream. `source_key` is the source
+-- record's key within its device: the day of a Fitbit daily total, a Fitbit log id, a Garmin
+-- summary id, an Apple natural key.
 --
 -- Incremental: each build reads only rows loaded since the last one (see
--- macros/device_increments.sql); a revision of a reading has the same key and replaces it;
--- Apple samples deleted since are removed by the pre-hook. The unique key leads with the
--- timestamp and the day index with the date, so a new day's rows append to the right of
--- both indexes instead of landing at random pages across all history.
+-- macros/device_increments.sql); a revision of a reading with the same timestamp replaces it;
+-- Apple samples deleted since are removed by the pre-hook. A revision that moves the
+-- timestamp (a Fitbit day re-fetched after the connection's time zone changed, an Apple
+-- sample re-sent with fractional seconds) is inserted beside the version it revises, which
+-- the post-hook then deletes by source key, as a full build would never have seen it; the day
+-- that version was on is kept in `replaced_local_date` for fct_daily_steps. The unique key
+-- leads with the timestamp and the day index with the date, so a new day's rows append to the
+-- right of both indexes instead of landing at random pages across all history; the source key
+-- index leads with the key for the same reason (a Fitbit day's key is its date).
+{%- set delete_superseded_versions -%}{% raw %}
+    {%- if is_incremental() -%}
+        delete from {{ this }} as superseded
+        using {{ this }} as revised
+        -- this build's rows: the hook runs in the build's transaction, whose now() they carry
+        where revised._built_at = now()
+            and superseded.source_key = revised.source_key
+            and superseded.member_id = revised.member_id
+            and superseded.device_id = revised.device_id
+            and superseded.metric = revised.metric
+            and superseded._built_at < revised._built_at
+    {%- else -%}
+        select 1
+    {%- endif -%}
+{% endraw %}{%- endset %}
 {{
     config(
         materialized='incremental',
@@ -14,9 +36,10 @@
         incremental_strategy='delete+insert',
         on_schema_change='append_new_columns',
         pre_hook="{{ delete_tombstoned_readings() }}",
-        post_hook=["{{ index_apple_source_keys() }}", "analyze {{ this }}"],
+        post_hook=[delete_superseded_versions, "analyze {{ this }}"],
         indexes=[
             {'columns': ['measured_at', 'member_id', 'device_id', 'metric'], 'unique': True},
+            {'columns': ['source_key', 'member_id']},
             {'columns': ['_loaded_at']},
             {'columns': ['_built_at']},
             {'columns': ['local_date', 'metric', 'member_id']},
@@ -37,7 +60,7 @@ steps as (
         local_date,
         steps::double precision as value,
         'count' as unit,
-        null::text as source_key,
+        local_date::text as source_key,
         fetched_at,
         _loaded_at
     from {{ ref('stg_fitbit__daily_steps') }}
@@ -168,8 +191,24 @@ readings as (
 
 )
 
-select * from readings
-where member_id is not null  -- a reading nobody can be found for is kept raw, not here
+select
+    readings.*,
+    {% if is_incremental() -%}
+    (
+        select built.local_date
+        from {{ this }} as built
+        where built.source_key = readings.source_key
+            and built.member_id = readings.member_id
+            and built.device_id = readings.device_id
+            and built.metric = readings.metric
+            and built.local_date <> readings.local_date
+        limit 1
+    )
+    {%- else -%}
+    null::date
+    {%- endif %} as replaced_local_date
+from readings
+where readings.member_id is not null  -- a reading nobody can be found for is kept raw, not here
 {% if is_incremental() %}
     -- re-read within the margin but already built from the same load: nothing to rewrite
     and not {{ already_built_from_same_load(

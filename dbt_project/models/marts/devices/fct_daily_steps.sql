@@ -4,15 +4,33 @@
 --
 -- Incremental: only member-days with readings loaded (or Apple samples deleted) since the last
 -- build are recomputed, from all of that day's readings; the pre-hook first drops member-days
--- that lost a reading, so a day whose every reading was deleted disappears. The post-hook
--- refreshes statistics: without them the next build's anti-join can scan this table per row.
+-- that lost a reading, so a day whose every reading was deleted disappears. A revision that
+-- moved a reading to another day (`replaced_local_date`) changes both days, and the day it left
+-- is dropped first for the same reason. The post-hook refreshes statistics: without them the
+-- next build's anti-join can scan this table per row.
+{%- set delete_member_days_left_by_revisions -%}{% raw %}
+    {%- if is_incremental() -%}
+        delete from {{ this }} as t
+        using {{ ref('int_device_readings_unified') }} as moved
+        where moved.metric = 'steps'
+            and moved.replaced_local_date is not null
+            and moved.{{ loaded_since_last_build() }}
+            and t.member_id = moved.member_id
+            and t.local_date = moved.replaced_local_date
+    {%- else -%}
+        select 1
+    {%- endif -%}
+{% endraw %}{%- endset %}
 {{
     config(
         materialized='incremental',
         unique_key=['member_id', 'local_date'],
         incremental_strategy='delete+insert',
         on_schema_change='append_new_columns',
-        pre_hook="{{ delete_member_days_with_tombstones('steps') }}",
+        pre_hook=[
+            "{{ delete_member_days_with_tombstones('steps') }}",
+            delete_member_days_left_by_revisions,
+        ],
         post_hook="analyze {{ this }}",
         indexes=[
             {'columns': ['member_id', 'local_date'], 'unique': True},
@@ -31,6 +49,10 @@ changed_days as (
     from {{ ref('int_device_readings_unified') }}
     where metric = 'steps' and member_id is not null and {{ loaded_since_last_build() }}
     {% if is_incremental() %}
+    union
+    select member_id, replaced_local_date
+    from {{ ref('int_device_readings_unified') }}
+    where metric = 'steps' and replaced_local_date is not null and {{ loaded_since_last_build() }}
     union
     select member_id, local_date
     from {{ source('raw_apple_health', 'sample_deletions') }}
