@@ -189,7 +189,8 @@ def validate_request(payload: dict[str, Any], today: dt.date) -> EligibilityRequ
     if problems:
         raise InvalidRequest(problems)
     assert isinstance(employee_id, str) and date_of_birth is not None
-    return EligibilityRequest(employee_id, date_of_birth, partner_id)
+    # stored ids never hold surrounding spaces (the import strips every value)
+    return EligibilityRequest(employee_id.strip(), date_of_birth, partner_id)
 
 
 def lookup_id(employee_id: str, identifier: str) -> str:

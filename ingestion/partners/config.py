@@ -406,10 +406,32 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return "".join(parts)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, except that a key given twice in one mapping is an error: the plain
+    loader keeps the last silently, and which of two rules counts is the partner's call."""
+
+
+def _unique_key_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the key {key!r} is given twice", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_key_mapping
+)
+
+
 def load_partner_config(path: Path) -> PartnerConfig:
     """Parse and validate one file; raises PartnerConfigError naming file, key path and problem."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -455,11 +477,25 @@ def load_partner_configs(directory: Path) -> PartnerConfigs:
     paths = (
         sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]) if directory.is_dir() else []
     )
+    loaded_from: dict[str, Path] = {}
     for path in paths:
         try:
             config = load_partner_config(path)
         except PartnerConfigError as exc:
             problems.extend(exc.problems)
             continue
+        if config.partner_id in loaded_from:  # acme.yaml and acme.yml: which one is meant?
+            first = loaded_from[config.partner_id]
+            problems.append(
+                ConfigProblem(
+                    path,
+                    "partner_id",
+                    f"{config.partner_id} is also configured in {first.name}; neither is loaded"
+                    " until one is removed",
+                )
+            )
+            configs.pop(config.partner_id, None)
+            continue
+        loaded_from[config.partner_id] = path
         configs[config.partner_id] = config
     return PartnerConfigs(configs, problems)

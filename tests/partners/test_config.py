@@ -231,3 +231,29 @@ def test_an_unknown_mapping_target_is_reported_at_its_source_column(tmp_path):
         tmp_path, "inbound: {column_mappings: {Colour: favourite_colour}}"
     )
     _reported(problems, "inbound.column_mappings.Colour", "unknown field 'favourite_colour'")
+
+
+def test_a_key_given_twice_in_one_file_is_refused_with_its_line(tmp_path):
+    text = (REPO / "partner_configs" / "acme_corp.yaml").read_text()
+    text = text.replace(
+        "  date_format:", '  date_format: "%Y-%m-%d"\n  date_format:', 1
+    )  # the plain loader kept the last one silently
+    (tmp_path / "acme_corp.yaml").write_text(text)
+    loaded = load_partner_configs(tmp_path)
+    assert loaded.configs == {}
+    [problem] = loaded.problems
+    assert "not valid YAML: the key 'date_format' is given twice" in problem.message
+    assert problem.key_path.startswith("line ")
+
+
+def test_one_partner_in_two_files_loads_from_neither(tmp_path):
+    shutil.copy(REPO / "partner_configs" / "acme_corp.yaml", tmp_path / "acme_corp.yaml")
+    shutil.copy(REPO / "partner_configs" / "acme_corp.yaml", tmp_path / "acme_corp.yml")
+    shutil.copy(REPO / "partner_configs" / "initech.yaml", tmp_path / "initech.yaml")
+    loaded = load_partner_configs(tmp_path)
+    assert sorted(loaded.configs) == ["initech"]
+    [problem] = loaded.problems
+    assert str(problem) == (
+        "acme_corp.yml: partner_id: acme_corp is also configured in acme_corp.yaml;"
+        " neither is loaded until one is removed"
+    )

@@ -640,7 +640,6 @@ def test_a_key_lookup_in_flight_across_a_revocation_is_not_remembered():
         await auth.authenticate("Bearer mdp_k1_secret", object())
         return len(fetched)
 
-
     fetched: list[str] = []
 
     async def counting_fetch(key_hash, pool):
@@ -648,3 +647,10 @@ def test_a_key_lookup_in_flight_across_a_revocation_is_not_remembered():
         return Principal("acme_corp", "k1")
 
     assert asyncio.run(scenario()) == 1, "the pre-revocation answer was cached"
+
+
+def test_spaces_around_the_employee_id_are_ignored_as_the_import_ignores_them(client, keys):
+    body = json.dumps({"employee_id": "  A100001 ", "date_of_birth": "1980-05-17"}).encode()
+    response = post_raw(client, keys, body)
+    assert response.status_code == 200
+    assert response.json()["eligible"] is True
