@@ -111,3 +111,23 @@ lookups, not rewrites.
         {%- endfor %} built._loaded_at = {{ alias }}._loaded_at
     )
 {%- endmacro %}
+
+
+{% macro delete_superseded_versions(key_columns) -%}
+    {#- Post-hook: a revision that moves a reading's timestamp or day gets a new unique key
+        and is inserted beside the version it revises; delete that version by its source key
+        (plus `key_columns`), as a full build would never have seen it. This build's rows
+        are the ones carrying this transaction's now(). -#}
+    {%- if is_incremental() -%}
+        delete from {{ this }} as superseded
+        using {{ this }} as revised
+        where revised._built_at = now()
+            and superseded.source_key = revised.source_key
+        {%- for column in key_columns %}
+            and superseded.{{ column }} = revised.{{ column }}
+        {%- endfor %}
+            and superseded._built_at < revised._built_at
+    {%- else -%}
+        select 1
+    {%- endif -%}
+{%- endmacro %}

@@ -14,21 +14,6 @@
 -- leads with the timestamp and the day index with the date, so a new day's rows append to the
 -- right of both indexes instead of landing at random pages across all history; the source key
 -- index leads with the key for the same reason (a Fitbit day's key is its date).
-{%- set delete_superseded_versions -%}{% raw %}
-    {%- if is_incremental() -%}
-        delete from {{ this }} as superseded
-        using {{ this }} as revised
-        -- this build's rows: the hook runs in the build's transaction, whose now() they carry
-        where revised._built_at = now()
-            and superseded.source_key = revised.source_key
-            and superseded.member_id = revised.member_id
-            and superseded.device_id = revised.device_id
-            and superseded.metric = revised.metric
-            and superseded._built_at < revised._built_at
-    {%- else -%}
-        select 1
-    {%- endif -%}
-{% endraw %}{%- endset %}
 {{
     config(
         materialized='incremental',
@@ -36,7 +21,7 @@
         incremental_strategy='delete+insert',
         on_schema_change='append_new_columns',
         pre_hook="{{ delete_tombstoned_readings() }}",
-        post_hook=[delete_superseded_versions, "analyze {{ this }}"],
+        post_hook=["{{ delete_superseded_versions(['member_id', 'device_id', 'metric']) }}", "analyze {{ this }}"],
         indexes=[
             {'columns': ['measured_at', 'member_id', 'device_id', 'metric'], 'unique': True},
             {'columns': ['source_key', 'member_id']},
