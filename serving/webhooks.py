@@ -15,6 +15,8 @@ key): no signature, so the `garmin-client-id` header must equal our consumer key
 item's `userAccessToken` must belong to a known connection whose `provider_user_id` is the
 item's `userId`. Items failing that are dropped and counted, never stored, and the answer is
 still 200 (Garmin retries refused deliveries for days, and a retry would not fix them).
+So is an item with a wrongly typed field the loader reads (`"steps": "lots"`), and the answer
+lists those under `refused`, each with its summary type, index, field and what was wrong.
 `userAccessToken` is removed from the stored payload: tokens live encrypted in
 devices.connections only.
 """
@@ -40,6 +42,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ingestion.devices.garmin.fields import InvalidSummary, check_summary
 from mdp.crypto import token_hash
 from mdp.phi import log_ref
 from mdp.settings import Settings, secret
@@ -224,7 +227,10 @@ def garmin_resource_date(item: Mapping[str, Any]) -> dt.date | None:
 
 
 def garmin_candidate(summary_type: str, raw: Any) -> GarminCandidate | None:
-    """The inbox item for one Garmin item (push, ping or lifecycle), or None if malformed."""
+    """The inbox item for one Garmin item (push, ping or lifecycle), or None if malformed.
+
+    Raises InvalidSummary when a field we load holds the wrong type (`"steps": "lots"`).
+    """
     if not isinstance(raw, dict):
         return None
     token, user_id = raw.get("userAccessToken"), raw.get("userId")
@@ -235,6 +241,7 @@ def garmin_candidate(summary_type: str, raw: Any) -> GarminCandidate | None:
         payload = payload_text(item)
     except UnstorableItem:
         return None
+    check_summary(item)  # a wrong type would stop the loader later: refuse it now, say why
     resource_date = garmin_resource_date(item)
     if summary_type in GARMIN_LIFECYCLE_TYPES:
         dedupe_key = f"garmin-{summary_type}:{user_id}:{_canonical_hash(item)}"
@@ -470,14 +477,27 @@ class Webhooks:
             return JSONResponse(exc.body(), status_code=400)
 
         ignored: Tally[str] = Tally()
+        refused: list[dict[str, Any]] = []  # items with a wrongly typed field, and why
         candidates: list[GarminCandidate] = []
         for section, raw_items in sections.items():
             if section not in GARMIN_SUMMARY_TYPES:
                 ignored["unknown_type"] += len(raw_items)
                 log.warning("garmin: %d item(s) of unhandled type %r", len(raw_items), section)
                 continue
-            for raw in raw_items:
-                candidate = garmin_candidate(section, raw)
+            for index, raw in enumerate(raw_items):
+                try:
+                    candidate = garmin_candidate(section, raw)
+                except InvalidSummary as exc:
+                    ignored["invalid_field"] += 1
+                    refused.append(
+                        {
+                            "summaryType": section,
+                            "index": index,
+                            "field": exc.field,
+                            "detail": f"{section} item [{index}]: {exc}",
+                        }
+                    )
+                    continue
                 if candidate is None:
                     ignored["malformed"] += 1
                 else:
@@ -492,8 +512,14 @@ class Webhooks:
             return _unavailable()
         for reason, count in ignored.items():
             metrics.add_items("garmin", f"ignored_{reason}", count)
+        if refused:
+            # what was wrong and where, never the value: the body is member health data
+            log.warning("garmin: refused %s", "; ".join(r["detail"] for r in refused[:10]))
         metrics.request("garmin", "accepted")
-        return JSONResponse({"stored": stored, "ignored": sum(ignored.values())})
+        answer: dict[str, Any] = {"stored": stored, "ignored": sum(ignored.values())}
+        if refused:
+            answer["refused"] = refused
+        return JSONResponse(answer)
 
     async def _store_garmin(
         self, pool: asyncpg.Pool | None, candidates: list[GarminCandidate], ignored: Tally[str]

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import dlt
 import requests
@@ -29,9 +32,11 @@ from ingestion.devices.connections import (
 from ingestion.devices.fitbit.client import (
     FitbitApp,
     FitbitClient,
+    FitbitError,
     ProviderUnavailable,
     RateLimited,
     TokenRevoked,
+    UnexpectedResponse,
 )
 from ingestion.devices.resilience import BreakerOpen, CircuitBreaker
 from mdp.database import ConnectionParams, connect
@@ -75,6 +80,8 @@ class SyncResult:
     requests: int = 0
     windows_done: int = 0
     deferred: list[str] = field(default_factory=list)  # why some windows wait for the next run
+    # the deferred that wait because of an error, not a limit: one entry per member
+    failed: list[str] = field(default_factory=list)
     disconnected: list[str] = field(default_factory=list)
 
 
@@ -113,9 +120,7 @@ def plan_from_inbox(params: ConnectionParams) -> InboxPlan:
             continue
         for metric in metrics:
             key = (connection.connection_id, metric)
-            window = windows.setdefault(
-                key, SyncWindow(connection.connection_id, metric, day, day)
-            )
+            window = windows.setdefault(key, SyncWindow(connection.connection_id, metric, day, day))
             window.start, window.end = min(window.start, day), max(window.end, day)
             window.inbox_ids.append(inbox_id)
     return InboxPlan(list(windows.values()), revoked, orphaned, read_at)
@@ -206,43 +211,90 @@ def fetch_window(client: FitbitClient, window: SyncWindow) -> list[dict]:
     return fetch[window.metric](client, window, dt.datetime.now(dt.UTC))
 
 
+T = TypeVar("T")
+
+
+def whole_number(value: Any) -> int:
+    return int(float(value))  # Fitbit sends step totals as strings ("175")
+
+
+def number(value: Any) -> float:
+    result = float(value)
+    if not math.isfinite(result):
+        raise ValueError("not finite")
+    return result
+
+
+def iso_date(value: Any) -> dt.date:
+    return dt.date.fromisoformat(value)
+
+
+def iso_datetime(value: Any) -> dt.datetime:
+    return dt.datetime.fromisoformat(value)
+
+
+def _items(body: dict, key: str, where: str) -> list[Any]:
+    items = body.get(key, [])
+    if not isinstance(items, list):
+        raise UnexpectedResponse(f"{where}: '{key}' is not a list")
+    return items
+
+
+def _field(item: Any, name: str, convert: Callable[[Any], T], where: str) -> T:
+    """`item[name]` converted; UnexpectedResponse names the item and field, never the value."""
+    if not isinstance(item, dict) or item.get(name) is None:
+        raise UnexpectedResponse(f"{where}: '{name}' is missing")
+    try:
+        return convert(item[name])
+    except (TypeError, ValueError, OverflowError):
+        raise UnexpectedResponse(
+            f"{where}: '{name}' is not a valid {convert.__name__.replace('_', ' ')}"
+        ) from None
+
+
+def _optional(item: dict, name: str, convert: Callable[[Any], T], where: str) -> T | None:
+    return None if item.get(name) is None else _field(item, name, convert, where)
+
+
 def _fetch_steps(client: FitbitClient, window: SyncWindow, fetched_at: dt.datetime) -> list[dict]:
     connection = client.connection
     body = client.get_json(
         f"/1/user/-/activities/steps/date/{window.start.isoformat()}/{window.end.isoformat()}.json"
     )
-    return [
-        {
-            "connection_id": connection.connection_id,
-            "member_id": connection.member_id,
-            "activity_date": dt.date.fromisoformat(item["dateTime"]),
-            "steps": int(float(item["value"])),
-            "timezone": connection.timezone,
-            "fetched_at": fetched_at,
-        }
-        for item in body.get("activities-steps", [])
-    ]
+    rows = []
+    for index, item in enumerate(_items(body, "activities-steps", "steps")):
+        where = f"steps item [{index}]"
+        rows.append(
+            {
+                "connection_id": connection.connection_id,
+                "member_id": connection.member_id,
+                "activity_date": _field(item, "dateTime", iso_date, where),
+                "steps": _field(item, "value", whole_number, where),
+                "timezone": connection.timezone,
+                "fetched_at": fetched_at,
+            }
+        )
+    return rows
 
 
-def _fetch_weights(
-    client: FitbitClient, window: SyncWindow, fetched_at: dt.datetime
-) -> list[dict]:
+def _fetch_weights(client: FitbitClient, window: SyncWindow, fetched_at: dt.datetime) -> list[dict]:
     connection = client.connection
     rows: list[dict] = []
     for start, end in _chunks(window.start, window.end, WEIGHT_MAX_DAYS):
         body = client.get_json(
             f"/1/user/-/body/log/weight/date/{start.isoformat()}/{end.isoformat()}.json"
         )
-        for item in body.get("weight", []):
+        for index, item in enumerate(_items(body, "weight", "weight")):
+            where = f"weight item [{index}]"
             rows.append(
                 {
                     "connection_id": connection.connection_id,
                     "member_id": connection.member_id,
-                    "log_id": int(item["logId"]),
-                    "log_date": dt.date.fromisoformat(item["date"]),
+                    "log_id": _field(item, "logId", int, where),
+                    "log_date": _field(item, "date", iso_date, where),
                     "log_time": item.get("time"),
-                    "weight_kg": float(item["weight"]),
-                    "bmi": item.get("bmi"),
+                    "weight_kg": _field(item, "weight", number, where),
+                    "bmi": _optional(item, "bmi", number, where),
                     "source": item.get("source"),
                     "timezone": connection.timezone,
                     "fetched_at": fetched_at,
@@ -266,35 +318,41 @@ def _fetch_activities(
             f"/1/user/-/activities/list.json?afterDate={window.start.isoformat()}"
             f"&sort=asc&limit={ACTIVITY_PAGE_SIZE}&offset={offset}"
         )
-        entries = body.get("activities", [])
-        for item in entries:
-            started = dt.datetime.fromisoformat(item["startTime"])
+        entries = _items(body, "activities", "activity list")
+        for index, item in enumerate(entries):
+            where = f"activity item [{offset + index}]"
+            started = _field(item, "startTime", iso_datetime, where)
             if started.date() > window.end:
                 return rows
-            rows.append(activity_row(item, started, connection, fetched_at))
-        if not entries or not body.get("pagination", {}).get("next"):
+            rows.append(activity_row(item, started, connection, fetched_at, where))
+        pagination = body.get("pagination")
+        if not entries or not (isinstance(pagination, dict) and pagination.get("next")):
             return rows
         offset += len(entries)
 
 
 def activity_row(
-    item: dict, started: dt.datetime, connection: Connection, fetched_at: dt.datetime
+    item: dict,
+    started: dt.datetime,
+    connection: Connection,
+    fetched_at: dt.datetime,
+    where: str = "activity",
 ) -> dict:
-    distance = item.get("distance")
+    distance = _optional(item, "distance", number, where)
     if distance is not None and item.get("distanceUnit", "Kilometer") == "Mile":
-        distance = float(distance) * KM_PER_MILE
+        distance *= KM_PER_MILE
     return {
         "connection_id": connection.connection_id,
         "member_id": connection.member_id,
-        "log_id": int(item["logId"]),
+        "log_id": _field(item, "logId", int, where),
         "activity_name": item.get("activityName"),
-        "activity_type_id": item.get("activityTypeId"),
+        "activity_type_id": _optional(item, "activityTypeId", int, where),
         "start_time": started,
         "local_date": started.date(),
-        "duration_ms": item.get("duration"),
-        "steps": item.get("steps"),
-        "calories": item.get("calories"),
-        "distance_km": float(distance) if distance is not None else None,
+        "duration_ms": _optional(item, "duration", whole_number, where),
+        "steps": _optional(item, "steps", whole_number, where),
+        "calories": _optional(item, "calories", number, where),
+        "distance_km": distance,
         "last_modified": item.get("lastModified"),
         "timezone": connection.timezone,
         "fetched_at": fetched_at,
@@ -370,8 +428,20 @@ class _ConnectionFetch:
     done: list[SyncWindow] = field(default_factory=list)
     waiting_inbox_ids: set[int] = field(default_factory=set)
     deferred: str | None = None
+    failed: str | None = None  # why, if the windows wait because of an error (also deferred)
     revoked: bool = False
     requests: int = 0
+
+
+def _failure_text(exc: BaseException) -> str:
+    """Why a member's fetch failed, for logs and metadata: our own messages say what and
+    where without values; others (a KeyError's key is fine, a ValueError may quote data)
+    only by type."""
+    if isinstance(exc, FitbitError):
+        return str(exc)
+    if isinstance(exc, KeyError):
+        return f"KeyError {exc}"
+    return type(exc).__name__
 
 
 def sync_fitbit(
@@ -412,6 +482,17 @@ def sync_fitbit(
             outcome.deferred = f"{connection_id}: {exc}"
             for window in own_windows[len(outcome.done) :]:
                 outcome.waiting_inbox_ids.update(window.inbox_ids)
+        except (FitbitError, requests.RequestException, KeyError, TypeError, ValueError) as exc:
+            # one member's refusal (403, a failed refresh) or unreadable answer: their
+            # windows wait and are counted as failed; everyone else's data still loads
+            window = own_windows[len(outcome.done)]
+            outcome.failed = (
+                f"{connection_id}: {window.metric} {window.start}..{window.end} failed:"
+                f" {_failure_text(exc)}"
+            )
+            outcome.deferred = outcome.failed
+            for window in own_windows[len(outcome.done) :]:
+                outcome.waiting_inbox_ids.update(window.inbox_ids)
         finally:
             outcome.requests = client.requests_made
         return outcome
@@ -440,6 +521,9 @@ def _load_and_close(
         result.requests += outcome.requests
         if outcome.deferred:
             result.deferred.append(outcome.deferred)
+        if outcome.failed:
+            result.failed.append(outcome.failed)
+            log.warning("fitbit sync of %s", outcome.failed)
         if outcome.revoked:
             result.disconnected.append(connection_id)
     if any(rows.values()):

@@ -9,7 +9,11 @@ from dataclasses import dataclass
 import requests
 
 from ingestion.devices.connections import Connection, get_connection, store_tokens
-from ingestion.devices.resilience import CircuitBreaker, call_with_retries
+from ingestion.devices.resilience import (
+    CircuitBreaker,
+    call_with_retries,
+    retry_after_seconds,
+)
 from mdp.database import ConnectionParams, connect
 
 DEFAULT_BASE_URL = "https://api.fitbit.com"
@@ -33,6 +37,25 @@ class ProviderUnavailable(FitbitError):
 
 class TokenRevoked(FitbitError):
     """The member revoked access (invalid_grant): disconnect, keep history."""
+
+
+class UnexpectedResponse(FitbitError):
+    """A Fitbit answer we cannot read; the message names where and which field, not values."""
+
+
+DEFAULT_RETRY_AFTER = 60.0  # a 429 without a readable Retry-After
+
+
+def error_types(response: requests.Response) -> list[str]:
+    """The `errorType`s of a Fitbit error body (no messages: they can quote tokens)."""
+    try:
+        body = response.json()
+    except ValueError:
+        return []
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if not isinstance(errors, list):
+        return []
+    return sorted({str(e.get("errorType")) for e in errors if isinstance(e, dict)})
 
 
 @dataclass(frozen=True)
@@ -134,15 +157,25 @@ class FitbitClient:
             self.refresh()
             response = self._get(path)
         self._record_headers(response)
+        endpoint = path.split("?")[0]
         if response.status_code == 429:
-            raise RateLimited(float(response.headers.get("Retry-After", 60)))
+            # delta-seconds or an HTTP-date; an unreadable value must not fail the member
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            raise RateLimited(DEFAULT_RETRY_AFTER if retry_after is None else retry_after)
         if response.status_code >= 500:
-            raise ProviderUnavailable(f"fitbit {response.status_code} on {path.split('?')[0]}")
+            raise ProviderUnavailable(f"fitbit {response.status_code} on {endpoint}")
         if response.status_code != 200:
-            raise FitbitError(
-                f"fitbit {response.status_code} on {path.split('?')[0]}: {response.text[:200]}"
+            kinds = ", ".join(error_types(response)) or "no error type"
+            raise FitbitError(f"fitbit {response.status_code} on {endpoint}: {kinds}")
+        try:
+            body = response.json()
+        except ValueError:
+            raise UnexpectedResponse(f"fitbit 200 on {endpoint}: the body is not JSON") from None
+        if not isinstance(body, dict):
+            raise UnexpectedResponse(
+                f"fitbit 200 on {endpoint}: a JSON {type(body).__name__}, not an object"
             )
-        return response.json()
+        return body
 
     def _get(self, path: str) -> requests.Response:
         self.requests_made += 1
@@ -170,7 +203,10 @@ class FitbitClient:
         reset = response.headers.get("Fitbit-Rate-Limit-Reset")
         if remaining is None or reset is None:
             return
-        self._quota_left, self._quota_reset_in = int(remaining), float(reset)
+        try:
+            self._quota_left, self._quota_reset_in = int(remaining), float(reset)
+        except ValueError:
+            return  # unreadable quota headers: the 429 itself still stops us
         # other runs only need to know when the quota is nearly gone: a plentiful one is not
         # written, which keeps a database write off every request
         if self._quota_left <= QUOTA_SHARED_BELOW or response.status_code == 429:
@@ -200,19 +236,22 @@ class FitbitClient:
             ) from None
         if response.status_code >= 500:
             raise ProviderUnavailable(f"fitbit token endpoint {response.status_code}")
-        body = response.json() if response.content else {}
         if response.status_code != 200:
-            kinds = {e.get("errorType") for e in body.get("errors", [])}
+            kinds = error_types(response)
             if "invalid_grant" in kinds:
                 raise TokenRevoked("refresh token refused (invalid_grant)")
             raise FitbitError(f"token refresh failed with {response.status_code}: {kinds}")
-        store_tokens(
-            self.params,
-            self.connection.connection_id,
-            body["access_token"],
-            body["refresh_token"],
-            int(body.get("expires_in", 28800)),
-        )
+        try:
+            body = response.json()
+            tokens = (body["access_token"], body["refresh_token"])
+            expires_in = int(body.get("expires_in", 28800))
+            if not all(isinstance(token, str) and token for token in tokens):
+                raise TypeError
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise UnexpectedResponse(
+                "fitbit token endpoint: 200 without access_token, refresh_token, expires_in"
+            ) from None
+        store_tokens(self.params, self.connection.connection_id, *tokens, expires_in)
         refreshed = get_connection(self.params, self.connection.connection_id)
         assert refreshed is not None
         self.connection = refreshed

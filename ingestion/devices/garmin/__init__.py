@@ -8,6 +8,7 @@ slices of the same steps as dailies, and loading both double-counts.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import requests
 from ingestion.devices.connections import Connection, disconnect, find_connection
 from ingestion.devices.garmin.backfill import clear_denied
 from ingestion.devices.garmin.budget import BudgetExhausted, DailyBudget
+from ingestion.devices.garmin.fields import InvalidSummary, check_summary, utc_instant
 from ingestion.devices.garmin.settings import GarminSettings
 from mdp.database import ConnectionParams, connect
 
@@ -62,20 +64,32 @@ class GarminResult:
     pings_pulled: int = 0
     ignored: int = 0
     deferred: list[str] = field(default_factory=list)
+    # items set aside for a wrong field: "inbox <id>: <what and where>", no values
+    rejected: list[str] = field(default_factory=list)
 
 
 def _utc(seconds: Any) -> dt.datetime | None:
-    return dt.datetime.fromtimestamp(int(seconds), dt.UTC) if seconds is not None else None
+    return utc_instant(seconds) if seconds is not None else None
+
+
+def local_date(item: dict) -> dt.date | None:
+    """`calendarDate`, else the UTC date of start + offset: the member's day (Garmin's own
+    example dailies leave calendarDate out)."""
+    if item.get("calendarDate"):
+        return dt.date.fromisoformat(item["calendarDate"])
+    start = item.get("startTimeInSeconds")
+    if start is None:
+        return None
+    return utc_instant(start + (item.get("startTimeOffsetInSeconds") or 0)).date()
 
 
 def daily_row(item: dict, connection: Connection, received_at: dt.datetime) -> dict:
+    check_summary(item)
     return {
         "summary_id": str(item["summaryId"]),
         "connection_id": connection.connection_id,
         "member_id": connection.member_id,
-        "calendar_date": dt.date.fromisoformat(item["calendarDate"])
-        if item.get("calendarDate")
-        else None,
+        "calendar_date": local_date(item),
         "start_time": _utc(item.get("startTimeInSeconds")),
         "utc_offset_seconds": item.get("startTimeOffsetInSeconds"),
         "duration_seconds": item.get("durationInSeconds"),
@@ -87,6 +101,7 @@ def daily_row(item: dict, connection: Connection, received_at: dt.datetime) -> d
 
 
 def body_comp_row(item: dict, connection: Connection, received_at: dt.datetime) -> dict:
+    check_summary(item)
     grams = item.get("weightInGrams")
     return {
         "summary_id": str(item["summaryId"]),
@@ -102,6 +117,7 @@ def body_comp_row(item: dict, connection: Connection, received_at: dt.datetime) 
 
 
 def activity_row(item: dict, connection: Connection, received_at: dt.datetime) -> dict:
+    check_summary(item)
     return {
         "summary_id": str(item["summaryId"]),
         "connection_id": connection.connection_id,
@@ -121,6 +137,25 @@ def activity_row(item: dict, connection: Connection, received_at: dt.datetime) -
 
 BUILDERS = {"dailies": daily_row, "bodyComps": body_comp_row, "activities": activity_row}
 TABLES = {"dailies": "dailies", "bodyComps": "body_comps", "activities": "activities"}
+REJECTED_KEY = "_mdp_rejected"  # added to a closed inbox row's payload: why items were set aside
+
+
+def summary_row(
+    summary_type: str, summary: Any, connection: Connection, received_at: dt.datetime
+) -> dict:
+    """The raw row for one summary; raises InvalidSummary saying which field is wrong."""
+    if not isinstance(summary, dict):
+        raise InvalidSummary(f"is a {type(summary).__name__}, not a JSON object")
+    if summary.get("summaryId") is None:
+        raise InvalidSummary("is missing", "summaryId")
+    try:
+        return BUILDERS[summary_type](summary, connection, received_at)
+    except InvalidSummary:
+        raise
+    except (KeyError, TypeError, ValueError, OverflowError, OSError) as exc:
+        # a value that passed the checks yet cannot be converted (e.g. start + offset
+        # beyond year 9999): still one item's problem, not the run's
+        raise InvalidSummary(f"cannot be read ({type(exc).__name__})") from None
 
 
 def _resource(table: str, rows: list[dict]):
@@ -196,6 +231,7 @@ def process_garmin_inbox(
         pending = cur.fetchall()
     rows: dict[str, dict[str, dict]] = {table: {} for table in TABLES.values()}
     done: list[int] = []
+    rejected: dict[int, list[str]] = {}  # inbox_id -> what was wrong with its items
     for inbox_id, user_id, summary_type, item, received_at in pending:
         connection = find_connection(params, "garmin", user_id) if user_id else None
         if summary_type in ("deregistrations", "userPermissionsChange"):
@@ -228,13 +264,20 @@ def process_garmin_inbox(
                 )
                 continue
         table = TABLES[summary_type]
-        for summary in items:
-            if summary.get("summaryId") is None:
+        problems = []
+        for index, summary in enumerate(items):
+            try:
+                row = summary_row(summary_type, summary, connection, received_at)
+            except InvalidSummary as exc:
+                where = f"item [{index}] of the pulled " if "callbackURL" in item else ""
+                problems.append(f"{where}{summary_type} summary: {exc}")
                 continue
             # later deliveries of the same summaryId carry revised values: the last one wins
-            rows[table][str(summary["summaryId"])] = BUILDERS[summary_type](
-                summary, connection, received_at
-            )
+            rows[table][row["summary_id"]] = row
+        if problems:
+            rejected[inbox_id] = problems
+            # field names and our own row id only: never values, tokens or Garmin user ids
+            log.warning("garmin inbox row %d: set aside %s", inbox_id, "; ".join(problems))
         done.append(inbox_id)
     loaded = {table: list(by_id.values()) for table, by_id in rows.items() if by_id}
     if loaded:
@@ -242,11 +285,36 @@ def process_garmin_inbox(
             [_resource(table, table_rows) for table, table_rows in loaded.items()]
         )
     result.rows = {table: len(table_rows) for table, table_rows in loaded.items()}
+    result.rejected = [f"inbox {i}: {'; '.join(problems)}" for i, problems in rejected.items()]
     if done:
-        with connect(params) as conn, conn.cursor() as cur:
-            cur.execute(
-                "update devices.webhook_inbox set processed_at = now()"
-                " where inbox_id = any(%s) and last_received_at <= %s",
-                (done, read_at),
-            )
+        close_inbox_rows(params, done, rejected, read_at)
     return result
+
+
+def close_inbox_rows(
+    params: ConnectionParams,
+    inbox_ids: list[int],
+    rejected: dict[int, list[str]],
+    read_at: dt.datetime,
+) -> None:
+    """Mark rows processed; a row with set-aside items keeps why under REJECTED_KEY.
+
+    A row re-delivered after it was read stays pending for the next run.
+    """
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            "update devices.webhook_inbox as inbox set processed_at = now(),"
+            " payload = case when why.problems is null then inbox.payload"
+            "   else inbox.payload || jsonb_build_object(%s::text, why.problems::jsonb) end"
+            " from unnest(%s::bigint[]) as ids(inbox_id)"
+            " left join unnest(%s::bigint[], %s::text[]) as why(inbox_id, problems)"
+            "   using (inbox_id)"
+            " where inbox.inbox_id = ids.inbox_id and inbox.last_received_at <= %s",
+            (
+                REJECTED_KEY,
+                inbox_ids,
+                list(rejected),
+                [json.dumps(problems) for problems in rejected.values()],
+                read_at,
+            ),
+        )

@@ -231,6 +231,8 @@ def garmin_sync(
         )
     for reason in result.deferred + backfill.deferred:
         context.log.warning(f"deferred to the next run: {reason}")
+    for rejected in result.rejected:  # inbox row ids and field names only, no values
+        context.log.warning(f"set aside: {rejected}")
     budget_state = budget.state()
     for table, key in GARMIN_KEYS.items():
         yield dg.MaterializeResult(
@@ -240,6 +242,7 @@ def garmin_sync(
                 "pings_pulled": result.pings_pulled,
                 "deregistered": result.deregistered,
                 "ignored_items": result.ignored,
+                "rejected_inbox_rows": len(result.rejected),
                 "backfill_windows_requested": backfill.requested,
                 "backfill_windows_already_requested": backfill.already_requested,
                 "backfill_windows_refused": backfill.refused,

@@ -13,7 +13,15 @@ renamed as (
         member_id,
         'garmin' as provider,
         summary_id,
-        calendar_date as local_date,
+        -- calendarDate is optional (Garmin's own examples omit it): then the member's day
+        -- is the UTC date of start + offset, as for body comps
+        coalesce(
+            calendar_date,
+            (
+                (start_time at time zone 'UTC')
+                + make_interval(secs => coalesce(utc_offset_seconds, 0))
+            )::date
+        ) as local_date,
         start_time as measured_at,
         steps::bigint as steps,
         received_at as fetched_at,
