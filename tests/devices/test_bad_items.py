@@ -190,6 +190,53 @@ def test_a_malformed_summary_in_the_inbox_is_set_aside_and_everyone_elses_loads(
         assert secret_or_value not in logged
 
 
+# --- Garmin: a ping's callback is pulled only from Garmin's host -----------------------------
+
+
+def test_a_ping_naming_another_host_is_set_aside_and_the_token_never_sent(
+    db: ConnectionParams, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # anyone who knows our client id can send a ping: following its callbackURL would hand
+    # the member's token to whatever server it names
+    monkeypatch.setenv("GARMIN_API_BASE_URL", "http://127.0.0.1:9/wellness-api/rest")
+    connect_device(db, "m-a", "garmin", "GU1", "tok-a", None, None)
+    ping = {
+        "userId": "GU1",
+        "summaryId": "ping-evil",
+        "callbackURL": "https://collector.example/dailies?uploadStartTimeInSeconds=1",
+    }
+    store_as_received(db, "dailies", ping)
+
+    result = process_garmin_inbox(db, tmp_path / "dlt")
+
+    assert result.pings_pulled == 0 and result.deferred == []
+    [rejected] = result.rejected
+    assert rejected.endswith("ping: its callbackURL is not on the Garmin API's host; not pulled")
+    assert query(db, "select count(*) from devices.webhook_inbox where processed_at is null") == [
+        (0,)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "base", "trusted"),
+    [
+        ("https://apis.garmin.com/wellness-api/rest/dailies?x=1", None, True),
+        ("https://apis.garmin.com:443/wellness-api/rest/dailies", None, True),
+        ("http://apis.garmin.com/wellness-api/rest/dailies", None, False),
+        ("https://apis.garmin.com.evil.example/dailies", None, False),
+        ("https://evil.example/?u=https://apis.garmin.com", None, False),
+        ("http://127.0.0.1:8012/dailies", "http://127.0.0.1:8012/wellness-api", True),
+        ("http://127.0.0.1:8013/dailies", "http://127.0.0.1:8012/wellness-api", False),
+        ("http://127.0.0.1:notaport/dailies", "http://127.0.0.1:8012", False),
+        (None, None, False),
+    ],
+)
+def test_only_the_garmin_api_origin_is_trusted_for_ping_callbacks(url, base, trusted):
+    from ingestion.devices.garmin import trusted_callback
+
+    assert trusted_callback(url, base) is trusted
+
+
 # --- Garmin: the local day without calendarDate --------------------------------------------
 
 

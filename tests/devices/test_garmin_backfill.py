@@ -317,9 +317,10 @@ def _ping(client: TestClient, state: GarminState, user: str, kind: str, at: int)
 
 
 def test_a_spent_budget_defers_backfill_and_pings_to_the_next_day_and_loses_nothing(
-    platform, garmin
+    platform, garmin, monkeypatch
 ):
     state, base_url = garmin
+    monkeypatch.setenv("GARMIN_API_BASE_URL", base_url)  # ping callbacks are pulled from it
     user = "GB-BUDGET"
     connection_id, anchor = _connect(platform, state, user)
     now = [dt.datetime.now(dt.UTC)]

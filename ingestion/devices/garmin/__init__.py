@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import dlt
 import requests
@@ -182,16 +183,47 @@ def garmin_pipeline(params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipeli
     )
 
 
+GARMIN_API_ORIGIN = ("https", "apis.garmin.com")  # where real ping callbacks point
+
+
+class UntrustedCallback(ValueError):
+    """A ping's callbackURL on a host that is not Garmin's: the member's token is not sent."""
+
+
+def trusted_callback(url: object, api_base_url: str | None) -> bool:
+    """Whether a callbackURL points at the Garmin API (GARMIN_API_BASE_URL's origin when set,
+    the emulator's locally; else Garmin's own): the pull sends the member's token there."""
+    if not isinstance(url, str):
+        return False
+    try:
+        parsed = urlsplit(url)
+        if api_base_url:
+            base = urlsplit(api_base_url)
+            return (parsed.scheme, parsed.hostname, parsed.port) == (
+                base.scheme,
+                base.hostname,
+                base.port,
+            )
+        return (parsed.scheme, parsed.hostname) == GARMIN_API_ORIGIN and parsed.port in (None, 443)
+    except ValueError:  # a port that is not a number
+        return False
+
+
 def pull_ping(
     item: dict,
     connection: Connection,
     session: requests.Session | None = None,
     budget: DailyBudget | None = None,
+    api_base_url: str | None = None,
 ) -> list[dict]:
-    """A ping names a callbackURL holding the summaries; fetch it with the member's token.
+    """A ping names a callbackURL holding the summaries; fetch it with the member's token,
+    only from the Garmin API's origin (UntrustedCallback otherwise: anyone who knows our
+    client id could send a ping naming their own server).
 
     The pull is paid for from the daily budget first (BudgetExhausted: it waits).
     """
+    if not trusted_callback(item.get("callbackURL"), api_base_url):
+        raise UntrustedCallback("its callbackURL is not on the Garmin API's host")
     if budget is not None:
         budget.take()
     session = session or requests.Session()
@@ -217,7 +249,9 @@ def process_garmin_inbox(
     used up the remaining pings stay pending until the next day.
     """
     result = GarminResult()
-    budget = budget or DailyBudget(params, "garmin", GarminSettings.from_env().daily_budget)
+    settings = GarminSettings.from_env()
+    api_base_url = settings.api_base_url
+    budget = budget or DailyBudget(params, "garmin", settings.daily_budget)
     exhausted: BudgetExhausted | None = None
     with connect(params) as conn, conn.cursor() as cur:
         cur.execute("select now()")
@@ -252,8 +286,13 @@ def process_garmin_inbox(
                 result.deferred.append(f"{connection.connection_id}: {exhausted}")
                 continue
             try:
-                items = pull_ping(item, connection, budget=budget)
+                items = pull_ping(item, connection, budget=budget, api_base_url=api_base_url)
                 result.pings_pulled += 1
+            except UntrustedCallback as exc:
+                rejected[inbox_id] = [f"ping: {exc}; not pulled"]
+                log.warning("garmin inbox row %d: ping set aside: %s", inbox_id, exc)
+                done.append(inbox_id)
+                continue
             except BudgetExhausted as exc:
                 exhausted = exc  # the row stays pending: pulled once the day turns
                 result.deferred.append(f"{connection.connection_id}: {exc}")
