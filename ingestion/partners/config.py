@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from ingestion.partners.fields import CANONICAL_FIELDS
+from ingestion.partners.x12_references import D8_FORMAT, is_reference
 
 
 class _Strict(BaseModel):
@@ -102,6 +103,16 @@ class CsvOptions(_Strict):
 class XlsxOptions(_Strict):
     sheet: str | None = None  # None: the first sheet
     header_row: Annotated[int, Field(ge=1)] = 1
+
+
+class X12Options(_Strict):
+    """For format x12_834 (see ingestion/partners/x12_834.py)."""
+
+    encoding: Encoding = "utf-8"
+    # subscribers: a dependent's loop is rejected (it usually repeats its subscriber's id);
+    # all: every member loop loads, which needs a per-member identifier
+    members: Literal["subscribers", "all"] = "subscribers"
+    insurance_line: Annotated[str, Field(pattern=r"^[A-Z]{2,3}$")] | None = None  # HD03
 
 
 class FixedWidthField(_Strict):
@@ -272,7 +283,7 @@ def _date_format_problem(fmt: str) -> str | None:
     return None
 
 
-Format = Literal["csv", "xlsx", "fixed_width"]
+Format = Literal["csv", "xlsx", "fixed_width", "x12_834"]
 
 
 class Inbound(_Strict):
@@ -284,6 +295,7 @@ class Inbound(_Strict):
     csv: CsvOptions | None = None
     xlsx: XlsxOptions | None = None
     fixed_width: FixedWidthOptions | None = None
+    x12: X12Options | None = None
     identifier: Literal["employee_id", "ssn"] = "employee_id"
     column_mappings: dict[str, CanonicalField] = Field(default_factory=dict)
     date_format: str = "%Y-%m-%d"
@@ -312,8 +324,18 @@ class Inbound(_Strict):
             raise _problems("Inbound", found)
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _x12_dates_are_d8(cls, data: Any) -> Any:
+        # an 834's dates are all CCYYMMDD: that is its partner's date_format unless it says
+        if isinstance(data, dict) and data.get("format") == "x12_834":
+            data = {"date_format": D8_FORMAT, **data}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> Inbound:
+        if self.format == "x12_834":
+            self._check_x12()
         if self.transport == "sftp_pull" and self.location is None:
             raise ValueError("sftp_pull needs 'location' (the partner's server)")
         if self.format == "fixed_width" and self.fixed_width is None:
@@ -336,6 +358,20 @@ class Inbound(_Strict):
                     f"column_mappings name field(s) {absent} missing from fixed_width.fields"
                 )
         return self
+
+    def _check_x12(self) -> None:
+        if self.date_format != D8_FORMAT:
+            raise ValueError(
+                f"x12_834 dates are CCYYMMDD: date_format must be {D8_FORMAT!r} or left out,"
+                f" not {self.date_format!r}"
+            )
+        unknown = [name for name in self.column_mappings if not is_reference(name)]
+        if unknown:
+            raise ValueError(
+                f"column_mappings name(s) {unknown} are not values of an 834 member loop;"
+                " use element references such as 'REF*0F', NM103, NM104, DMG02, HD04,"
+                " 'DTP*348', 'PER*EM' (see ingestion/partners/x12_834.py)"
+            )
 
     @property
     def csv_options(self) -> CsvOptions:

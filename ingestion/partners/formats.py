@@ -1,4 +1,4 @@
-"""Streaming readers for partner files: CSV, XLSX and fixed-width.
+"""Streaming readers for partner files: CSV, XLSX, fixed-width (and X12 834, x12_834.py).
 
 Each reader yields `RawRow`s keyed by canonical field name, with the 1-based line (or sheet
 row) where the record starts. A record that is malformed on its own (wrong field count, short
@@ -328,7 +328,18 @@ def _cell_text(cell: object, target: str) -> str | None:
     return _clean(str(cell))
 
 
-READERS = {"csv": read_csv, "xlsx": read_xlsx, "fixed_width": read_fixed_width}
+def read_x12(path: Path, inbound: Inbound) -> Iterator[RawRow]:
+    from ingestion.partners.x12_834 import read_x12_834  # it builds on this module's rows
+
+    return read_x12_834(path, inbound)
+
+
+READERS = {
+    "csv": read_csv,
+    "xlsx": read_xlsx,
+    "fixed_width": read_fixed_width,
+    "x12_834": read_x12,
+}
 
 
 def read_rows(path: Path, inbound: Inbound) -> Iterator[RawRow]:

@@ -1,0 +1,285 @@
+"""The reader for X12 834 benefit enrollment files (4010 and 5010), as health plans send them.
+
+An 834 is not a table: it is segments (`NM1*IL*1*DOE*JOHN~`) grouped in loops, one member loop
+per `INS` segment. Each member loop becomes one row whose "columns" are the element
+references companion guides use, so a partner config maps them as it maps CSV headers:
+
+    column_mappings: {"REF*0F": employee_id, NM103: last_name, NM104: first_name,
+                      DMG02: date_of_birth, HD04: program, "DTP*348": eligibility_start_date}
+
+References a row offers (x12_references.is_reference):
+- loop 2000, member level: INS01-INS08, `REF*<qualifier>` (0F subscriber id, 1L group or
+  policy number, 23 client number, ...) and `DTP*<qualifier>` (356 eligibility begin, 357
+  eligibility end, 336 employment begin, ...);
+- loop 2100A, member name (NM1*IL, or NM1*74 for a corrected name): NM103-NM109 (NM109 is the
+  SSN when NM108 is 34), DMG02 (birth date) and DMG03 (gender), N301-N302, N401-N403, and
+  `PER*<qualifier>` for each communication number (EM email, TE telephone, CP cell, ...);
+- loop 2300, health coverage: HD01-HD05 and its `DTP*<qualifier>` (348 benefit begin, 349
+  benefit end) when loop 2000 has no date of that qualifier. A member with several coverage
+  loops gives the first, or the one whose HD03 is `x12.insurance_line`.
+Dates stay CCYYMMDD (D8) text: the partner's date_format is %Y%m%d.
+
+The row's line is the position of its INS segment in the file (ISA = 1): most 834s put one
+segment on a line, where the two are the same. A dependent's loop (INS01 = N) is read only
+with `x12.members: all` (it usually repeats its subscriber's REF*0F, so it needs a per-member
+identifier such as NM109); otherwise it is rejected with that reason, so every loop is
+accounted for. A file that is not an 834, or whose envelope is broken or cut short (no
+SE/IEA, a segment count that disagrees), is unreadable and quarantined.
+
+Hand-written: the maintained Python X12 library (linuxforhealth-x12) models 5010 only and
+refuses 4010 files, which plans still send; the member loop needs a dozen segments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ingestion.partners.config import Inbound, X12Options
+from ingestion.partners.errors import UnreadableFileError
+from ingestion.partners.formats import RawRow, mapped_fields
+
+BLOCK_BYTES = 1 << 20
+MEMBER_NAME_QUALIFIERS = {"IL", "74"}  # insured or subscriber; corrected insured
+
+
+@dataclass
+class _Member:
+    line: int
+    values: dict[str, str] = field(default_factory=dict)
+    coverages: list[dict[str, str]] = field(default_factory=list)
+    name_loop: bool = False  # inside loop 2100A (the member's own name, address, birth date)
+    other_loop: bool = False  # inside a loop whose segments are not the member's
+
+    def set(self, name: str, value: str) -> None:
+        if value and name not in self.values:
+            self.values[name] = value
+
+
+@dataclass
+class _Separators:
+    element: str
+    component: str
+    segment: str
+
+
+def read_x12_834(path: Path, inbound: Inbound) -> Iterator[RawRow]:
+    options = inbound.x12 or X12Options()
+    fields = mapped_fields(inbound)
+    source_of = {target: source for source, target in inbound.column_mappings.items()}
+    sources = [source_of[target] for target in fields]
+    reader = _Reader(options)
+    for member in reader.members(_segments(path, options.encoding)):
+        yield _row(member, sources, options)
+
+
+def _row(member: _Member, sources: list[str], options: X12Options) -> RawRow:
+    values = dict(member.values)
+    coverage = _chosen_coverage(member.coverages, options.insurance_line)
+    for name, value in coverage.items():
+        values.setdefault(name, value)
+    problem = None
+    if options.members == "subscribers" and values.get("INS01") == "N":
+        relationship = values.get("INS02", "?")
+        problem = (
+            f"a dependent's loop (INS01 N, relationship {relationship}): this partner loads"
+            " subscribers only (x12.members: subscribers)"
+        )
+    return RawRow(member.line, [values.get(source) or None for source in sources], problem)
+
+
+def _chosen_coverage(coverages: list[dict[str, str]], line: str | None) -> dict[str, str]:
+    if line is None:
+        return coverages[0] if coverages else {}
+    return next((c for c in coverages if c.get("HD03") == line), {})
+
+
+class _Reader:
+    """Walks the segments: envelope checks, and one _Member per INS loop."""
+
+    def __init__(self, options: X12Options):
+        self.options = options
+        self.transaction: str | None = None  # ST02 of the open transaction set
+        self.transaction_segments = 0
+        self.interchange_open = False
+
+    def members(self, segments: Iterator[tuple[int, list[str], _Separators]]) -> Iterator[_Member]:
+        member: _Member | None = None
+        position = 0
+        for position, elements, separators in segments:
+            tag = elements[0]
+            if self.transaction is not None:
+                self.transaction_segments += 1
+            if tag == "INS":
+                if member is not None:
+                    yield member
+                member = _Member(position)
+                _elements_into(member, elements, "INS", 8)
+                continue
+            if tag in ("SE", "ST", "GE", "IEA", "ISA", "GS"):
+                if member is not None:
+                    yield member
+                    member = None
+                self._envelope(tag, elements, position)
+                continue
+            if member is not None:
+                _member_segment(member, tag, elements, separators)
+        if member is not None or self.transaction is not None:
+            raise UnreadableFileError(
+                f"the file ends inside transaction set {self.transaction or '?'} after segment"
+                f" {position} (no SE/IEA): truncated?"
+            )
+        if self.interchange_open:
+            raise UnreadableFileError(
+                f"the file ends after segment {position} without its IEA segment: truncated?"
+            )
+
+    def _envelope(self, tag: str, elements: list[str], position: int) -> None:
+        if tag == "ISA":
+            self.interchange_open = True
+        elif tag == "IEA":
+            self.interchange_open = False
+        elif tag == "ST":
+            if self.transaction is not None:
+                raise UnreadableFileError(
+                    f"segment {position} opens a transaction set before {self.transaction}"
+                    " was closed by its SE: segments are missing (truncated or corrupt?)"
+                )
+            kind = _element(elements, 1)
+            if kind != "834":
+                raise UnreadableFileError(
+                    f"segment {position} opens a {kind or 'unnamed'} transaction set; this"
+                    " partner sends 834 benefit enrollment files"
+                )
+            self.transaction, self.transaction_segments = _element(elements, 2) or "?", 1
+        elif tag == "SE":
+            if self.transaction is None:
+                raise UnreadableFileError(f"segment {position} (SE) closes no transaction set")
+            declared = _element(elements, 1)
+            if declared != str(self.transaction_segments):
+                raise UnreadableFileError(
+                    f"transaction set {self.transaction} has {self.transaction_segments}"
+                    f" segments but its SE (segment {position}) says {declared or 'nothing'}:"
+                    " segments are missing or added (truncated or corrupt?)"
+                )
+            self.transaction = None
+
+
+def _member_segment(
+    member: _Member, tag: str, elements: list[str], separators: _Separators
+) -> None:
+    if tag == "NM1":
+        member.name_loop = _element(elements, 1) in MEMBER_NAME_QUALIFIERS
+        member.other_loop = not member.name_loop
+        if member.name_loop:
+            _elements_into(member, elements, "NM1", 9)
+    elif tag == "HD":
+        member.name_loop = member.other_loop = False
+        coverage: dict[str, str] = {}
+        for index in range(1, 6):
+            if value := _element(elements, index):
+                coverage[f"HD0{index}"] = value
+        member.coverages.append(coverage)
+    elif tag in ("LX", "COB", "LS", "LE"):  # provider, coordination of benefits, reporting loops
+        member.name_loop, member.other_loop = False, True
+    elif member.other_loop:
+        return
+    elif tag in ("REF", "DTP"):
+        name = f"{tag}*{_element(elements, 1)}"
+        value = _d8(elements) if tag == "DTP" else _element(elements, 2)
+        if not value:
+            return
+        if member.coverages:  # loop 2300's own: offered where loop 2000 has none
+            member.coverages[-1].setdefault(name, value)
+        else:
+            member.set(name, value)
+    elif member.name_loop and tag == "DMG":
+        member.set("DMG02", _element(elements, 2))
+        member.set("DMG03", _element(elements, 3))
+    elif member.name_loop and tag in ("N3", "N4"):
+        _elements_into(member, elements, tag, 2 if tag == "N3" else 3)
+    elif member.name_loop and tag == "PER":
+        for index in (3, 5, 7):  # (qualifier, number) pairs
+            qualifier = _element(elements, index)
+            if qualifier:
+                member.set(f"PER*{qualifier}", _element(elements, index + 1))
+
+
+def _elements_into(member: _Member, elements: list[str], tag: str, count: int) -> None:
+    for index in range(1, count + 1):
+        member.set(f"{tag}{index:02d}", _element(elements, index))
+
+
+def _element(elements: list[str], index: int) -> str:
+    return elements[index].strip() if index < len(elements) else ""
+
+
+def _d8(elements: list[str]) -> str:
+    """DTP03: a D8 date as is; of an RD8 range (CCYYMMDD-CCYYMMDD), its first date."""
+    value = _element(elements, 3)
+    if _element(elements, 2) == "RD8" and "-" in value:
+        return value.split("-", 1)[0]
+    return value
+
+
+def _segments(path: Path, encoding: str) -> Iterator[tuple[int, list[str], _Separators]]:
+    """(position, elements, separators) of each segment, read a block at a time. The
+    separators come from the ISA segment, whose layout is fixed: the element separator is
+    its 4th character, the component separator and the segment terminator follow ISA16."""
+    with path.open("rb") as handle:
+        head = handle.read(BLOCK_BYTES)
+        if not head.strip():
+            raise UnreadableFileError("file is empty")
+        start = len(head) - len(head.lstrip(b"\xef\xbb\xbf \t\r\n"))
+        separators = _separators(head[start:], encoding)
+        terminator = separators.segment.encode(encoding)
+        pending = head[start:]
+        position = 0
+        while True:
+            parts = pending.split(terminator)
+            pending = parts.pop()  # the unterminated rest waits for the next block
+            for raw in parts:
+                text = _decoded(raw, encoding, position + 1).strip()
+                if not text:
+                    continue
+                position += 1
+                yield position, text.split(separators.element), separators
+            block = handle.read(BLOCK_BYTES)
+            if not block:
+                break
+            pending += block
+        if pending.strip():  # a last segment without its terminator: the file was cut
+            raise UnreadableFileError(
+                f"the file ends inside segment {position + 1}, which has no terminator"
+                f" ({separators.segment!r}): truncated?"
+            )
+
+
+def _separators(head: bytes, encoding: str) -> _Separators:
+    if not head.startswith(b"ISA") or len(head) < 106:
+        raise UnreadableFileError(
+            "not an X12 interchange: the file does not start with an ISA segment"
+        )
+    text = head[:200].decode(encoding, errors="replace")
+    element = text[3]
+    # ISA has 16 elements; ISA16 is the component separator, the terminator comes right after
+    cut = text.split(element, 16)
+    if len(cut) < 17 or len(cut[16]) < 2:
+        raise UnreadableFileError("the ISA segment is cut short: not an X12 interchange")
+    component, segment = cut[16][0], cut[16][1]
+    if segment.isalnum() or segment in (element, component, " "):
+        raise UnreadableFileError(
+            f"the ISA segment names {segment!r} as segment terminator: not an X12 interchange"
+        )
+    return _Separators(element, component, segment)
+
+
+def _decoded(raw: bytes, encoding: str, position: int) -> str:
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise UnreadableFileError(
+            f"bytes that are not valid {encoding} in segment {position}: {exc.reason}"
+            f" (byte 0x{raw[exc.start]:02x})"
+        ) from None

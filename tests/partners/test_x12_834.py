@@ -1,0 +1,290 @@
+"""X12 834 enrollment files: the reader, its config, and an import through SFTP into Postgres."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ingestion.partners.config import X12Options, load_partner_configs
+from ingestion.partners.errors import UnreadableFileError
+from ingestion.partners.formats import read_rows
+from ingestion.partners.pipeline import import_partner_files
+
+SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "samples" / "x12"
+
+CONFIG = {
+    "partner_id": "stark_plan",
+    "display_name": "Stark Health Plan",
+    "inbound": {
+        "transport": "sftp_push",
+        "filename_pattern": "*.834",
+        "format": "x12_834",
+        "column_mappings": {
+            "REF*0F": "employee_id",
+            "NM103": "last_name",
+            "NM104": "first_name",
+            "DMG02": "date_of_birth",
+            "DMG03": "gender",
+            "PER*EM": "email",
+            "N403": "postal_code",
+            "HD04": "program",
+            "DTP*348": "eligibility_start_date",
+            "DTP*349": "eligibility_end_date",
+        },
+        "required_fields": ["employee_id", "last_name", "date_of_birth"],
+        "validations": {"employee_id": {"type": "string", "pattern": "^[0-9]{8}$"}},
+    },
+}
+
+ISA = (
+    "ISA*00*          *00*          *ZZ*STARKPLAN      *ZZ*MDP            *260101*1200*^*00501"
+    "*000000001*0*P*:~"
+)
+
+
+def interchange(*members: str, terminator: str = "~\n", count_fix: int = 0) -> bytes:
+    """An 834 interchange holding the member loops given (segments joined by `~`)."""
+    body = [
+        "ST*834*0001*005010X220A1",
+        "BGN*00*12456*20260101*1200****2",
+        "N1*P5*STARK INC*FI*123456789",
+        "N1*IN*STARK HEALTH PLAN*FI*987654321",
+    ]
+    for member in members:
+        body += member.split("~")
+    body.append(f"SE*{len(body) + 1 + count_fix}*0001")
+    segments = [ISA[:-1], "GS*BE*STARKPLAN*MDP*20260101*1200*1*X*005010X220A1", *body]
+    segments += ["GE*1*1", "IEA*1*000000001"]
+    return (terminator.join(segments) + terminator).encode()
+
+
+def member(
+    sub_id: str,
+    last: str,
+    first: str,
+    dob: str,
+    subscriber: bool = True,
+    relationship: str = "18",
+    coverages: tuple[tuple[str, str, str], ...] = (("HLT", "GOLD PPO", "20260101"),),
+    email: str | None = None,
+) -> str:
+    segments = [
+        f"INS*{'Y' if subscriber else 'N'}*{relationship}*021*28*A***FT",
+        f"REF*0F*{sub_id}",
+        "REF*1L*GRP0001",
+        "DTP*356*D8*20260101",
+        f"NM1*IL*1*{last}*{first}****34*123456789",
+    ]
+    if email:
+        segments.append(f"PER*IP**TE*5551234567*EM*{email}")
+    segments += ["N3*1 MAIN ST", "N4*SPRINGFIELD*IL*62701", f"DMG*D8*{dob}*F"]
+    for line, plan, start in coverages:
+        segments += [f"HD*021**{line}*{plan}*EMP", f"DTP*348*D8*{start}"]
+    return "~".join(segments)
+
+
+@pytest.fixture
+def config(tmp_path):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "stark_plan.yaml").write_text(yaml.safe_dump(CONFIG, sort_keys=False))
+    loaded = load_partner_configs(folder)
+    assert not loaded.problems
+    return loaded.configs["stark_plan"]
+
+
+def with_x12(config, options: X12Options):
+    return config.model_copy(update={"inbound": config.inbound.model_copy(update={"x12": options})})
+
+
+def rows_of(content: bytes, config, tmp_path) -> list:
+    path = tmp_path / "file.834"
+    path.write_bytes(content)
+    return list(read_rows(path, config.inbound))
+
+
+def test_member_loops_become_rows_of_their_element_references(config, tmp_path):
+    content = interchange(
+        member("00012345", "DOE", "JANE", "19800214", email="jane@example.com"),
+        member("00012346", "ROE", "RICHARD", "19751130"),
+    )
+    rows = rows_of(content, config, tmp_path)
+    fields = list(dict.fromkeys(CONFIG["inbound"]["column_mappings"].values()))
+    first = dict(zip(fields, rows[0].values, strict=True))
+    assert first == {
+        "employee_id": "00012345",
+        "last_name": "DOE",
+        "first_name": "JANE",
+        "date_of_birth": "19800214",
+        "gender": "F",
+        "email": "jane@example.com",
+        "postal_code": "62701",
+        "program": "GOLD PPO",
+        "eligibility_start_date": "20260101",
+        "eligibility_end_date": None,
+    }
+    # the INS segment's position: ISA, GS, ST, BGN, N1, N1 come first; the first loop has 11
+    assert [r.line for r in rows] == [7, 18]
+    assert [r.problem for r in rows] == [None, None]
+
+
+def test_segments_on_one_line_read_the_same(config, tmp_path):
+    one_line = interchange(member("00012345", "DOE", "JANE", "19800214"), terminator="~")
+    per_line = interchange(member("00012345", "DOE", "JANE", "19800214"))
+    assert rows_of(one_line, config, tmp_path) == rows_of(per_line, config, tmp_path)
+
+
+def test_a_dependent_is_rejected_with_its_reason_unless_all_members_load(config, tmp_path):
+    content = interchange(
+        member("00012345", "DOE", "JANE", "19800214"),
+        member("00012345", "DOE", "JIM", "20100505", subscriber=False, relationship="19"),
+    )
+    subscriber, dependent = rows_of(content, config, tmp_path)
+    assert subscriber.problem is None
+    assert "dependent" in dependent.problem and "relationship 19" in dependent.problem
+
+    every_member = with_x12(config, X12Options(members="all"))
+    assert [r.problem for r in rows_of(content, every_member, tmp_path)] == [None, None]
+
+
+def test_the_configured_insurance_line_picks_the_coverage(config, tmp_path):
+    content = interchange(
+        member(
+            "00012345",
+            "DOE",
+            "JANE",
+            "19800214",
+            coverages=(("DEN", "DENTAL BASIC", "20250101"), ("HLT", "GOLD PPO", "20260101")),
+        )
+    )
+    fields = list(dict.fromkeys(CONFIG["inbound"]["column_mappings"].values()))
+    [first_coverage] = rows_of(content, config, tmp_path)
+    assert dict(zip(fields, first_coverage.values, strict=True))["program"] == "DENTAL BASIC"
+    [health] = rows_of(content, with_x12(config, X12Options(insurance_line="HLT")), tmp_path)
+    chosen = dict(zip(fields, health.values, strict=True))
+    assert (chosen["program"], chosen["eligibility_start_date"]) == ("GOLD PPO", "20260101")
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "empty"),
+        (b"Employee ID,Name\nE1,Jane\n", "does not start with an ISA segment"),
+        (
+            interchange(member("00012345", "DOE", "JANE", "19800214")).replace(
+                b"ST*834", b"ST*270"
+            ),
+            "270 transaction set",
+        ),
+        (
+            interchange(member("00012345", "DOE", "JANE", "19800214"), count_fix=1),
+            "segments are missing or added",
+        ),
+        (
+            interchange(member("00012345", "DOE", "JANE", "19800214")).split(b"SE*")[0],
+            "truncated",
+        ),
+        (
+            interchange(member("00012345", "DOE", "JANE", "19800214"))[:-12],
+            "truncated",
+        ),
+        (
+            interchange(member("00012345", "D\xd6E", "JANE", "19800214")).replace(
+                "DÖE".encode(), b"D\xffE"
+            ),
+            "not valid utf-8 in segment 11",
+        ),
+    ],
+    ids=["empty", "csv", "not-834", "count", "no-SE", "cut-mid-segment", "undecodable"],
+)
+def test_an_unreadable_834_says_why(config, tmp_path, content, reason):
+    with pytest.raises(UnreadableFileError, match=reason):
+        rows_of(content, config, tmp_path)
+
+
+def test_the_config_refuses_what_an_834_does_not_have(tmp_path):
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    bad_mapping = yaml.safe_load(yaml.safe_dump(CONFIG, sort_keys=False))
+    bad_mapping["inbound"]["column_mappings"]["Member Name"] = "middle_name"
+    (folder / "a.yaml").write_text(yaml.safe_dump(bad_mapping, sort_keys=False))
+    bad_dates = yaml.safe_load(yaml.safe_dump(CONFIG, sort_keys=False)) | {
+        "partner_id": "other_plan"
+    }
+    bad_dates["inbound"]["date_format"] = "%m/%d/%Y"
+    (folder / "b.yaml").write_text(yaml.safe_dump(bad_dates, sort_keys=False))
+
+    problems = [str(p) for p in load_partner_configs(folder).problems]
+
+    assert any("a.yaml" in p and "'Member Name'" in p and "834" in p for p in problems)
+    assert any("b.yaml" in p and "CCYYMMDD" in p for p in problems)
+
+
+@pytest.mark.skipif(not SAMPLES.exists(), reason="needs ../shared/samples")
+def test_a_real_4010_audit_file_reads(tmp_path):
+    sample = SAMPLES / "834_4010_audit-full-file_pyx12.txt"
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "stark_plan.yaml").write_text(yaml.safe_dump(CONFIG, sort_keys=False))
+    config = load_partner_configs(folder).configs["stark_plan"]
+    [row] = list(read_rows(sample, config.inbound))
+    fields = list(dict.fromkeys(CONFIG["inbound"]["column_mappings"].values()))
+    values = dict(zip(fields, row.values, strict=True))
+    assert (values["employee_id"], values["last_name"], values["date_of_birth"]) == (
+        "00389999",
+        "DOE",
+        "19670330",
+    )
+    assert values["eligibility_start_date"] == "20070301" and row.line == 8
+
+
+def test_an_834_uploaded_over_sftp_loads_and_its_bad_loops_reach_the_error_report(platform, config):
+    from sandbox.sftp_server import ensure_partner_home
+
+    ensure_partner_home(platform.sftp_root, "stark_plan")
+    content = interchange(
+        member("00012345", "DOE", "JANE", "19800214", email="jane@example.com"),
+        member("00012345", "DOE", "JIM", "20100505", subscriber=False, relationship="19"),
+        member("00012346", "ROE", "RICHARD", "19751330"),  # month 13
+        member("ABC", "POE", "EDGAR", "19600101"),
+        member("00012347", "", "ANN", "19900101"),
+    )
+    sftp = platform.sftp("mdp_platform")
+    try:
+        with sftp.open("/stark_plan/inbound/enrollment_20260101.834", "wb") as handle:
+            handle.write(content)
+    finally:
+        sftp._owner.close()
+
+    [record] = import_partner_files(config, platform.settings, platform.params)
+    [again] = import_partner_files(config, platform.settings, platform.params) or [None]
+
+    assert (record.status, record.rows_total, record.rows_loaded, record.rows_rejected) == (
+        "loaded",
+        5,
+        1,
+        4,
+    )
+    stored = platform.query(
+        "select employee_id, last_name, date_of_birth::text, email, program,"
+        " eligibility_start_date::text, source_line_number"
+        " from raw_partners.enrollment_members where partner_id = 'stark_plan'"
+    )
+    assert stored == [
+        ("00012345", "DOE", "1980-02-14", "jane@example.com", "GOLD PPO", "2026-01-01", 7)
+    ]
+    assert again is None or again.status == "duplicate"
+    report = platform.sftp_root / "stark_plan" / "errors" / "enrollment_20260101.errors.csv"
+    lines = list(csv.reader(io.StringIO(report.read_text())))
+    assert lines[0][0] == "Line" and lines[0][-1] == "Errors"
+    reasons = {row[0]: row[-1] for row in lines[1:]}
+    assert len(reasons) == 4
+    assert all(int(line) > 7 for line in reasons)
+    assert any("dependent" in reason for reason in reasons.values())
+    assert any("date_of_birth" in reason for reason in reasons.values())
+    assert any("pattern" in reason for reason in reasons.values())
+    assert any("last_name" in reason for reason in reasons.values())
