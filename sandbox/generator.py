@@ -341,7 +341,8 @@ def _columns(config: PartnerConfig, drop: str | None) -> list[_Column]:
             for f in inbound.fixed_width.fields
         ]
     options = inbound.csv_options
-    names = list(mappings) if inbound.format == "xlsx" or options.has_header else options.columns
+    by_name = inbound.format in ("xlsx", "x12_834") or options.has_header
+    names = list(mappings) if by_name else options.columns
     return [_Column(name, mappings.get(name)) for name in names or [] if name != drop]
 
 
@@ -416,8 +417,10 @@ class _Plan:
         self.delimiter = inbound.csv_options.delimiter
         self._seed_base = _mix(seed & _MASK64)
 
-        if self.format == "fixed_width":
-            encoding: str | None = "ascii"  # column positions are characters; keep them bytes too
+        if self.format in ("fixed_width", "x12_834"):
+            # fixed width: column positions are characters, keep them bytes too; X12: its
+            # character sets are ASCII's
+            encoding: str | None = "ascii"
         elif self.format == "csv":
             encoding = inbound.csv_options.encoding
         else:
@@ -559,7 +562,7 @@ def _member(plan: _Plan, k: int) -> tuple[dict[str, Any], bool]:
     base_first, base_last = first, last
     tag = (k + plan.seed) & _MASK64
     multiline = False
-    if plan.format != "fixed_width" and tag % 53 == 17:
+    if plan.format not in ("fixed_width", "x12_834") and tag % 53 == 17:
         # a double-barrelled surname typed with Alt+Enter in a spreadsheet cell
         last = f"{last}\n{plan.last[(h1 >> 17) % len(plan.last)]}"
         multiline = True
@@ -848,11 +851,12 @@ def _is_utf8(encoding: str) -> bool:
 
 def _text_encoding(plan: _Plan, bom: bool) -> str:
     inbound = plan.config.inbound
-    encoding = (
-        inbound.fixed_width.encoding
-        if inbound.format == "fixed_width" and inbound.fixed_width
-        else inbound.csv_options.encoding
-    )
+    if inbound.format == "fixed_width" and inbound.fixed_width:
+        encoding = inbound.fixed_width.encoding
+    elif inbound.format == "x12_834":
+        encoding = inbound.x12.encoding if inbound.x12 else "utf-8"
+    else:
+        encoding = inbound.csv_options.encoding
     if bom and not _is_utf8(encoding):
         raise GeneratorError(f"{plan.config.partner_id}: a BOM only fits UTF-8, not {encoding}")
     return "utf-8-sig" if bom else encoding
@@ -861,8 +865,70 @@ def _text_encoding(plan: _Plan, bom: bool) -> str:
 def _write_text(plan: _Plan, out: TextIO, tally: _Tally, crlf: bool) -> None:
     if plan.format == "csv":
         _write_csv(plan, out, tally, crlf)
+    elif plan.format == "x12_834":
+        _write_x12_834(plan, out, tally, crlf)
     else:
         _write_fixed_width(plan, out, tally, crlf)
+
+
+_COVERAGE_DATES = {"DTP*348", "DTP*349", "DTP*303"}  # loop 2300's (benefit begin, end)
+
+
+def _write_x12_834(plan: _Plan, out: TextIO, tally: _Tally, crlf: bool) -> None:
+    """An 834 (5010) interchange with one member loop per row, one segment per line; the
+    row's cells fill the element references the partner's column_mappings name."""
+    eol = "~\r\n" if crlf else "~\n"
+    stamp = f"{plan.today:%Y%m%d}"
+    sender = plan.config.partner_id.upper()[:15]
+    header = [
+        f"ISA*00*{'':10}*00*{'':10}*ZZ*{sender:15}*ZZ*{'MDP':15}*{stamp[2:]}*0900*^*00501"
+        "*000000001*0*P*:",
+        f"GS*BE*{sender}*MDP*{stamp}*0900*1*X*005010X220A1",
+        "ST*834*0001*005010X220A1",
+        f"BGN*00*{plan.seed % 10**9:09d}*{stamp}*0900****4",
+        f"N1*P5*{plan.config.display_name.upper()}*FI*000000000",
+        f"N1*IN*{plan.config.display_name.upper()}*FI*000000000",
+    ]
+    out.write(eol.join(header) + eol)
+    names = [c.name for c in plan.columns]
+    position = len(header)
+    for row in _rows(plan, tally.members is not None):
+        segments = _member_loop(dict(zip(names, row.cells, strict=True)))
+        tally.add(row, position + 1)
+        position += len(segments)
+        out.write(eol.join(segments) + eol)
+    transaction = position - 2 + 1  # ST to SE, both counted
+    out.write(eol.join([f"SE*{transaction}*0001", "GE*1*1", "IEA*1*000000001"]) + eol)
+
+
+def _member_loop(cells: dict[str, str]) -> list[str]:
+    def get(name: str, default: str = "") -> str:
+        return cells.get(name, default).strip() or default
+
+    def qualified(tag: str, coverage: bool = False) -> list[tuple[str, str]]:
+        return [
+            (name.split("*", 1)[1], value.strip())
+            for name, value in cells.items()
+            if name.startswith(f"{tag}*") and (name in _COVERAGE_DATES) == coverage
+        ]
+
+    segments = [f"INS*{get('INS01', 'Y')}*{get('INS02', '18')}*{get('INS03', '030')}*XN*A***FT"]
+    segments += [f"REF*{q}*{value}" for q, value in qualified("REF")]
+    segments += [f"DTP*{q}*D8*{value}" for q, value in qualified("DTP") if value]
+    ssn = get("NM109")
+    name = f"NM1*IL*1*{get('NM103')}*{get('NM104')}*{get('NM105')}"
+    segments.append(f"{name}***34*{ssn}" if ssn else name)
+    contacts = [f"{q}*{value}" for q, value in qualified("PER") if value]
+    if contacts:
+        segments.append("PER*IP**" + "*".join(contacts[:3]))
+    if get("N301"):
+        segments.append(f"N3*{get('N301')}" + (f"*{get('N302')}" if get("N302") else ""))
+    if get("N401"):
+        segments.append(f"N4*{get('N401')}*{get('N402')}*{get('N403')}")
+    segments.append(f"DMG*D8*{get('DMG02')}*{get('DMG03', 'U')}")
+    segments.append(f"HD*021**{get('HD03', 'HLT')}*{get('HD04')}*{get('HD05', 'EMP')}")
+    segments += [f"DTP*{q}*D8*{value}" for q, value in qualified("DTP", True) if value]
+    return segments
 
 
 def partner_filename(config: PartnerConfig, today: dt.date, sequence: int = 1) -> str:

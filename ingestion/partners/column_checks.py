@@ -37,7 +37,9 @@ def parse_dates(text: pa.Array, date_format: str) -> pa.Array:
     # rest (another layout, 02/30, month 13, year 0) goes to pandas
     parsed = pa.array(days, mask=~certain).view(pa.date32())
     doubtful = pc.and_(pc.is_valid(text), pa.array(~certain))
-    if not pc.any(doubtful).as_py():
+    if not layout.literals or not pc.any(doubtful).as_py():
+        # without separators (%Y%m%d) only the full width is a date: pandas would read
+        # 1980115 as 1980-11-05 (or 1980-01-15?), a guess, not the partner's date
         return parsed
     redone = _parse_like_pandas(text.filter(doubtful), date_format)
     return pc.replace_with_mask(parsed, doubtful, redone)
@@ -153,12 +155,13 @@ def _parse_like_pandas(text: pa.Array, date_format: str) -> pa.Array:
 
 
 def regex_matches(values: pa.Array, pattern: str) -> pa.Array:
-    """Whether each value starts with a match of `pattern`, as `re.match` says (null: null)."""
+    """Whether each value matches `pattern` whole, as `re.fullmatch` says (null: null): a
+    partner's `[A-Z]{2}[0-9]{4}` is meant for the whole id, not for its first six characters."""
     compiled = re.compile(pattern)
     if not _RE2_SAFE_PATTERN.fullmatch(pattern):
         return _python_matches(values, compiled)
     try:
-        matched = pc.match_substring_regex(values, f"^(?:{pattern})")
+        matched = pc.match_substring_regex(values, f"^(?:{pattern})$")
     except pa.ArrowInvalid:  # a construct RE2 lacks
         return _python_matches(values, compiled)
     # Python's \d and \w also take non-ASCII digits and letters
@@ -170,6 +173,6 @@ def regex_matches(values: pa.Array, pattern: str) -> pa.Array:
 
 def _python_matches(values: pa.Array, compiled: re.Pattern[str]) -> pa.Array:
     return pa.array(
-        [None if v is None else compiled.match(v) is not None for v in values.to_pylist()],
+        [None if v is None else compiled.fullmatch(v) is not None for v in values.to_pylist()],
         pa.bool_(),
     )

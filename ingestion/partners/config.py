@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import datetime as dt
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -90,6 +91,13 @@ class CsvOptions(_Strict):
             raise ValueError("a file without a header row needs 'columns' listing its column names")
         return self
 
+    @field_validator("delimiter", "quotechar")
+    @classmethod
+    def _not_a_line_break(cls, value: str) -> str:
+        if value in "\r\n":
+            raise ValueError(f"{value!r} is a line break: rows end there")
+        return value
+
     @model_validator(mode="after")
     def _quote_is_not_the_delimiter(self) -> CsvOptions:
         if self.quotechar == self.delimiter:
@@ -125,6 +133,24 @@ class FixedWidthOptions(_Strict):
     fields: Annotated[list[FixedWidthField], Field(min_length=1)]
     encoding: Encoding = "utf-8"
     has_header: bool = False
+
+    @model_validator(mode="after")
+    def _fields_are_distinct(self) -> FixedWidthOptions:
+        seen: dict[str, int] = {}
+        for index, spec in enumerate(self.fields):
+            if spec.name in seen:
+                problem = f"{spec.name!r} is also field {seen[spec.name]}: which one is meant?"
+                raise _problems("FixedWidthOptions", [(("fields", index, "name"), problem, spec.name)])
+            seen[spec.name] = index
+        ordered = sorted(enumerate(self.fields), key=lambda item: item[1].start)
+        for (_, before), (index, spec) in itertools.pairwise(ordered):
+            if spec.start < before.start + before.width:
+                problem = (
+                    f"{spec.name!r} (from column {spec.start}) overlaps {before.name!r}"
+                    f" (columns {before.start}-{before.start + before.width - 1})"
+                )
+                raise _problems("FixedWidthOptions", [(("fields", index, "start"), problem, spec.start)])
+        return self
 
     @property
     def record_length(self) -> int:
@@ -326,6 +352,14 @@ class Inbound(_Strict):
 
     @model_validator(mode="before")
     @classmethod
+    def _identifier_is_required(cls, data: Any) -> Any:
+        # the member identifier is what a file must carry, whichever it is
+        if isinstance(data, dict) and "required_fields" not in data:
+            data = {**data, "required_fields": [data.get("identifier") or "employee_id"]}
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
     def _x12_dates_are_d8(cls, data: Any) -> Any:
         # an 834's dates are all CCYYMMDD: that is its partner's date_format unless it says
         if isinstance(data, dict) and data.get("format") == "x12_834":
@@ -340,6 +374,7 @@ class Inbound(_Strict):
             raise ValueError("sftp_pull needs 'location' (the partner's server)")
         if self.format == "fixed_width" and self.fixed_width is None:
             raise ValueError("format fixed_width needs a 'fixed_width' section with its fields")
+        self._check_one_column_per_field()
         mapped = set(self.column_mappings.values())
         if self.identifier not in mapped:
             raise ValueError(
@@ -358,6 +393,25 @@ class Inbound(_Strict):
                     f"column_mappings name field(s) {absent} missing from fixed_width.fields"
                 )
         return self
+
+    def _check_one_column_per_field(self) -> None:
+        sources: dict[str, list[str]] = {}
+        for source, target in self.column_mappings.items():
+            sources.setdefault(target, []).append(source)
+        for target, names in sources.items():
+            if len(names) > 1:
+                problem = (
+                    f"columns {names} all map to {target}: one column per field (a file"
+                    " would need every one of them, and only the last would count)"
+                )
+                raise _problems("Inbound", [(("column_mappings", names[-1]), problem, target)])
+        if self.identifier == "ssn" and "employee_id" in sources:
+            problem = (
+                "with identifier ssn, employee_id holds the SSN's keyed hash: the partner's"
+                " own employee id has no column to go to (map it to group_id, or drop it)"
+            )
+            name = sources["employee_id"][0]
+            raise _problems("Inbound", [(("column_mappings", name), problem, "employee_id")])
 
     def _check_x12(self) -> None:
         if self.date_format != D8_FORMAT:

@@ -27,6 +27,16 @@ def write_error_report(path: Path, config: PartnerConfig, rejects: Iterable[Reje
         writer = csv.writer(handle)
         writer.writerow(["Line", key_column_label(config), "Errors"])
         for reject in sorted(rejects, key=lambda r: r.line):
-            writer.writerow([reject.line, reject.key or "", "; ".join(reject.errors)])
+            errors = "; ".join(reject.errors)
+            writer.writerow([reject.line, _inert(reject.key or ""), _inert(errors)])
             count += 1
     return count
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _inert(text: str) -> str:
+    """A cell a spreadsheet shows as text: a partner's value starting with `=` (or + - @)
+    would run as a formula when the report is opened in Excel (CSV injection, OWASP)."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text

@@ -56,6 +56,8 @@ def _codec(encoding: str) -> str:
 
 def _check_columns(inbound: Inbound, header: list[str]) -> list[int | None]:
     """Header position of each mapped field (None: absent); a missing required column is fatal."""
+    if header and header[0].startswith("\ufeff"):  # a BOM the codec kept (utf-16-le, ...)
+        header = [header[0].lstrip("\ufeff").strip(), *header[1:]]
     positions = _header_positions(list(inbound.column_mappings), header)
     missing = [
         f"'{source}' (for {target})"
@@ -73,6 +75,50 @@ def _check_columns(inbound: Inbound, header: list[str]) -> list[int | None]:
         )
     source_of = {target: source for source, target in inbound.column_mappings.items()}
     return [positions.get(source_of[target]) for target in mapped_fields(inbound)]
+
+
+def absent_fields(path: Path, inbound: Inbound) -> list[str]:
+    """The optional fields whose configured column is not in the file's header (a renamed or
+    dropped column): the import keeps their stored values. Empty for layouts without a header
+    and for a header that cannot be read (the readers say why)."""
+    try:
+        header = _header_of(path, inbound)
+    except Exception:  # an unreadable file: its reader says why (openpyxl raises anything)
+        return []
+    if header is None:
+        return []
+    if header and header[0].startswith("\ufeff"):
+        header = [header[0].lstrip("\ufeff").strip(), *header[1:]]
+    found = _header_positions(list(inbound.column_mappings), header)
+    return [
+        target
+        for source, target in inbound.column_mappings.items()
+        if source not in found and target not in inbound.required_fields
+    ]
+
+
+def _header_of(path: Path, inbound: Inbound) -> list[str] | None:
+    if inbound.format == "csv" and inbound.csv_options.has_header:
+        options = inbound.csv_options
+        with open(path, encoding=_codec(options.encoding), newline="") as text:
+            reader = csv.reader(text, delimiter=options.delimiter, quotechar=options.quotechar)
+            return [cell.strip() for cell in next(reader, [])]
+    if inbound.format == "xlsx":
+        import openpyxl
+
+        options = inbound.xlsx_options
+        workbook = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        try:
+            names = workbook.sheetnames
+            if options.sheet is not None and options.sheet not in names:
+                return None
+            sheet = workbook[options.sheet] if options.sheet else workbook.worksheets[0]
+            sheet.reset_dimensions()
+            row = next(sheet.iter_rows(min_row=options.header_row, values_only=True), None)
+            return None if row is None else [_header_cell(value) for value in row]
+        finally:
+            workbook.close()
+    return None
 
 
 def _header_positions(sources: list[str], header: list[str]) -> dict[str, int]:
@@ -116,6 +162,7 @@ def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                 header = list(options.columns or [])
             columns = _check_columns(inbound, header)
             width = len(header)
+            layout = "the header has" if options.has_header else "the configured columns are"
             line = last_line
             for record in reader:
                 line = last_line + 1
@@ -126,7 +173,7 @@ def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                     yield RawRow(
                         line,
                         _values_from(record, columns),
-                        f"has {len(record)} fields, the header has {width}",
+                        f"has {len(record)} fields, {layout} {width}",
                     )
                     continue
                 yield RawRow(line, _values_from(record, columns))
@@ -269,19 +316,23 @@ def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
             raise UnreadableFileError(
                 f"no sheet named {options.sheet!r}; the workbook has {workbook.sheetnames}"
             )
-        rows = sheet.iter_rows(min_row=options.header_row, values_only=True)
+        # the size a sheet states may be stale (exporters write it, some wrongly): read all
+        sheet.reset_dimensions()
+        rows = sheet.iter_rows(min_row=options.header_row)
         try:
             header_cells = next(rows, None)
             if header_cells is None:
                 raise UnreadableFileError(f"sheet {sheet.title!r} has no header row")
-            header = ["" if c is None else str(c).strip() for c in header_cells]
+            header = [_header_cell(c.value) for c in header_cells]
             columns = _check_columns(inbound, header)
             fields = mapped_fields(inbound)
             for offset, cells in enumerate(rows, start=1):
-                if cells is None or all(c is None or str(c).strip() == "" for c in cells):
+                if all(c.value is None or str(c.value).strip() == "" for c in cells):
                     continue
                 values = [
-                    _cell_text(cells[i], target) if i is not None and i < len(cells) else None
+                    _cell_text(cells[i].value, target, _number_format(cells[i]))
+                    if i is not None and i < len(cells)
+                    else None
                     for i, target in zip(columns, fields, strict=True)
                 ]
                 yield RawRow(options.header_row + offset, values)
@@ -307,10 +358,23 @@ def excel_serial_date(serial: int) -> dt.date | None:
     return EXCEL_EPOCH + dt.timedelta(days=serial if serial > 60 else serial + 1)
 
 
-def _cell_text(cell: object, target: str) -> str | None:
+def _header_cell(value: object) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _number_format(cell: object) -> str:
+    return getattr(cell, "number_format", None) or "General"
+
+
+_ZERO_PADDED = re.compile(r"0+")
+LAST_SERIAL = 109_574  # 2200-01-01: a larger number in a date field is not a date cell
+
+
+def _cell_text(cell: object, target: str, number_format: str = "General") -> str | None:
     """A cell as text. A date cell in a date field becomes ISO text (which the validator
     reads in workbooks beside the partner's format): written out in a format with a
-    two-digit year, a 1960 birth date would read back as 2060."""
+    two-digit year, a 1960 birth date would read back as 2060. A number shown zero-padded
+    (format 000000: an id 001234, a zip 02134) keeps the zeros the partner sees."""
     if cell is None:
         return None
     if isinstance(cell, dt.datetime):
@@ -318,12 +382,14 @@ def _cell_text(cell: object, target: str) -> str | None:
     if isinstance(cell, dt.date):
         return cell.isoformat()
     if isinstance(cell, (int, float)) and not isinstance(cell, bool):
-        if target in DATE_FIELDS and 1 <= cell < 2958466:  # a date cell saved as a plain serial
+        if target in DATE_FIELDS and 1 <= cell < LAST_SERIAL:  # a date saved as a serial
             date = excel_serial_date(int(cell))
             if date is not None:
                 return date.isoformat()
         if isinstance(cell, float) and cell.is_integer():
-            return str(int(cell))
+            cell = int(cell)
+        if isinstance(cell, int) and _ZERO_PADDED.fullmatch(number_format):
+            return str(cell).zfill(len(number_format))
         return str(cell)
     return _clean(str(cell))
 

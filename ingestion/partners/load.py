@@ -48,6 +48,8 @@ LOAD_COMPLETED = 0  # dlt's status for a completed load in _dlt_loads
 # a chunk this small probes the key's index for each of its ids rather than read the stored
 # ids (10K probes took ~0.11 s of Postgres time, a 490K-id read ~0.1-0.15 s)
 PROBE_ROWS = 1_000
+# a canonical field stored as other columns
+STORED_COLUMNS_OF = {"ssn": ["ssn_hash", "ssn_last4"]}
 LOAD_SCHEMA = MEMBER_ARROW_SCHEMA.append(pa.field(LOAD_ID_COLUMN, pa.string(), nullable=False))
 
 
@@ -60,9 +62,19 @@ class MemberLoad:
     """One file's load: `add` each validated chunk, then `commit`; leaving the `with` block
     without a commit (an exception, an unreadable file) rolls everything back."""
 
-    def __init__(self, params: ConnectionParams, partner_id: str, schema_name: str):
+    def __init__(
+        self,
+        params: ConnectionParams,
+        partner_id: str,
+        schema_name: str,
+        kept_fields: list[str] | None = None,
+    ):
         self.partner_id = partner_id
         self.schema_name = schema_name
+        # fields this file has no column for: a replaced member keeps its stored values
+        self.kept_columns = [
+            column for field in kept_fields or [] for column in STORED_COLUMNS_OF.get(field, [field])
+        ]
         self.load_id = new_load_id()
         self.rows = 0
         self.seconds = 0.0  # spent merging (in the merge thread) and committing
@@ -83,6 +95,11 @@ class MemberLoad:
 
     def _begin(self) -> None:
         self._cur.execute("create temp table incoming_keys (employee_id text) on commit drop")
+        if self.kept_columns:
+            self._cur.execute(
+                "create temp table kept_values on commit drop as"
+                f" select employee_id, {', '.join(self.kept_columns)} from {TABLE} limit 0"
+            )
         # the partner's least and greatest stored id, as the database orders them (two index
         # look-ups), read before this load adds any: a chunk with no id in this range
         # replaces nobody
@@ -126,6 +143,13 @@ class MemberLoad:
             )
             # an array, not a join: the key's index is probed whatever the planner thinks of
             # a temp table without statistics
+            if self.kept_columns:
+                self._cur.execute(
+                    f"insert into kept_values select employee_id, {', '.join(self.kept_columns)}"
+                    f" from {TABLE} where partner_id = %s"
+                    " and employee_id = any(array(select employee_id from incoming_keys))",
+                    (self.partner_id,),
+                )
             self._cur.execute(
                 f"delete from {TABLE} where partner_id = %s"
                 " and employee_id = any(array(select employee_id from incoming_keys))",
@@ -133,6 +157,14 @@ class MemberLoad:
             )
             self._cur.execute("truncate incoming_keys")
         copy_binary(self._cur, f"{TABLE} ({', '.join(LOAD_SCHEMA.names)})", rows)
+        if len(replaced) and self.kept_columns:
+            assignments = ", ".join(f"{c} = kept.{c}" for c in self.kept_columns)
+            self._cur.execute(
+                f"update {TABLE} as member set {assignments} from kept_values as kept"
+                " where member.partner_id = %s and member.employee_id = kept.employee_id",
+                (self.partner_id,),
+            )
+            self._cur.execute("truncate kept_values")
         self.rows += count
         self.seconds += time.perf_counter() - started
 

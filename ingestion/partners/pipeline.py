@@ -24,6 +24,7 @@ from ingestion.partners.config import PartnerConfig
 from ingestion.partners.csv_arrow import ArrowPathUnfit
 from ingestion.partners.error_report import write_error_report
 from ingestion.partners.errors import TRANSIENT_ERRORS, UnreadableFileError
+from ingestion.partners.formats import absent_fields
 from ingestion.partners.imports import ImportRecord
 from ingestion.partners.load import MemberLoad
 from ingestion.partners.reading import read_batches
@@ -249,7 +250,18 @@ def _load_file(
     arrow: bool = True,
 ) -> tuple[ParsedFile, MemberLoad]:
     """One attempt at the file: every chunk merged in one transaction, committed at the end."""
-    with MemberLoad(params, config.partner_id, pipeline_name(config.partner_id)) as load:
+    kept = absent_fields(path, config.inbound)
+    if kept:
+        # config names only (no PHI): a renamed or dropped column is the partner's to fix
+        record.reason = (
+            f"no column for {', '.join(kept)} (configured: "
+            + ", ".join(repr(s) for s, t in config.inbound.column_mappings.items() if t in kept)
+            + "): the stored values of those fields were kept"
+        )
+        log.warning("%s: %s: %s", config.partner_id, record.filename, record.reason)
+    with MemberLoad(
+        params, config.partner_id, pipeline_name(config.partner_id), kept_fields=kept
+    ) as load:
         parsed = parse_and_validate(path, config, record, load.add, progress, arrow)
         before_commit(parsed)
         load.commit()

@@ -137,6 +137,8 @@ class RowValidator:
             if self.inbound.format == "xlsx" and fmt != ISO_DATE:
                 # date cells arrive as ISO text (see formats._cell_text), text cells as typed
                 dates[name] = pc.coalesce(dates[name], parse_dates(text[name], ISO_DATE))
+            if name == "date_of_birth" and "%y" in fmt:
+                dates[name] = _born_last_century(dates[name], self.today)
             bad = positions(pc.and_(pc.is_valid(text[name]), pc.is_null(dates[name])))
             unparsed[name] = set(bad)
             for pos, value in _at(text[name], bad):
@@ -184,7 +186,7 @@ class RowValidator:
                 else pc.or_(too_short, too_long)
             )
             failures.append(
-                (flagged, f"length must be between {rule.min_length} and {rule.max_length}")
+                (flagged, _length_rule(rule.min_length, rule.max_length))
             )
         if rule.allowed is not None:
             failures.append(
@@ -309,4 +311,31 @@ def _at(values: pa_arrow.Array, where: list[int]) -> list[tuple[int, object]]:
         return []
     return list(
         zip(where, values.take(pa_arrow.array(where, pa_arrow.int64())).to_pylist(), strict=True)
+    )
+
+
+def _length_rule(least: int | None, most: int | None) -> str:
+    if least is not None and most is not None:
+        return f"length must be between {least} and {most}"
+    if least is not None:
+        return f"length must be at least {least}"
+    return f"length must be at most {most}"
+
+
+def _born_last_century(dates: pa_arrow.Array, today: dt.date) -> pa_arrow.Array:
+    """Two-digit years read as Python reads them (69-99: 1900s, 00-68: 2000s) put a birth in
+    1960 in 2060: a birth date after today is taken as 100 years earlier."""
+    late = positions(pc.greater(dates, pa_arrow.scalar(today, pa_arrow.date32())))
+    if not late:
+        return dates
+    earlier = []
+    for value in _values(dates, late):
+        try:
+            earlier.append(value.replace(year=value.year - 100))
+        except ValueError:  # 29 February of a year whose century year is not leap
+            earlier.append(value.replace(year=value.year - 100, day=28))
+    mask = np.zeros(len(dates), dtype=bool)
+    mask[late] = True
+    return pc.replace_with_mask(
+        dates, pa_arrow.array(mask), pa_arrow.array(earlier, pa_arrow.date32())
     )

@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 def test_the_shipped_partner_configs_are_valid():
     loaded = load_partner_configs(REPO / "partner_configs")
     assert loaded.problems == []
-    assert {c.inbound.format for c in loaded.configs.values()} == {"csv", "xlsx", "fixed_width"}
+    formats = {c.inbound.format for c in loaded.configs.values()}
+    assert formats == {"csv", "xlsx", "fixed_width", "x12_834"}
     assert any(c.inbound.identifier == "ssn" for c in loaded.configs.values())
 
 
@@ -49,6 +50,17 @@ def test_the_shipped_partner_configs_are_valid():
             "greater than",
         ),
         ("inbound:\n  unknown_key: 1\n", "inbound.unknown_key", "not permitted"),
+        ('inbound:\n  csv: {delimiter: "\\n"}\n', "inbound.csv.delimiter", "line break"),
+        (
+            "inbound:\n  column_mappings: {EmpID: employee_id}\n",
+            "inbound.column_mappings.Employee ID",  # the later of the two in the file
+            "one column per field",
+        ),
+        (
+            "inbound:\n  identifier: ssn\n  column_mappings: {SSN: ssn}\n",
+            "inbound.column_mappings.Employee ID",
+            "keyed hash",
+        ),
     ],
 )
 def test_a_bad_config_names_file_key_path_and_problem(tmp_path, yaml_text, key_path, words):
@@ -81,7 +93,7 @@ def test_one_broken_file_does_not_stop_the_others_from_loading(tmp_path):
         shutil.copy(path, tmp_path)
     (tmp_path / "broken.yaml").write_text("partner_id: broken\ninbound: [unclosed\n")
     loaded = load_partner_configs(tmp_path)
-    assert len(loaded.configs) == 4
+    assert len(loaded.configs) == len(list((REPO / "partner_configs").glob("*.yaml")))
     [problem] = loaded.problems
     assert problem.file.name == "broken.yaml"
     assert "line" in problem.key_path and "YAML" in problem.message
@@ -257,3 +269,51 @@ def test_one_partner_in_two_files_loads_from_neither(tmp_path):
         "acme_corp.yml: partner_id: acme_corp is also configured in acme_corp.yaml;"
         " neither is loaded until one is removed"
     )
+
+
+def _fixed_width_config(tmp_path: Path, fields: str) -> Path:
+    base = (REPO / "partner_configs" / "initech.yaml").read_text()
+    path = tmp_path / "initech.yaml"
+    path.write_text(_merge(base, f"inbound:\n  fixed_width: {{fields: {fields}}}\n"))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("fields", "key_path", "words"),
+    [
+        (
+            "[{name: EMP_ID, start: 1, width: 10}, {name: EMP_ID, start: 11, width: 5}]",
+            "inbound.fixed_width.fields[1].name",
+            "is also field 0",
+        ),
+        (
+            "[{name: EMP_ID, start: 1, width: 10}, {name: LAST, start: 8, width: 5}]",
+            "inbound.fixed_width.fields[1].start",
+            "overlaps 'EMP_ID' (columns 1-10)",
+        ),
+    ],
+)
+def test_a_fixed_width_layout_with_repeated_or_overlapping_fields_is_refused(
+    tmp_path, fields, key_path, words
+):
+    with pytest.raises(PartnerConfigError) as caught:
+        load_partner_config(_fixed_width_config(tmp_path, fields))
+    assert any(p.key_path == key_path and words in p.message for p in caught.value.problems), (
+        caught.value.problems
+    )
+
+
+def test_an_ssn_partner_without_required_fields_needs_only_its_ssn(tmp_path):
+    base = (REPO / "partner_configs" / "umbrella_plan.yaml").read_text()
+    path = tmp_path / "umbrella_plan.yaml"
+    config = yaml_without(base, "required_fields")
+    path.write_text(config)
+    assert load_partner_config(path).inbound.required_fields == ["ssn"]
+
+
+def yaml_without(text: str, key: str) -> str:
+    import yaml
+
+    data = yaml.safe_load(text)
+    data["inbound"].pop(key)
+    return yaml.safe_dump(data)

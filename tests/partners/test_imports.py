@@ -321,3 +321,34 @@ def test_a_blank_line_met_after_the_first_chunk_merged_reloads_the_file_once_by_
     report = platform.sftp_root / "acme_corp" / "errors" / "enrollment_blank_line.errors.csv"
     reported = {int(r[0]) for r in list(csv.reader(io.StringIO(report.read_text())))[1:]}
     assert reported == {line + (line >= blank_at) for line in generated.bad_rows}
+
+
+def test_a_file_without_an_optional_column_keeps_its_members_stored_values(platform):
+    # the merge replaces whole rows: a renamed header (Email -> E-mail) used to null every
+    # stored email of the file's members, with no word anywhere
+    acme = platform.configs["acme_corp"]
+    header = list(acme.inbound.column_mappings)
+    first = [header, ["DRIFT001", "Ann", "Lee", "01/02/1980", "ann@x.example", "P1", "", ""]]
+    renamed = [[("E-mail" if h == "Email" else h) for h in header]]
+    second = renamed + [["DRIFT001", "Ann", "Lee", "01/02/1980", "new@x.example", "P2", "", ""]]
+
+    def content(rows):
+        out = io.StringIO()
+        csv.writer(out).writerows(rows)
+        return out.getvalue().encode()
+
+    platform.upload("acme_corp", "enrollment_drift_1.csv", content(first))
+    _import(platform, "acme_corp")
+    platform.upload("acme_corp", "enrollment_drift_2.csv", content(second))
+    [record] = _import(platform, "acme_corp")
+
+    assert (record.status, record.rows_loaded) == ("loaded", 1)
+    assert (
+        record.reason
+        == "no column for email (configured: 'Email'): the stored values of those fields were kept"
+    )
+    stored = platform.query(
+        "select email, program from raw_partners.enrollment_members"
+        " where partner_id = 'acme_corp' and employee_id = 'DRIFT001'"
+    )
+    assert stored == [("ann@x.example", "P2")]

@@ -288,3 +288,44 @@ def test_an_834_uploaded_over_sftp_loads_and_its_bad_loops_reach_the_error_repor
     assert any("date_of_birth" in reason for reason in reasons.values())
     assert any("pattern" in reason for reason in reasons.values())
     assert any("last_name" in reason for reason in reasons.values())
+
+
+def test_a_generated_834_with_bad_loops_loads_the_rest_and_reports_each_by_segment(platform):
+    from sandbox.generator import generate_partner_file
+
+    config = platform.configs["wayne_health"]
+    generated = generate_partner_file(config, rows=400, bad_share=0.25, seed=11)
+    platform.upload("wayne_health", generated.filename, generated.content)
+
+    [record] = import_partner_files(config, platform.settings, platform.params)
+
+    assert (record.status, record.rows_total, record.rows_loaded, record.rows_rejected) == (
+        "loaded",
+        400,
+        300,
+        100,
+    )
+    report = (
+        platform.sftp_root
+        / "wayne_health"
+        / "errors"
+        / generated.filename.replace(".x12", ".errors.csv")
+    )
+    lines = list(csv.reader(io.StringIO(report.read_text())))
+    assert {int(row[0]) for row in lines[1:]} == set(generated.bad_rows)
+    stored = platform.query(
+        "select employee_id, first_name, last_name, date_of_birth, source_line_number"
+        " from raw_partners.enrollment_members where partner_id = 'wayne_health'"
+        " order by source_line_number"
+    )
+    expected = [
+        (
+            m["employee_id"],
+            m["first_name"],
+            m["last_name"],
+            m["date_of_birth"],
+            m["source_line_number"],
+        )
+        for m in generated.valid_members
+    ]
+    assert stored == expected

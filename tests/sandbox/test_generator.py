@@ -4,6 +4,7 @@ import csv
 import datetime as dt
 import io
 import re
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,17 @@ def read_records(config: PartnerConfig, content: bytes) -> dict[int, dict[str, A
             padded = list(row) + [None] * (len(header) - len(row))  # trailing blanks are not stored
             records[number] = {mappings[n]: value for n, value in zip(header, padded, strict=True)}
         workbook.close()
+    elif inbound.format == "x12_834":
+        # read back by the product's reader, which has its own tests (tests/partners)
+        from ingestion.partners.formats import mapped_fields, read_rows
+
+        path = Path(tempfile.mkdtemp()) / "file.x12"
+        path.write_bytes(content)
+        fields = mapped_fields(inbound)
+        for row in read_rows(path, inbound):
+            records[row.line] = {
+                field: value or "" for field, value in zip(fields, row.values, strict=True)
+            }
     else:
         assert inbound.fixed_width is not None
         text = content.decode(inbound.fixed_width.encoding)
