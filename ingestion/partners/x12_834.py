@@ -32,6 +32,7 @@ refuses 4010 files, which plans still send; the member loop needs a dozen segmen
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,9 +207,19 @@ def _member_segment(
                 member.set(f"PER*{qualifier}", _element(elements, index + 1))
 
 
+_ELEMENT_NAMES = {
+    tag: [f"{tag}{index:02d}" for index in range(1, count + 1)]
+    for tag, count in (("INS", 8), ("NM1", 9), ("N3", 2), ("N4", 3))
+}
+
+
 def _elements_into(member: _Member, elements: list[str], tag: str, count: int) -> None:
-    for index in range(1, count + 1):
-        member.set(f"{tag}{index:02d}", _element(elements, index))
+    values = member.values
+    for name, value in zip(_ELEMENT_NAMES[tag][:count], elements[1:], strict=False):
+        if value and name not in values:
+            value = value.strip()
+            if value:
+                values[name] = value
 
 
 def _element(elements: list[str], index: int) -> str:
@@ -233,22 +244,27 @@ def _segments(path: Path, encoding: str) -> Iterator[tuple[int, list[str], _Sepa
             raise UnreadableFileError("file is empty")
         start = len(head) - len(head.lstrip(b"\xef\xbb\xbf \t\r\n"))
         separators = _separators(head[start:], encoding)
-        terminator = separators.segment.encode(encoding)
-        pending = head[start:]
-        position = 0
-        while True:
+        terminator, element = separators.segment, separators.element
+        decoder = codecs.getincrementaldecoder(encoding)()
+        pending, position, block = "", 0, head[start:]
+        while block:
+            try:
+                pending += decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                before = pending + block[: exc.start].decode(encoding, errors="replace")
+                raise UnreadableFileError(
+                    f"bytes that are not valid {encoding} in segment"
+                    f" {position + 1 + before.count(terminator)}: {exc.reason}"
+                    f" (byte 0x{block[exc.start]:02x})"
+                ) from None
             parts = pending.split(terminator)
             pending = parts.pop()  # the unterminated rest waits for the next block
             for raw in parts:
-                text = _decoded(raw, encoding, position + 1).strip()
-                if not text:
-                    continue
-                position += 1
-                yield position, text.split(separators.element), separators
+                text = raw.strip()
+                if text:
+                    position += 1
+                    yield position, text.split(element), separators
             block = handle.read(BLOCK_BYTES)
-            if not block:
-                break
-            pending += block
         if pending.strip():  # a last segment without its terminator: the file was cut
             raise UnreadableFileError(
                 f"the file ends inside segment {position + 1}, which has no terminator"
@@ -273,13 +289,3 @@ def _separators(head: bytes, encoding: str) -> _Separators:
             f"the ISA segment names {segment!r} as segment terminator: not an X12 interchange"
         )
     return _Separators(element, component, segment)
-
-
-def _decoded(raw: bytes, encoding: str, position: int) -> str:
-    try:
-        return raw.decode(encoding)
-    except UnicodeDecodeError as exc:
-        raise UnreadableFileError(
-            f"bytes that are not valid {encoding} in segment {position}: {exc.reason}"
-            f" (byte 0x{raw[exc.start]:02x})"
-        ) from None
