@@ -26,7 +26,7 @@ REQUEST_FIELDS = ("employee_id", "date_of_birth", "partner_id")
 QUERY_TIMEOUT_SECONDS = 2.0
 
 _DATE_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_SSN_SHAPE = re.compile(r"[0-9]{3}-?[0-9]{2}-?[0-9]{4}")
+_SSN_SHAPE = re.compile(r"[0-9]{3}[- ]?[0-9]{2}[- ]?[0-9]{4}")  # as mdp.phi.normalize_ssn
 _JSON_TYPES = {
     type(None): "null",
     bool: "boolean",
@@ -199,7 +199,7 @@ def lookup_id(employee_id: str, identifier: str) -> str:
         return employee_id
     digits = normalize_ssn(employee_id) if _SSN_SHAPE.fullmatch(employee_id) else None
     if digits is None:
-        problem = "not a valid SSN: expected 9 digits, dashes allowed (e.g. 123-45-6789)"
+        problem = "not a valid SSN: expected 9 digits, dashes or spaces allowed (e.g. 123-45-6789)"
         raise InvalidRequest([Problem("employee_id", problem)])
     return keyed_hash(digits)
 
@@ -210,16 +210,25 @@ class MartRow(NamedTuple):
     eligibility_start_date: dt.date | None
     eligibility_end_date: dt.date | None
     coverage_status: str | None
+    coverage_status_basis: str | None = None  # 'partner' | 'eligibility_dates'
+
+
+DATES_BASIS = "eligibility_dates"
 
 
 def ineligibility_reason(row: MartRow, today: dt.date) -> str | None:
-    """None when covered today; otherwise why not, dates first (they say the most)."""
+    """None when covered today; otherwise why not, dates first (they say the most). A status
+    the mart derived from the dates held on the day dbt built it: the dates are judged again
+    against this process's today, so a member is covered on the first and last day whatever
+    day the mart was built (a status the partner stated still applies as stated)."""
     start, end, status = row.eligibility_start_date, row.eligibility_end_date, row.coverage_status
     # a date not given bounds nothing, as in dim_member.is_eligible_today
     if end is not None and end < today:
         return f"Coverage ended {end.isoformat()}"
     if start is not None and start > today:
         return f"Coverage starts {start.isoformat()}"
+    if row.coverage_status_basis == DATES_BASIS:
+        return None
     if status == "terminated":
         return "Coverage terminated"
     if status != "active":
@@ -379,7 +388,7 @@ def openapi_document() -> dict[str, Any]:
                             "minLength": 1,
                             "maxLength": MAX_ID_CHARS,
                             "description": "The partner's member identifier; for partners "
-                            "identifying members by SSN, the SSN (9 digits, dashes allowed).",
+                            "identifying members by SSN, the SSN (9 digits, dashes or spaces allowed).",
                         },
                         "date_of_birth": {**date, "example": "1980-05-17"},
                         "partner_id": {

@@ -22,7 +22,7 @@ MAX_BATCH = 256  # ids per query; more misses than this in one turn go as severa
 
 BATCH_LOOKUP_SQL = """
 select employee_id, date_of_birth, program, eligibility_start_date, eligibility_end_date,
-       coverage_status
+       coverage_status, coverage_status_basis
 from marts.mart_eligibility
 where partner_id = $1 and employee_id = any($2::text[])
 """

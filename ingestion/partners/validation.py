@@ -103,6 +103,7 @@ class RowValidator:
         dates, unparsed = self._parse_dates(text, errors)
         for name in self.fields:
             self._check_field(name, text[name], dates.get(name), unparsed.get(name, set()), errors)
+        _check_coverage_order(dates, errors)
         ssn_hash, ssn_last4 = self._hash_ssn(text, errors, len(batch))
         keys = ssn_hash if self.inbound.identifier == "ssn" else text["employee_id"]
         self._flag_repeated_ids(batch.lines, keys, errors)
@@ -185,9 +186,7 @@ class RowValidator:
                 if too_short is None
                 else pc.or_(too_short, too_long)
             )
-            failures.append(
-                (flagged, _length_rule(rule.min_length, rule.max_length))
-            )
+            failures.append((flagged, _length_rule(rule.min_length, rule.max_length)))
         if rule.allowed is not None:
             failures.append(
                 (
@@ -339,3 +338,19 @@ def _born_last_century(dates: pa_arrow.Array, today: dt.date) -> pa_arrow.Array:
     return pc.replace_with_mask(
         dates, pa_arrow.array(mask), pa_arrow.array(earlier, pa_arrow.date32())
     )
+
+
+def _check_coverage_order(dates: dict[str, pa_arrow.Array], errors: Errors) -> None:
+    """Coverage that ends before it starts can never hold: which date is wrong is the
+    partner's to say, so the row is rejected rather than answered."""
+    start, end = dates.get("eligibility_start_date"), dates.get("eligibility_end_date")
+    if start is None or end is None:
+        return
+    backwards = positions(pc.less(end, start))
+    for pos, (first, last) in zip(
+        backwards, zip(_values(start, backwards), _values(end, backwards), strict=True), strict=True
+    ):
+        errors[pos].append(
+            f"eligibility_end_date: {last.isoformat()} is before eligibility_start_date"
+            f" {first.isoformat()}"
+        )

@@ -31,7 +31,9 @@ def test_active_connections_are_bucketed_by_last_success_and_charted(platform):
             (None if minutes is None else now - dt.timedelta(minutes=minutes), connection_id),
         )
     gone = connect_device(platform.params, "member-gone", "fitbit", "FRgone", "a", "r", 28800)
-    platform.query("update devices.connections set status = 'revoked' where connection_id = %s", (gone,))
+    platform.query(
+        "update devices.connections set status = 'revoked' where connection_id = %s", (gone,)
+    )
 
     (fitbit,) = [p for p in freshness_by_provider(platform.params) if p.provider == "fitbit"]
     assert fitbit.active == 4 and fitbit.fresh == 2

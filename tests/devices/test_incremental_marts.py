@@ -102,7 +102,9 @@ def test_new_days_revisions_and_deletions_reach_the_marts_incrementally(platform
     assert _steps(platform)["2026-03-03"] == 3000
 
     _upload(client, {"deleted": [walk["uuid"]]})
-    assert process_pending_uploads(platform.params, platform.settings.state_dir / "dlt").deletions == 1
+    assert (
+        process_pending_uploads(platform.params, platform.settings.state_dir / "dlt").deletions == 1
+    )
     _build(platform)
     assert "2026-03-03" not in _steps(platform)
     assert platform.query(

@@ -420,3 +420,17 @@ def test_a_value_that_would_run_as_a_spreadsheet_formula_is_inert_in_the_error_r
     write_error_report(report, ACME, [Reject(2, '=HYPERLINK("x")', ["employee_id: bad"])])
     [_, row] = list(csv.reader(io.StringIO(report.read_text())))
     assert row == ["2", '\'=HYPERLINK("x")', "employee_id: bad"]
+
+
+def test_coverage_that_ends_before_it_starts_is_rejected(tmp_path):
+    path = tmp_path / "backwards.csv"
+    rows = [
+        "E000001,Ann,Lee,01/02/1980,a@b.c,P,03/01/2026,02/01/2026",
+        "E000002,Bob,Lee,01/02/1980,b@b.c,P,03/01/2026,03/01/2026",
+    ]
+    path.write_text(",".join(HEADER) + "\n" + "\n".join(rows) + "\n")
+    valid, [reject] = _validated(ACME, path)
+    assert [row["employee_id"] for row in valid] == ["E000002"]
+    assert reject.line == 2 and reject.errors == [
+        "eligibility_end_date: 2026-02-01 is before eligibility_start_date 2026-03-01"
+    ]

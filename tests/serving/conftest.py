@@ -40,6 +40,7 @@ create table if not exists marts.mart_eligibility (
     eligibility_start_date  date,
     eligibility_end_date    date,
     coverage_status         text,
+    coverage_status_basis   text,
     refreshed_at            timestamptz not null default now()
 );
 create unique index if not exists mart_eligibility_partner_employee

@@ -90,7 +90,7 @@ def test_unknown_member_and_wrong_dob_get_the_same_404(client: TestClient, keys:
 
 
 def test_ssn_partner_is_looked_up_by_the_ssn_hash(client: TestClient, keys: Keys) -> None:
-    for ssn in (SSN, SSN.replace("-", "")):
+    for ssn in (SSN, SSN.replace("-", ""), SSN.replace("-", " ")):
         body = {"employee_id": ssn, "date_of_birth": "1972-03-09"}
         response = check(client, keys, body, partner="umbrella_plan")
         assert response.status_code == 200, response.text
@@ -562,3 +562,22 @@ def test_prerendered_answers_are_what_jsonresponse_would_send() -> None:
         assert body == JSONResponse(expected).body
         assert eligible is expected["eligible"]
     assert NOT_FOUND_JSON == JSONResponse(NOT_FOUND_BODY).body
+
+
+def test_a_status_the_mart_took_from_the_dates_is_judged_again_against_todays_date() -> None:
+    # the mart's status holds for the day dbt built it: a member starting (or ending) today
+    # was refused until the next build, by a "pending" (or "terminated") from yesterday
+    from serving.eligibility import MartRow, ineligibility_reason
+
+    today = dt.date(2026, 3, 1)
+    dob = dt.date(1980, 1, 2)
+    starts_today = MartRow(dob, "p", today, None, "pending", "eligibility_dates")
+    ends_today = MartRow(dob, "p", dt.date(2025, 1, 1), today, "terminated", "eligibility_dates")
+    ended = MartRow(
+        dob, "p", dt.date(2025, 1, 1), today - dt.timedelta(days=1), "active", "eligibility_dates"
+    )
+    stated = MartRow(dob, "p", dt.date(2025, 1, 1), None, "terminated", "partner")
+    assert ineligibility_reason(starts_today, today) is None
+    assert ineligibility_reason(ends_today, today) is None
+    assert ineligibility_reason(ended, today) == "Coverage ended 2026-02-28"
+    assert ineligibility_reason(stated, today) == "Coverage terminated"

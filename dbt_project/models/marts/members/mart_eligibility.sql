@@ -10,7 +10,9 @@
 {#-
     The table the eligibility API reads. It carries no names, contact details or SSN
     parts: only what a check needs. Lookups go through the unique (partner_id,
-    employee_id) index.
+    employee_id) index. A status that came from the dates (coverage_status_basis
+    'eligibility_dates') holds for the day of the build only: the API judges the dates
+    against its own today, and applies only a status the partner stated.
 -#}
 
 with
@@ -32,6 +34,7 @@ final as (
         eligibility_start_date,
         eligibility_end_date,
         coverage_status,
+        coverage_status_basis,
         now()::timestamptz as refreshed_at
 
     from members_resolved
