@@ -128,9 +128,11 @@ def pull_partner_env(settings: Settings) -> dict[str, str]:
         location = config.inbound.location
         if config.inbound.transport != "sftp_pull" or location is None:
             continue
-        env[location.host_env] = "127.0.0.1"
         if location.port_env:
+            env[location.host_env] = "127.0.0.1"
             env[location.port_env] = str(settings.pull_sftp_port)
+        else:  # a config with a fixed port: the port rides in the host variable
+            env[location.host_env] = f"127.0.0.1:{settings.pull_sftp_port}"
         env[location.username_env] = partner_id
         if location.password_env:
             env[location.password_env] = partner_sftp_password(settings, partner_id)

@@ -148,17 +148,44 @@ class SftpServer:
         host: str = "127.0.0.1",
         port: int = 0,
         host_key_path: Path | None = None,
+        users_file: Path | None = None,
     ):
         self.root = Path(root)
         self.host = host
         self.port = port
-        self._users = {name: _checked_user("users", name, spec) for name, spec in users.items()}
-        self._homes = {
-            name: _home_dir(self.root, name, spec["home"]) for name, spec in self._users.items()
-        }
+        self._passwords: dict[str, str] = {}  # shared with every connection's _SshServer
+        self._homes: dict[str, Path] = {}
+        self._use_users(users)
+        # re-read when it changes: a partner added while the server runs can log in
+        self._users_file = users_file
+        self._users_mtime = users_file.stat().st_mtime_ns if users_file else None
         self._host_key_path = host_key_path
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._connections: set[asyncssh.SSHServerConnection] = set()
+
+    def _use_users(self, users: Mapping[str, Mapping[str, str]]) -> None:
+        checked = {name: _checked_user("users", name, spec) for name, spec in users.items()}
+        homes = {name: _home_dir(self.root, name, spec["home"]) for name, spec in checked.items()}
+        self._passwords.clear()
+        self._passwords.update({name: spec["password"] for name, spec in checked.items()})
+        self._homes.clear()
+        self._homes.update(homes)
+
+    def _reload_users(self) -> None:
+        if self._users_file is None:
+            return
+        try:
+            mtime = self._users_file.stat().st_mtime_ns
+            if mtime == self._users_mtime:
+                return
+            self._use_users(load_users(self._users_file))
+        except (OSError, SftpConfigError) as exc:
+            logger.error("users file not reloaded, the previous users stay: %s", exc)
+            return
+        self._users_mtime = mtime
+        for home in self._homes.values():
+            home.mkdir(parents=True, exist_ok=True)
+        logger.info("users reloaded from %s", self._users_file)
 
     async def start(self) -> int:
         """Start listening; returns the bound port."""
@@ -169,11 +196,10 @@ class SftpServer:
             host_key = load_or_create_host_key(self._host_key_path)
         else:
             host_key = asyncssh.generate_private_key("ssh-ed25519")
-        passwords = {name: spec["password"] for name, spec in self._users.items()}
         self._acceptor = await asyncssh.listen(
             self.host,
             self.port,
-            server_factory=lambda: _SshServer(passwords, self._connections),
+            server_factory=self._new_connection,
             server_host_keys=[host_key],
             sftp_factory=self._sftp_session,
             allow_scp=False,
@@ -181,6 +207,10 @@ class SftpServer:
         )
         self.port = self._acceptor.get_port()
         return self.port
+
+    def _new_connection(self) -> _SshServer:
+        self._reload_users()
+        return _SshServer(self._passwords, self._connections)
 
     def _sftp_session(self, chan: asyncssh.SSHServerChannel) -> asyncssh.SFTPServer:
         username = chan.get_extra_info("username")
@@ -214,8 +244,11 @@ class SftpServerThread:
         host: str = "127.0.0.1",
         port: int = 0,
         host_key_path: Path | None = None,
+        users_file: Path | None = None,
     ):
-        self.server = SftpServer(root, users, host=host, port=port, host_key_path=host_key_path)
+        self.server = SftpServer(
+            root, users, host=host, port=port, host_key_path=host_key_path, users_file=users_file
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -318,7 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     try:
         server = SftpServer(
-            args.root, load_users(args.users_file), args.host, args.port, args.host_key
+            args.root,
+            load_users(args.users_file),
+            args.host,
+            args.port,
+            args.host_key,
+            users_file=args.users_file,
         )
         asyncio.run(_serve_until_signalled(server))
     except SftpConfigError as exc:

@@ -312,10 +312,24 @@ def _date_format_problem(fmt: str) -> str | None:
 Format = Literal["csv", "xlsx", "fixed_width", "x12_834"]
 
 
+def _cron(expression: str) -> str:
+    """A five-field cron string (or @hourly, @daily, ...), as Dagster schedules take: a bad
+    one failed the whole Dagster code location, every partner with it."""
+    from croniter import croniter
+
+    fields = expression.split()
+    if not croniter.is_valid(expression) or (len(fields) != 5 and not expression.startswith("@")):
+        raise ValueError(
+            f"{expression!r} is not a cron schedule: five fields (minute hour day month"
+            " weekday), e.g. '*/10 * * * *' for every ten minutes, or @hourly / @daily"
+        )
+    return expression
+
+
 class Inbound(_Strict):
     transport: Literal["sftp_push", "sftp_pull"]
     location: RemoteLocation | None = None
-    schedule: str = "0 * * * *"  # pull partners: when we poll their server
+    schedule: Annotated[str, AfterValidator(_cron)] = "0 * * * *"  # pull partners: poll times
     filename_pattern: str = "*"
     format: Format
     csv: CsvOptions | None = None

@@ -7,6 +7,7 @@ import fnmatch
 import logging
 import os
 import posixpath
+import re
 import socket
 import stat
 import time
@@ -59,8 +60,13 @@ def pull_endpoint(partner_id: str, location: RemoteLocation) -> SftpEndpoint:
         if location.port_env
         else location.port
     )
+    host = _required_env(location.host_env, partner_id)
+    # "host:port" in the host variable names the port too (as a config without port_env
+    # is pointed elsewhere, e.g. at the sandbox's stand-in server)
+    if (found := re.fullmatch(r"([^:\[\]]+|\[[^\]]+\]):([0-9]{1,5})", host)) is not None:
+        host, port = found.group(1).strip("[]"), int(found.group(2))
     return SftpEndpoint(
-        host=_required_env(location.host_env, partner_id),
+        host=host,
         port=port,
         username=_required_env(location.username_env, partner_id),
         password=_required_env(location.password_env, partner_id)
@@ -142,7 +148,14 @@ def list_inbox(
     """Files matching the partner's pattern, and the names that have a completion marker."""
     files: list[RemoteFile] = []
     names: set[str] = set()
-    for entry in sftp.listdir_attr(directory):
+    try:
+        entries = sftp.listdir_attr(directory)
+    except FileNotFoundError:
+        # a partner added to the configs before its home was made (`mdp stack up`): nothing
+        # to import yet, and the other partners' inboxes go on
+        log.warning("%s does not exist (yet): no files to import from it", directory)
+        return [], set()
+    for entry in entries:
         if entry.st_mode is not None and not stat.S_ISREG(entry.st_mode):
             continue
         names.add(entry.filename)
@@ -193,6 +206,19 @@ def complete_files(
 
 
 def remove_with_markers(sftp: paramiko.SFTPClient, remote: RemoteFile) -> None:
+    """Remove an imported file and its markers, unless it changed since it was listed: an
+    upload that stalled past the settle window and then went on. That file stays, and the
+    next poll imports it whole (other bytes: a new import, whose rows replace these)."""
+    try:
+        now = sftp.stat(remote.path)
+    except FileNotFoundError:
+        return
+    if (now.st_size or 0) != remote.size or float(now.st_mtime or 0) != remote.mtime:
+        log.warning(
+            "%s changed while it was imported (still being written?): left for the next poll",
+            remote.path,
+        )
+        return
     for path in (remote.path, *(remote.path + s for s in MARKER_SUFFIXES)):
         with contextlib.suppress(FileNotFoundError, IOError):
             sftp.remove(path)

@@ -317,3 +317,15 @@ def yaml_without(text: str, key: str) -> str:
     data = yaml.safe_load(text)
     data["inbound"].pop(key)
     return yaml.safe_dump(data)
+
+
+@pytest.mark.parametrize("schedule", ["every ten minutes", "* * * * * *", "61 * * * *"])
+def test_a_pull_schedule_that_is_not_cron_is_refused_at_load(tmp_path, schedule):
+    # it loaded, and then failed the whole Dagster code location, every partner with it
+    base = (REPO / "partner_configs" / "initech.yaml").read_text()
+    path = tmp_path / "initech.yaml"
+    path.write_text(_merge(base, f"inbound:\n  schedule: '{schedule}'\n"))
+    with pytest.raises(PartnerConfigError) as caught:
+        load_partner_config(path)
+    [problem] = caught.value.problems
+    assert problem.key_path == "inbound.schedule" and "not a cron schedule" in problem.message

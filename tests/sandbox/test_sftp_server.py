@@ -219,3 +219,42 @@ def test_cli_serves_until_sigterm_without_logging_passwords(tmp_path: Path) -> N
     assert process.returncode == 0
     assert "acme_corp" in stderr
     assert "cli-secret" not in stderr
+
+
+def test_a_user_added_to_the_users_file_can_log_in_without_a_restart(tmp_path):
+    # a partner added while the stack ran was listed by `mdp stack status`, but refused
+    import time
+
+    users_file = tmp_path / "users.json"
+    users_file.write_text(json.dumps({"acme": {"password": "pw-a", "home": "acme"}}))
+    server = SftpServerThread(
+        tmp_path / "root",
+        json.loads(users_file.read_text()),
+        host_key_path=tmp_path / "key",
+        users_file=users_file,
+    )
+    with server:
+        users_file.write_text(
+            json.dumps(
+                {
+                    "acme": {"password": "pw-a", "home": "acme"},
+                    "hooli": {"password": "pw-h", "home": "hooli"},
+                }
+            )
+        )
+        later = time.time() + 5
+        os.utime(users_file, (later, later))  # a new mtime even on a coarse clock
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        client.connect(
+            "127.0.0.1",
+            port=server.port,
+            username="hooli",
+            password="pw-h",
+            allow_agent=False,
+            look_for_keys=False,
+        )
+        try:
+            assert client.open_sftp().listdir("/") == []
+        finally:
+            client.close()
