@@ -446,6 +446,15 @@ def imports_list(partner_id: str | None, limit: int, as_json: bool) -> None:
     params = connection_params(_settings())
     ensure_schema(params)
     rows = list_imports(params, partner_id=partner_id, limit=limit)
+    if partner_id and not rows:
+        from ingestion.partners.config import load_partner_configs
+
+        known = load_partner_configs(_settings().partner_config_dir).configs
+        if partner_id not in known:  # a typo, not a partner without imports
+            click.echo(
+                f"note: no partner {partner_id!r} in the configs ({', '.join(sorted(known))})",
+                err=True,
+            )
     if as_json:
         _print_json(rows)
         return

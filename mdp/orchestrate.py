@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from mdp.database import connection_params
@@ -73,10 +74,39 @@ def check_selection(defs, select: str) -> int:
     except DagsterInvalidAssetSelectionError:
         raise SelectionError(f"{select!r} is not a valid asset selection") from None
     except DagsterInvalidSubsetError as exc:
-        raise SelectionError(str(exc).split(". ")[0]) from None
+        raise SelectionError(str(exc).split(". ")[0] + _named_like(graph, select)) from None
     if not assets and not checks:
-        raise SelectionError(f"selection matches no assets: {select!r}")
+        raise SelectionError(f"selection matches no assets: {select!r}{_named_like(graph, select)}")
+    _check_made_together(defs, assets)
     return len(assets) + len(checks)
+
+
+def _named_like(graph, select: str) -> str:
+    """A hint when a word of the selection is the last part of asset keys (dim_member for
+    marts/dim_member): keys are paths, which a bare name does not match."""
+    words = set(re.findall(r"(?<![:/\w])([A-Za-z_][\w]*)(?![\w/:])", select))
+    keys = sorted(
+        key.to_user_string() for key in graph.get_all_asset_keys() if key.path[-1] in words
+    )
+    if not keys:
+        return ""
+    return f"; asset keys are paths: did you mean {', '.join(keys[:5])} (or key:*{keys[0].split('/')[-1]})?"
+
+
+def _check_made_together(defs, assets) -> None:
+    """Assets one step makes together (the partner import writes both raw tables) cannot be
+    run apart: say which to select, rather than fail building the job with a traceback."""
+    for key in sorted(assets):
+        made_with = defs.get_assets_def(key)
+        if made_with.can_subset or made_with.keys <= assets:
+            continue
+        together = sorted(k.to_user_string() for k in made_with.keys)
+        raise SelectionError(
+            f"{key.to_user_string()} is made together with"
+            f" {', '.join(k for k in together if k != key.to_user_string())} by one step"
+            f" ({made_with.node_def.name}): select them all, e.g."
+            f" '{' or '.join('key:' + k for k in together)}'"
+        )
 
 
 def run_assets(settings: Settings, select=None, run_config: dict | None = None, defs=None):

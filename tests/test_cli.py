@@ -288,3 +288,21 @@ def test_replay_of_a_file_a_later_file_followed_is_refused_unless_forced(platfor
         "select count(*) from raw_partners.file_imports where reason = %s",
         (f"replay of {first.file_id}",),
     ) == [(0,)]
+
+
+def test_a_selection_splitting_what_one_step_makes_says_what_to_select():
+    # it passed the check, then failed building the job with a DagsterInvalidSubsetError
+    @dg.multi_asset(specs=[dg.AssetSpec(["raw", "members"]), dg.AssetSpec(["raw", "imports"])])
+    def partner_files():
+        yield dg.MaterializeResult(asset_key=["raw", "members"])
+        yield dg.MaterializeResult(asset_key=["raw", "imports"])
+
+    @dg.asset(key=["marts", "dim_member"], deps=[["raw", "members"]])
+    def dim_member() -> None: ...
+
+    defs = dg.Definitions(assets=[partner_files, dim_member])
+    with pytest.raises(SelectionError, match=r"made together with raw/imports .*key:raw/imports"):
+        check_selection(defs, "raw/members")
+    assert check_selection(defs, "key:raw/*") == 2
+    with pytest.raises(SelectionError, match="did you mean marts/dim_member"):
+        check_selection(defs, "dim_member")

@@ -1,6 +1,7 @@
 """dbt models, snapshots and tests as assets and asset checks, downstream of the dlt tables."""
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import dagster as dg
@@ -12,6 +13,7 @@ from dagster_dbt import (
     dbt_assets,
 )
 
+from mdp.database import ConnectionParams, connect
 from orchestration.defs.transform.project import dbt_project
 from orchestration.resources import PlatformResource
 
@@ -47,10 +49,29 @@ translator = PlatformDbtTranslator(
 )
 def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, platform: PlatformResource):
     platform.params  # noqa: B018 -- exports the profile's MDP_PG_* variables for the dbt subprocess
-    build = dbt.cli(["build"], context=context, raise_on_error=False)
-    yield from build.stream()
+    with one_build_at_a_time(platform.params, context.log):
+        build = dbt.cli(["build"], context=context, raise_on_error=False)
+        yield from build.stream()
     if not build.is_successful():
         raise _build_failure(build.get_artifact("run_results.json").get("results", []))
+
+
+@contextlib.contextmanager
+def one_build_at_a_time(params: ConnectionParams, log: Any) -> Iterator[None]:
+    """A session advisory lock around `dbt build`: two runs building at once collided on
+    dbt's swap tables (`relation "..__dbt_backup" already exists`) and one failed."""
+    with connect(params, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("select pg_try_advisory_lock(hashtext(%s))", (BUILD_LOCK,))
+        if not cur.fetchone()[0]:
+            log.info("another dbt build is running; this one waits for it")
+            cur.execute("select pg_advisory_lock(hashtext(%s))", (BUILD_LOCK,))
+        try:
+            yield
+        finally:
+            cur.execute("select pg_advisory_unlock(hashtext(%s))", (BUILD_LOCK,))
+
+
+BUILD_LOCK = "mdp:dbt-build"
 
 
 def _build_failure(results: list[dict[str, Any]]) -> dg.Failure:
