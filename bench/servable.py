@@ -23,10 +23,12 @@ CHECK_PATH = "/api/v1/eligibility/check"
 def _selection_and_config():
     import dagster as dg
 
-    from ingestion.partners import DATASET, IMPORTS_TABLE, MEMBERS_TABLE
+    from ingestion.partners import ABSENT_TABLE, DATASET, IMPORTS_TABLE, MEMBERS_TABLE
 
     raw = dg.AssetSelection.assets(
-        dg.AssetKey([DATASET, MEMBERS_TABLE]), dg.AssetKey([DATASET, IMPORTS_TABLE])
+        dg.AssetKey([DATASET, MEMBERS_TABLE]),
+        dg.AssetKey([DATASET, IMPORTS_TABLE]),
+        dg.AssetKey([DATASET, ABSENT_TABLE]),
     )
     # the partner_import job's selection; only this partner's inbox is polled
     return raw.downstream(), {"ops": {"partner_files": {"config": {"partners": [PARTNER]}}}}

@@ -474,7 +474,8 @@ def imports_list(partner_id: str | None, limit: int, as_json: bool) -> None:
 @click.option(
     "--force",
     is_flag=True,
-    help="Replay even though a later file of the partner was loaded (its changes are undone).",
+    help="Replay even though a later file of the partner was loaded (its changes are undone),"
+    " or though a full file leaves out more members than max_termination_share (it was held).",
 )
 def imports_replay(file_id: str, force: bool) -> None:
     """Re-import an archived file on purpose (it bypasses the duplicate check), then rebuild dbt."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from ingestion.partners import DATASET, IMPORTS_TABLE, MEMBERS_TABLE
+from ingestion.partners import ABSENT_TABLE, DATASET, IMPORTS_TABLE, MEMBERS_TABLE
 from ingestion.partners import imports as ledger
 from ingestion.partners.config import load_partner_configs
 from ingestion.partners.imports import ImportRecord
@@ -75,11 +75,14 @@ def replay_import(settings: Settings, file_id: str, rebuild: bool = True, force:
                 settings,
                 params,
                 progress=lambda _name, rows: bar.update(rows - bar.n),
+                hold_mass_termination=not force,
             )
     run = None
     if rebuild:
         raw = dg.AssetSelection.assets(
-            dg.AssetKey([DATASET, MEMBERS_TABLE]), dg.AssetKey([DATASET, IMPORTS_TABLE])
+            dg.AssetKey([DATASET, MEMBERS_TABLE]),
+            dg.AssetKey([DATASET, IMPORTS_TABLE]),
+            dg.AssetKey([DATASET, ABSENT_TABLE]),
         )
         run = run_assets(settings, select=raw.downstream() - raw)
     return record, run

@@ -45,6 +45,16 @@ create table if not exists raw_partners.file_imports (
 );
 create index if not exists file_imports_partner_sha on raw_partners.file_imports (partner_id, sha256);
 
+-- members a partner's full file left out (inbound.full_file): terminated as of that file,
+-- unless a later file has them again; written with the file's rows, in one transaction
+create table if not exists raw_partners.absent_members (
+    partner_id    text not null,
+    employee_id   text not null,
+    file_id       text not null,
+    absent_since  timestamptz not null,
+    primary key (partner_id, employee_id, file_id)
+);
+
 create table if not exists serving.api_keys (
     key_id      text primary key,
     partner_id  text not null,

@@ -18,6 +18,7 @@ from mdp.database import ConnectionParams, connect
 DATASET = "raw_partners"
 MEMBERS_TABLE = "enrollment_members"
 IMPORTS_TABLE = "file_imports"
+ABSENT_TABLE = "absent_members"  # whom a full file left out (mdp/schema.py)
 
 _HINTS = {
     "partner_id": {"data_type": "text", "nullable": False},

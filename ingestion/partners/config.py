@@ -340,6 +340,11 @@ class Inbound(_Strict):
     column_mappings: dict[str, CanonicalField] = Field(default_factory=dict)
     date_format: str = "%Y-%m-%d"
     required_fields: list[CanonicalField] = Field(default_factory=lambda: ["employee_id"])
+    # full_file: each file lists every member (an 834 audit file, a full roster): a member
+    # a file leaves out is terminated as of that file, unless more than
+    # max_termination_share of the members would be (then the file is held, not loaded)
+    full_file: bool = False
+    max_termination_share: Annotated[float, Field(gt=0, le=1)] = 0.2
     validations: dict[str, FieldRule] = Field(default_factory=dict)
 
     @field_validator("date_format")

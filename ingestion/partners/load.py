@@ -28,6 +28,7 @@ merge thread, ~2.0 s with a streaming parse.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import io
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -38,11 +39,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 
+from ingestion.partners import ABSENT_TABLE as ABSENT_MEMBERS
 from ingestion.partners import DATASET, MEMBERS_TABLE
 from ingestion.partners.validation import MEMBER_ARROW_SCHEMA
 from mdp.database import ConnectionParams, connect
 
 TABLE = f"{DATASET}.{MEMBERS_TABLE}"
+ABSENT_TABLE = f"{DATASET}.{ABSENT_MEMBERS}"
+# a stored member no full file received after its row has left out
+_ACTIVE = (
+    f"not exists (select from {ABSENT_TABLE} as absent where absent.partner_id ="
+    " member.partner_id and absent.employee_id = member.employee_id"
+    " and absent.absent_since > member.file_received_at)"
+)
+# ... that this file (%(file)s) neither loaded nor rejected
+_LEFT_OUT = (
+    "member.source_file_id <> %(file)s and not exists (select from incoming_keys as present"
+    " where present.employee_id = member.employee_id)"
+)
 LOAD_ID_COLUMN = "_dlt_load_id"
 LOAD_COMPLETED = 0  # dlt's status for a completed load in _dlt_loads
 # a chunk this small probes the key's index for each of its ids rather than read the stored
@@ -203,6 +217,36 @@ class MemberLoad:
         )
         (found,) = self._cur.fetchone()
         return bool(found)
+
+    def left_out(self, present_keys: list[str], file_id: str) -> tuple[int, int]:
+        """For a full file, once every chunk is merged: (members it leaves out that were
+        still active, active members in all). Present are the file's loaded rows and the
+        keys of its rejected rows; a member counts as active unless a full file received
+        after its row left it out."""
+        self._wait()
+        self._cur.execute("truncate incoming_keys")
+        if present_keys:
+            keys = pa.table({"employee_id": pa.array(present_keys, pa.string())})
+            copy_binary(self._cur, "incoming_keys (employee_id)", binary_copy_data(keys))
+        self._cur.execute("analyze incoming_keys")
+        self._cur.execute(
+            f"select count(*) filter (where {_LEFT_OUT}), count(*)"
+            f" from {TABLE} as member where member.partner_id = %(partner)s and {_ACTIVE}",
+            {"partner": self.partner_id, "file": file_id},
+        )
+        left_out, active = self._cur.fetchone()
+        return int(left_out), int(active)
+
+    def record_left_out(self, file_id: str, received_at: dt.datetime) -> None:
+        """Record the members `left_out` counted as absent since this file (same transaction
+        as its rows: a rolled-back load leaves no absence behind)."""
+        self._cur.execute(
+            f"insert into {ABSENT_TABLE} (partner_id, employee_id, file_id, absent_since)"
+            " select member.partner_id, member.employee_id, %(file)s, %(since)s"
+            f" from {TABLE} as member where member.partner_id = %(partner)s"
+            f" and {_ACTIVE} and {_LEFT_OUT} on conflict do nothing",
+            {"partner": self.partner_id, "file": file_id, "since": received_at},
+        )
 
     def commit(self) -> str:
         """Record the load in `_dlt_loads` and commit; returns the load id."""

@@ -165,8 +165,10 @@ def process_archived_file(
     settings: Settings,
     params: ConnectionParams,
     progress: Progress | None = None,
+    hold_mass_termination: bool = True,
 ) -> ImportRecord:
-    """Parse, validate and load one archived file, updating its ledger row. Used by replay too."""
+    """Parse, validate and load one archived file, updating its ledger row. Used by replay too
+    (whose --force loads a full file that leaves out more members than the partner allows)."""
     reporting = 0.0
 
     def report_rejects(parsed: ParsedFile) -> None:
@@ -183,7 +185,15 @@ def process_archived_file(
     with startup_objects_frozen():
         try:
             try:
-                parsed, load = _load_file(path, config, record, params, report_rejects, progress)
+                parsed, load = _load_file(
+                    path,
+                    config,
+                    record,
+                    params,
+                    report_rejects,
+                    progress,
+                    hold=hold_mass_termination,
+                )
             except ArrowPathUnfit as unfit:
                 # rare (a blank line, a malformed row): the fast parser's rows were rolled back
                 log.info(
@@ -193,7 +203,14 @@ def process_archived_file(
                     unfit,
                 )
                 parsed, load = _load_file(
-                    path, config, record, params, report_rejects, progress, arrow=False
+                    path,
+                    config,
+                    record,
+                    params,
+                    report_rejects,
+                    progress,
+                    arrow=False,
+                    hold=hold_mass_termination,
                 )
             # merging overlaps reading: load is the merge thread's time, parse the rest of ours
             record.load_seconds = load.seconds
@@ -248,6 +265,7 @@ def _load_file(
     before_commit: Callable[[ParsedFile], None],
     progress: Progress | None,
     arrow: bool = True,
+    hold: bool = True,
 ) -> tuple[ParsedFile, MemberLoad]:
     """One attempt at the file: every chunk merged in one transaction, committed at the end."""
     kept = absent_fields(path, config.inbound)
@@ -263,14 +281,38 @@ def _load_file(
         params, config.partner_id, pipeline_name(config.partner_id), kept_fields=kept
     ) as load:
         parsed = parse_and_validate(path, config, record, load.add, progress, arrow)
+        if config.inbound.full_file:
+            _record_left_out(load, parsed, config, record, hold)
         before_commit(parsed)
         load.commit()
     return parsed, load
 
 
+def _record_left_out(
+    load: MemberLoad, parsed: ParsedFile, config: PartnerConfig, record: ImportRecord, hold: bool
+) -> None:
+    """A full file: the members it leaves out are terminated as of its arrival, unless so
+    many would be that the file looks cut or wrong (then it is held, nothing loaded)."""
+    assert record.received_at is not None
+    inbound = config.inbound
+    left_out, active = load.left_out(parsed.rejected_keys, record.file_id)
+    if hold and left_out > inbound.max_termination_share * active:
+        raise UnreadableFileError(
+            f"a full file that would terminate {left_out} of {active} members by leaving them"
+            f" out ({left_out / active:.0%}, more than max_termination_share"
+            f" {inbound.max_termination_share:.0%}): held, nothing loaded; if it is right,"
+            " `mdp imports replay --force` it"
+        )
+    load.record_left_out(record.file_id, record.received_at)
+    if left_out:
+        note = f"full file: {left_out} member(s) it leaves out terminated as of its arrival"
+        record.reason = f"{record.reason}; {note}" if record.reason else note
+
+
 @dataclass
 class ParsedFile:
     rejects: list[Reject] = field(default_factory=list)
+    rejected_keys: list[str] = field(default_factory=list)
     total: int = 0
     first_valid: pa.Table | None = None  # for the materialization's preview
 
@@ -298,6 +340,7 @@ def parse_and_validate(
                 parsed.first_valid = result.valid
             on_valid(result.valid)
         parsed.rejects.extend(result.rejects)
+        parsed.rejected_keys.extend(result.rejected_keys)
         if progress:
             progress(record.filename, parsed.total)
     if parsed.total == 0:

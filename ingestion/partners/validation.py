@@ -60,6 +60,9 @@ class Reject:
 class ValidatedChunk:
     valid: pa_arrow.Table
     rejects: list[Reject] = field(default_factory=list)
+    # the stored key (employee_id, or the SSN's hash) of each rejected row that has one: in a
+    # full file such a member is present, just not loadable, and must not count as left out
+    rejected_keys: list[str] = field(default_factory=list)
 
 
 def _date_bounds(rule: FieldRule, today: dt.date) -> list[tuple[str, dt.date, str]]:
@@ -123,7 +126,10 @@ class RowValidator:
             "ssn_last4": ssn_last4,
             "employee_id": keys,
         }
-        return ValidatedChunk(self._to_arrow(columns, batch.lines, pa_arrow.array(valid)), rejects)
+        rejected_keys = [key for key in _values(keys, sorted(errors)) if key is not None]
+        return ValidatedChunk(
+            self._to_arrow(columns, batch.lines, pa_arrow.array(valid)), rejects, rejected_keys
+        )
 
     def _parse_dates(
         self, text: dict[str, pa_arrow.Array], errors: Errors

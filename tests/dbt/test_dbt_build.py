@@ -35,6 +35,7 @@ MART_ELIGIBILITY_COLUMNS = [
     ("eligibility_start_date", "date"),
     ("eligibility_end_date", "date"),
     ("coverage_status", "text"),
+    ("coverage_status_basis", "text"),
     ("refreshed_at", "timestamp with time zone"),
 ]
 

@@ -6,6 +6,7 @@ import csv
 import io
 import logging
 import time
+from pathlib import Path
 
 from ingestion.partners.pipeline import import_partner_files
 from sandbox.generator import (
@@ -15,6 +16,8 @@ from sandbox.generator import (
     truncated_xlsx,
     undecodable_bytes,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _import(platform, partner_id):
@@ -352,3 +355,73 @@ def test_a_file_without_an_optional_column_keeps_its_members_stored_values(platf
         " where partner_id = 'acme_corp' and employee_id = 'DRIFT001'"
     )
     assert stored == [("ann@x.example", "P2")]
+
+
+def _full_roster_partner(platform, tmp_path):
+    """acme_corp's layout as a partner of its own whose files list every member."""
+    import yaml
+
+    from ingestion.partners.config import load_partner_configs
+    from sandbox.sftp_server import ensure_partner_home
+
+    data = yaml.safe_load((REPO / "partner_configs" / "acme_corp.yaml").read_text())
+    data["partner_id"] = "full_roster"
+    data["inbound"]["full_file"] = True
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "full_roster.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    ensure_partner_home(platform.sftp_root, "full_roster")
+    return load_partner_configs(folder).configs["full_roster"]
+
+
+def _roster(ids, bad_dob=()):
+    header = "Employee ID,First Name,Last Name,Date of Birth,Email,Program,Eligibility Start,Eligibility End"
+    rows = [
+        f"{emp},Ann,Lee,{'13/45/1980' if emp in bad_dob else '01/02/1980'},a@x.example,P,01/01/2024,"
+        for emp in ids
+    ]
+    return ("\n".join([header, *rows]) + "\n").encode()
+
+
+def test_a_full_file_terminates_whom_it_leaves_out_and_is_held_when_that_is_too_many(
+    platform, tmp_path
+):
+    config = _full_roster_partner(platform, tmp_path)
+    members = [f"FULL{i:04d}" for i in range(1, 11)]
+
+    def send(name, content):
+        sftp = platform.sftp("mdp_platform")
+        try:
+            with sftp.open(f"/full_roster/inbound/{name}", "wb") as handle:
+                handle.write(content)
+        finally:
+            sftp._owner.close()
+        [record] = import_partner_files(config, platform.settings, platform.params)
+        return record
+
+    def absent():
+        return platform.query(
+            "select employee_id from raw_partners.absent_members where partner_id = 'full_roster'"
+            " order by 1"
+        )
+
+    first = send("enrollment_1.csv", _roster(members))
+    # FULL0005's row is rejected, but it is in the file: only FULL0010 is left out (1 of 10)
+    second = send("enrollment_2.csv", _roster(members[:9], bad_dob={"FULL0005"}))
+    # 7 of the 9 active members left out: more than max_termination_share (20%)
+    third = send("enrollment_3.csv", _roster(members[:2]))
+
+    assert (first.status, first.rows_loaded) == ("loaded", 10)
+    assert (second.status, second.rows_loaded, second.rows_rejected) == ("loaded", 8, 1)
+    assert "1 member(s) it leaves out terminated" in second.reason
+    assert third.status == "quarantined"
+    assert "would terminate 7 of 9 members" in third.reason and "held" in third.reason
+    assert absent() == [("FULL0010",)]
+    stored = platform.query(
+        "select count(*) from raw_partners.enrollment_members m join raw_partners.file_imports f"
+        " on f.file_id = m.source_file_id where f.filename = 'enrollment_3.csv'"
+    )
+    assert stored == [(0,)]
+    # sent again by a later file, the member is back: the absence no longer counts
+    fourth = send("enrollment_4.csv", _roster([*members, "FULL0011"]))
+    assert fourth.status == "loaded" and fourth.reason is None

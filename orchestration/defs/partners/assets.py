@@ -2,7 +2,13 @@
 
 import dagster as dg
 
-from ingestion.partners import DATASET, IMPORTS_TABLE, MEMBERS_TABLE, ensure_raw_tables
+from ingestion.partners import (
+    ABSENT_TABLE,
+    DATASET,
+    IMPORTS_TABLE,
+    MEMBERS_TABLE,
+    ensure_raw_tables,
+)
 from ingestion.partners.errors import TRANSIENT_ERRORS
 from ingestion.partners.imports import ImportRecord
 from ingestion.partners.pipeline import import_partner_files
@@ -11,6 +17,8 @@ from orchestration.resources import PlatformResource
 
 MEMBERS_KEY = dg.AssetKey([DATASET, MEMBERS_TABLE])
 IMPORTS_KEY = dg.AssetKey([DATASET, IMPORTS_TABLE])
+ABSENT_KEY = dg.AssetKey([DATASET, ABSENT_TABLE])
+RAW_KEYS = (MEMBERS_KEY, IMPORTS_KEY, ABSENT_KEY)
 
 
 class PartnerImportConfig(dg.Config):
@@ -54,6 +62,13 @@ def _preview_table(records: list[ImportRecord]) -> str:
             group_name="partners",
             kinds={"postgres"},
             description="The import ledger: one row per file received (checksum, counts, status).",
+        ),
+        dg.AssetSpec(
+            ABSENT_KEY,
+            group_name="partners",
+            kinds={"postgres"},
+            description="Members a partner's full file (inbound.full_file) left out: terminated"
+            " as of that file unless a later file has them again.",
         ),
     ],
     retry_policy=dg.RetryPolicy(
@@ -118,6 +133,14 @@ def partner_files(
             "rows_rejected": dg.MetadataValue.int(rejected_rows),
             "checksums": dg.MetadataValue.json({r.filename: r.sha256 for r in records}),
             "preview": dg.MetadataValue.md(_preview_table(records)),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=ABSENT_KEY,
+        metadata={
+            "full_files_with_members_left_out": dg.MetadataValue.json(
+                {r.filename: r.reason for r in records if r.reason and "full file" in r.reason}
+            )
         },
     )
     yield dg.MaterializeResult(

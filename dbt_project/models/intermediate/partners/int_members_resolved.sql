@@ -54,15 +54,44 @@ partner_status_vocabulary as (
 
 ),
 
+-- a full file (inbound.full_file) that arrived after the member's row and left the member
+-- out ended the member's coverage the day before it arrived (the first such file counts)
+left_out as (
+
+    select
+        newest_row_per_member.partner_id,
+        newest_row_per_member.employee_id,
+        min(absent.absent_since) as left_out_since,
+        (array_agg(absent.absent_from_file_id order by absent.absent_since))[1]
+            as left_out_by_file_id
+
+    from newest_row_per_member
+    inner join {{ ref('stg_partners__absent_members') }} as absent
+        on newest_row_per_member.partner_id = absent.partner_id
+        and newest_row_per_member.employee_id = absent.employee_id
+        and absent.absent_since > newest_row_per_member.file_received_at
+    where newest_row_per_member.recency_rank = 1
+    group by 1, 2
+
+),
+
 statuses_resolved as (
 
     select
         newest_row_per_member.*,
-        partner_status_vocabulary.coverage_status as partner_status_normalized
+        left_out.left_out_since,
+        left_out.left_out_by_file_id,
+        case
+            when left_out.left_out_since is not null then 'terminated'
+            else partner_status_vocabulary.coverage_status
+        end as partner_status_normalized
 
     from newest_row_per_member
     left join partner_status_vocabulary
         on newest_row_per_member.partner_coverage_status = partner_status_vocabulary.partner_word
+    left join left_out
+        on newest_row_per_member.partner_id = left_out.partner_id
+        and newest_row_per_member.employee_id = left_out.employee_id
     where newest_row_per_member.recency_rank = 1
 
 ),
@@ -95,7 +124,14 @@ members_resolved as (
 
         program,
         eligibility_start_date,
-        eligibility_end_date,
+        case
+            when left_out_since is not null
+                then least(
+                    coalesce(eligibility_end_date, left_out_since::date - 1),
+                    left_out_since::date - 1
+                )
+            else eligibility_end_date
+        end as eligibility_end_date,
         partner_coverage_status,
         case
             when partner_status_normalized is not null then partner_status_normalized
@@ -108,6 +144,7 @@ members_resolved as (
             else 'eligibility_dates'
         end as coverage_status_basis,
 
+        left_out_by_file_id,
         source_file_id,
         source_line_number,
         file_received_at,
