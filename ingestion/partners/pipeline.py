@@ -181,19 +181,16 @@ def process_archived_file(
             record.error_report_path = str(report)
         reporting = time.perf_counter() - started
 
+    def attempt(arrow: bool) -> tuple[ParsedFile, MemberLoad]:
+        return _load_file(
+            path, config, record, params, report_rejects, progress, arrow, hold_mass_termination
+        )
+
     # a full collection (~60 ms over all that is imported) came due in nearly every import
     with startup_objects_frozen():
         try:
             try:
-                parsed, load = _load_file(
-                    path,
-                    config,
-                    record,
-                    params,
-                    report_rejects,
-                    progress,
-                    hold=hold_mass_termination,
-                )
+                parsed, load = attempt(arrow=True)
             except ArrowPathUnfit as unfit:
                 # rare (a blank line, a malformed row): the fast parser's rows were rolled back
                 log.info(
@@ -202,16 +199,7 @@ def process_archived_file(
                     record.filename,
                     unfit,
                 )
-                parsed, load = _load_file(
-                    path,
-                    config,
-                    record,
-                    params,
-                    report_rejects,
-                    progress,
-                    arrow=False,
-                    hold=hold_mass_termination,
-                )
+                parsed, load = attempt(arrow=False)
             # merging overlaps reading: load is the merge thread's time, parse the rest of ours
             record.load_seconds = load.seconds
             elapsed = _elapsed(record.started_at)
