@@ -140,7 +140,9 @@ class FixedWidthOptions(_Strict):
         for index, spec in enumerate(self.fields):
             if spec.name in seen:
                 problem = f"{spec.name!r} is also field {seen[spec.name]}: which one is meant?"
-                raise _problems("FixedWidthOptions", [(("fields", index, "name"), problem, spec.name)])
+                raise _problems(
+                    "FixedWidthOptions", [(("fields", index, "name"), problem, spec.name)]
+                )
             seen[spec.name] = index
         ordered = sorted(enumerate(self.fields), key=lambda item: item[1].start)
         for (_, before), (index, spec) in itertools.pairwise(ordered):
@@ -149,7 +151,9 @@ class FixedWidthOptions(_Strict):
                     f"{spec.name!r} (from column {spec.start}) overlaps {before.name!r}"
                     f" (columns {before.start}-{before.start + before.width - 1})"
                 )
-                raise _problems("FixedWidthOptions", [(("fields", index, "start"), problem, spec.start)])
+                raise _problems(
+                    "FixedWidthOptions", [(("fields", index, "start"), problem, spec.start)]
+                )
         return self
 
     @property

@@ -25,6 +25,12 @@ from ingestion.partners.fields import DATE_FIELDS
 EXCEL_EPOCH = dt.date(1899, 12, 30)  # serial 1 = 1900-01-01 with Excel's 1900 leap-year bug
 
 
+# a row problem that says the record is not one of the partner's members for this program
+# (an 834 dependent, a loop without the configured coverage line): rejected, and in a full
+# file counted as left out rather than as present
+NOT_IN_ROSTER = "not in the roster: "
+
+
 @dataclass(slots=True)
 class RawRow:
     line: int

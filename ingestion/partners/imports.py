@@ -69,6 +69,18 @@ def finished_import_with_checksum(
     return row[0] if row else None
 
 
+def latest_loaded_checksum(params: ConnectionParams, partner_id: str) -> str | None:
+    """The SHA-256 of the partner's most recently loaded file."""
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select sha256 from raw_partners.file_imports where partner_id = %s"
+            " and status = 'loaded' order by received_at desc limit 1",
+            (partner_id,),
+        )
+        row = cur.fetchone()
+    return row[0] if row else None
+
+
 def already_seen_remote(
     params: ConnectionParams, partner_id: str, path: str, size: int, mtime: float
 ) -> bool:

@@ -46,9 +46,11 @@ from mdp.database import ConnectionParams, connect
 
 TABLE = f"{DATASET}.{MEMBERS_TABLE}"
 ABSENT_TABLE = f"{DATASET}.{ABSENT_MEMBERS}"
-# a stored member no full file received after its row has left out
+# a stored member whose coverage has not ended and that no full file received after its row
+# has left out
 _ACTIVE = (
-    f"not exists (select from {ABSENT_TABLE} as absent where absent.partner_id ="
+    "(member.eligibility_end_date is null or member.eligibility_end_date >= current_date)"
+    f" and not exists (select from {ABSENT_TABLE} as absent where absent.partner_id ="
     " member.partner_id and absent.employee_id = member.employee_id"
     " and absent.absent_since > member.file_received_at)"
 )
@@ -82,12 +84,15 @@ class MemberLoad:
         partner_id: str,
         schema_name: str,
         kept_fields: list[str] | None = None,
+        full_file: bool = False,
     ):
         self.partner_id = partner_id
         self.schema_name = schema_name
         # fields this file has no column for: a replaced member keeps its stored values
         self.kept_columns = [
-            column for field in kept_fields or [] for column in STORED_COLUMNS_OF.get(field, [field])
+            column
+            for field in kept_fields or []
+            for column in STORED_COLUMNS_OF.get(field, [field])
         ]
         self.load_id = new_load_id()
         self.rows = 0
@@ -99,6 +104,8 @@ class MemberLoad:
         self._merging: Future[None] | None = None
         self._stored: pa.Array | None = None  # read when a chunk first needs them
         self._stored_range: tuple[str | None, str | None] = (None, None)
+        self._full_file = full_file
+        self.active_before = 0  # a full file's: active members before it (see left_out)
 
     def __enter__(self) -> MemberLoad:
         self._merger = self._scope.enter_context(ThreadPoolExecutor(1, "member-merge"))
@@ -122,6 +129,12 @@ class MemberLoad:
             (self.partner_id,),
         )
         self._stored_range = self._cur.fetchone()
+        if self._full_file:
+            self._cur.execute(
+                f"select count(*) from {TABLE} as member where member.partner_id = %s and {_ACTIVE}",
+                (self.partner_id,),
+            )
+            (self.active_before,) = self._cur.fetchone()
 
     def add(self, table: pa.Table) -> None:
         """Hand one validated chunk to the merge thread (after the previous one is merged, so
@@ -219,10 +232,11 @@ class MemberLoad:
         return bool(found)
 
     def left_out(self, present_keys: list[str], file_id: str) -> tuple[int, int]:
-        """For a full file, once every chunk is merged: (members it leaves out that were
-        still active, active members in all). Present are the file's loaded rows and the
-        keys of its rejected rows; a member counts as active unless a full file received
-        after its row left it out."""
+        """For a full file, once every chunk is merged: (active members it leaves out,
+        active members before it: the file's own new members do not dilute the share).
+        Present are the file's loaded rows and the keys of its rejected rows; a member is
+        active while its coverage has not ended and no full file received after its row
+        left it out."""
         self._wait()
         self._cur.execute("truncate incoming_keys")
         if present_keys:
@@ -230,12 +244,12 @@ class MemberLoad:
             copy_binary(self._cur, "incoming_keys (employee_id)", binary_copy_data(keys))
         self._cur.execute("analyze incoming_keys")
         self._cur.execute(
-            f"select count(*) filter (where {_LEFT_OUT}), count(*)"
-            f" from {TABLE} as member where member.partner_id = %(partner)s and {_ACTIVE}",
+            f"select count(*) from {TABLE} as member where member.partner_id = %(partner)s"
+            f" and {_ACTIVE} and {_LEFT_OUT}",
             {"partner": self.partner_id, "file": file_id},
         )
-        left_out, active = self._cur.fetchone()
-        return int(left_out), int(active)
+        (left_out,) = self._cur.fetchone()
+        return int(left_out), int(self.active_before)
 
     def record_left_out(self, file_id: str, received_at: dt.datetime) -> None:
         """Record the members `left_out` counted as absent since this file (same transaction

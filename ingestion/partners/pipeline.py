@@ -144,6 +144,14 @@ def import_remote_file(
         started_at=received_at,
     )
     duplicate_of = ledger.finished_import_with_checksum(params, config.partner_id, archived.sha256)
+    if (
+        duplicate_of
+        and config.inbound.full_file
+        and ledger.latest_loaded_checksum(params, config.partner_id) != archived.sha256
+    ):
+        # a full file states the whole roster: sent again after other files, it is the
+        # roster again (the members those files left out are back), not a repeat
+        duplicate_of = None
     if duplicate_of:
         record.status, record.duplicate_of = "duplicate", duplicate_of
         record.reason = f"identical bytes to {duplicate_of}; not reprocessed"
@@ -266,7 +274,11 @@ def _load_file(
         )
         log.warning("%s: %s: %s", config.partner_id, record.filename, record.reason)
     with MemberLoad(
-        params, config.partner_id, pipeline_name(config.partner_id), kept_fields=kept
+        params,
+        config.partner_id,
+        pipeline_name(config.partner_id),
+        kept_fields=kept,
+        full_file=config.inbound.full_file,
     ) as load:
         parsed = parse_and_validate(path, config, record, load.add, progress, arrow)
         if config.inbound.full_file:
@@ -284,7 +296,8 @@ def _record_left_out(
     assert record.received_at is not None
     inbound = config.inbound
     left_out, active = load.left_out(parsed.rejected_keys, record.file_id)
-    if hold and left_out > inbound.max_termination_share * active:
+    # one member is never a mass termination, whatever the partner's size
+    if hold and left_out > max(inbound.max_termination_share * active, 1):
         raise UnreadableFileError(
             f"a full file that would terminate {left_out} of {active} members by leaving them"
             f" out ({left_out / active:.0%}, more than max_termination_share"

@@ -22,7 +22,7 @@ from ingestion.partners.batches import RowBatch
 from ingestion.partners.column_checks import parse_dates, positions, regex_matches
 from ingestion.partners.config import FieldRule, PartnerConfig
 from ingestion.partners.fields import CANONICAL_FIELDS, DATE_FIELDS, STORED_MEMBER_FIELDS
-from ingestion.partners.formats import mapped_fields
+from ingestion.partners.formats import NOT_IN_ROSTER, mapped_fields
 from mdp.phi import keyed_hash, normalize_ssn
 
 MEMBER_ARROW_SCHEMA = pa_arrow.schema(
@@ -126,7 +126,12 @@ class RowValidator:
             "ssn_last4": ssn_last4,
             "employee_id": keys,
         }
-        rejected_keys = [key for key in _values(keys, sorted(errors)) if key is not None]
+        present = [
+            pos
+            for pos in sorted(errors)
+            if not batch.problems.get(pos, "").startswith(NOT_IN_ROSTER)
+        ]
+        rejected_keys = [key for key in _values(keys, present) if key is not None]
         return ValidatedChunk(
             self._to_arrow(columns, batch.lines, pa_arrow.array(valid)), rejects, rejected_keys
         )

@@ -39,9 +39,10 @@ from pathlib import Path
 
 from ingestion.partners.config import Inbound, X12Options
 from ingestion.partners.errors import UnreadableFileError
-from ingestion.partners.formats import RawRow, mapped_fields
+from ingestion.partners.formats import NOT_IN_ROSTER, RawRow, mapped_fields
 
 BLOCK_BYTES = 1 << 20
+PADDING = " \t\r\n\x00\x1a"  # after the last terminator: NULs, Ctrl-Z, blank lines
 MEMBER_NAME_QUALIFIERS = {"IL", "74"}  # insured or subscriber; corrected insured
 
 
@@ -71,29 +72,63 @@ def read_x12_834(path: Path, inbound: Inbound) -> Iterator[RawRow]:
     source_of = {target: source for source, target in inbound.column_mappings.items()}
     sources = [source_of[target] for target in fields]
     reader = _Reader(options)
+    ssn_from_nm109 = source_of.get("ssn") == "NM109"
     for member in reader.members(_segments(path, options.encoding)):
-        yield _row(member, sources, options)
+        yield _row(member, sources, options, ssn_from_nm109)
 
 
-def _row(member: _Member, sources: list[str], options: X12Options) -> RawRow:
+# member-level eligibility dates and coverage-level benefit dates stand in for each other
+# when a loop has only one of them (a termination often comes as INS03 024 + DTP*357)
+_SAME_DATE = {
+    "DTP*348": "DTP*356",
+    "DTP*349": "DTP*357",
+    "DTP*356": "DTP*348",
+    "DTP*357": "DTP*349",
+}
+SSN_QUALIFIER = "34"  # NM108: NM109 is a Social Security Number
+
+
+def _row(
+    member: _Member, sources: list[str], options: X12Options, ssn_from_nm109: bool = False
+) -> RawRow:
     values = dict(member.values)
     coverage = _chosen_coverage(member.coverages, options.insurance_line)
-    for name, value in coverage.items():
+    for name, value in (coverage or {}).items():
         values.setdefault(name, value)
+    for name, other in _SAME_DATE.items():
+        if name not in values and other in values:
+            values[name] = values[other]
     problem = None
     if options.members == "subscribers" and values.get("INS01") == "N":
         relationship = values.get("INS02", "?")
-        problem = (
+        problem = NOT_IN_ROSTER + (
             f"a dependent's loop (INS01 N, relationship {relationship}): this partner loads"
             " subscribers only (x12.members: subscribers)"
         )
+    elif coverage is None:
+        lines = sorted({c.get("HD03", "?") for c in member.coverages}) or ["none"]
+        problem = NOT_IN_ROSTER + (
+            f"no coverage loop with insurance line {options.insurance_line} (HD03; this"
+            f" loop has {', '.join(lines)})"
+        )
+    elif ssn_from_nm109 and values.get("NM108") != SSN_QUALIFIER:
+        ssn_for = sources.index("NM109")
+        row = [values.get(source) or None for source in sources]
+        row[ssn_for] = None
+        qualifier = values.get("NM108") or "none"
+        problem = f"NM109 is not an SSN here (NM108 is {qualifier}, not {SSN_QUALIFIER})"
+        return RawRow(member.line, row, problem)
     return RawRow(member.line, [values.get(source) or None for source in sources], problem)
 
 
-def _chosen_coverage(coverages: list[dict[str, str]], line: str | None) -> dict[str, str]:
-    if line is None:
-        return coverages[0] if coverages else {}
-    return next((c for c in coverages if c.get("HD03") == line), {})
+def _chosen_coverage(coverages: list[dict[str, str]], line: str | None) -> dict[str, str] | None:
+    """The coverage loop the row takes: of the configured insurance line (None when the
+    member has none), else the first; a cancelled loop (HD01 024) only when no other is
+    there (a plan change sends the old plan cancelled and the new one added)."""
+    fitting = [c for c in coverages if line is None or c.get("HD03") == line]
+    if not fitting:
+        return None if line is not None else {}
+    return next((c for c in fitting if c.get("HD01") != "024"), fitting[0])
 
 
 class _Reader:
@@ -188,13 +223,21 @@ def _member_segment(
         return
     elif tag in ("REF", "DTP"):
         name = f"{tag}*{_element(elements, 1)}"
-        value = _d8(elements) if tag == "DTP" else _element(elements, 2)
+        value = _element(elements, 3 if tag == "DTP" else 2)
         if not value:
             return
-        if member.coverages:  # loop 2300's own: offered where loop 2000 has none
-            member.coverages[-1].setdefault(name, value)
-        else:
-            member.set(name, value)
+        found = {name: value}
+        if tag == "DTP" and _element(elements, 2) == "RD8" and "-" in value:
+            # a range: its first date, and its last as the paired end date (348 -> 349)
+            first, last = value.split("-", 1)
+            found = {name: first}
+            if name in _RANGE_END:
+                found[_RANGE_END[name]] = last
+        for key, found_value in found.items():
+            if member.coverages:  # loop 2300's own: offered where loop 2000 has none
+                member.coverages[-1].setdefault(key, found_value)
+            else:
+                member.set(key, found_value)
     elif member.name_loop and tag == "DMG":
         member.set("DMG02", _element(elements, 2))
         member.set("DMG03", _element(elements, 3))
@@ -226,12 +269,7 @@ def _element(elements: list[str], index: int) -> str:
     return elements[index].strip() if index < len(elements) else ""
 
 
-def _d8(elements: list[str]) -> str:
-    """DTP03: a D8 date as is; of an RD8 range (CCYYMMDD-CCYYMMDD), its first date."""
-    value = _element(elements, 3)
-    if _element(elements, 2) == "RD8" and "-" in value:
-        return value.split("-", 1)[0]
-    return value
+_RANGE_END = {"DTP*348": "DTP*349", "DTP*356": "DTP*357", "DTP*336": "DTP*337"}
 
 
 def _segments(path: Path, encoding: str) -> Iterator[tuple[int, list[str], _Separators]]:
@@ -265,7 +303,7 @@ def _segments(path: Path, encoding: str) -> Iterator[tuple[int, list[str], _Sepa
                     position += 1
                     yield position, text.split(element), separators
             block = handle.read(BLOCK_BYTES)
-        if pending.strip():  # a last segment without its terminator: the file was cut
+        if pending.strip(PADDING):  # a last segment without its terminator: the file was cut
             raise UnreadableFileError(
                 f"the file ends inside segment {position + 1}, which has no terminator"
                 f" ({separators.segment!r}): truncated?"

@@ -357,7 +357,7 @@ def test_a_file_without_an_optional_column_keeps_its_members_stored_values(platf
     assert stored == [("ann@x.example", "P2")]
 
 
-def _full_roster_partner(platform, tmp_path):
+def _full_roster_partner(platform, tmp_path, partner_id="full_roster"):
     """acme_corp's layout as a partner of its own whose files list every member."""
     import yaml
 
@@ -365,13 +365,13 @@ def _full_roster_partner(platform, tmp_path):
     from sandbox.sftp_server import ensure_partner_home
 
     data = yaml.safe_load((REPO / "partner_configs" / "acme_corp.yaml").read_text())
-    data["partner_id"] = "full_roster"
+    data["partner_id"] = partner_id
     data["inbound"]["full_file"] = True
     folder = tmp_path / "configs"
     folder.mkdir()
-    (folder / "full_roster.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
-    ensure_partner_home(platform.sftp_root, "full_roster")
-    return load_partner_configs(folder).configs["full_roster"]
+    (folder / f"{partner_id}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    ensure_partner_home(platform.sftp_root, partner_id)
+    return load_partner_configs(folder).configs[partner_id]
 
 
 def _roster(ids, bad_dob=()):
@@ -425,3 +425,36 @@ def test_a_full_file_terminates_whom_it_leaves_out_and_is_held_when_that_is_too_
     # sent again by a later file, the member is back: the absence no longer counts
     fourth = send("enrollment_4.csv", _roster([*members, "FULL0011"]))
     assert fourth.status == "loaded" and fourth.reason is None
+
+
+def test_a_full_file_sent_again_after_another_one_is_the_roster_again(platform, tmp_path):
+    config = _full_roster_partner(platform, tmp_path, "roster_again")
+    members = [f"AGAIN{i:03d}" for i in range(1, 11)]
+
+    def send(name, content):
+        sftp = platform.sftp("mdp_platform")
+        try:
+            with sftp.open(f"/roster_again/inbound/{name}", "wb") as handle:
+                handle.write(content)
+        finally:
+            sftp._owner.close()
+        [record] = import_partner_files(config, platform.settings, platform.params)
+        return record
+
+    first = send("enrollment_1.csv", _roster(members))
+    second = send("enrollment_2.csv", _roster(members[:9]))  # AGAIN010 left out
+    again = send("enrollment_3.csv", _roster(members))  # the first file's bytes
+    repeat = send("enrollment_4.csv", _roster(members))  # now a repeat of the latest
+
+    assert [r.status for r in (first, second, again, repeat)] == [
+        "loaded",
+        "loaded",
+        "loaded",
+        "duplicate",
+    ]
+    back = platform.query(
+        "select file_received_at > (select max(absent_since) from raw_partners.absent_members"
+        " where partner_id = 'roster_again') from raw_partners.enrollment_members"
+        " where partner_id = 'roster_again' and employee_id = 'AGAIN010'"
+    )
+    assert back == [(True,)]

@@ -329,3 +329,71 @@ def test_a_generated_834_with_bad_loops_loads_the_rest_and_reports_each_by_segme
         for m in generated.valid_members
     ]
     assert stored == expected
+
+
+def _values(config, row) -> dict:
+    from ingestion.partners.formats import mapped_fields
+
+    return dict(zip(mapped_fields(config.inbound), row.values, strict=True))
+
+
+def test_coverage_changes_and_terminations_read_as_the_partner_meant(config, tmp_path):
+    plan_change = member("00012345", "DOE", "JANE", "19800214").replace(
+        "HD*021**HLT*GOLD PPO*EMP~DTP*348*D8*20260101",
+        "HD*024**HLT*OLD PLAN*EMP~DTP*348*D8*20250101~DTP*349*D8*20251231"
+        "~HD*021**HLT*NEW PLAN*EMP~DTP*348*D8*20260101",
+    )
+    # a termination as INS03 024 with the member-level eligibility end (DTP*357) only
+    terminated = (
+        member("00012346", "ROE", "RICK", "19750101")
+        .replace("INS*Y*18*021", "INS*Y*18*024")
+        .replace("DTP*356*D8*20260101", "DTP*356*D8*20260101~DTP*357*D8*20261231")
+    )
+    ranged = member("00012347", "POE", "ED", "19600101").replace(
+        "DTP*348*D8*20260101", "DTP*348*RD8*20260101-20260630"
+    )
+    rows = rows_of(interchange(plan_change, terminated, ranged), config, tmp_path)
+    values = [_values(config, row) for row in rows]
+    assert (values[0]["program"], values[0]["eligibility_end_date"]) == ("NEW PLAN", None)
+    assert values[1]["eligibility_end_date"] == "20261231"
+    assert (values[2]["eligibility_start_date"], values[2]["eligibility_end_date"]) == (
+        "20260101",
+        "20260630",
+    )
+
+
+def test_a_loop_without_the_configured_coverage_line_is_not_in_the_roster(config, tmp_path):
+    from ingestion.partners.formats import NOT_IN_ROSTER
+
+    content = interchange(
+        member("00012345", "DOE", "JANE", "19800214", coverages=(("DEN", "DENTAL", "20260101"),))
+    )
+    [row] = rows_of(content, with_x12(config, X12Options(insurance_line="HLT")), tmp_path)
+    assert row.problem.startswith(NOT_IN_ROSTER) and "insurance line HLT" in row.problem
+
+
+def test_nm109_counts_as_an_ssn_only_when_nm108_says_so(tmp_path):
+    data = yaml.safe_load(yaml.safe_dump(CONFIG, sort_keys=False))
+    data["inbound"]["identifier"] = "ssn"
+    data["inbound"]["column_mappings"] = {
+        "NM109": "ssn",
+        "NM103": "last_name",
+        "DMG02": "date_of_birth",
+    }
+    data["inbound"]["required_fields"] = ["ssn"]
+    data["inbound"]["validations"] = {}
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "stark_plan.yaml").write_text(yaml.safe_dump(data))
+    config = load_partner_configs(folder).configs["stark_plan"]
+    other_id = member("00012346", "ROE", "RICK", "19750101").replace("****34*", "****ZZ*")
+    ssn, not_ssn = rows_of(
+        interchange(member("00012345", "DOE", "JANE", "19800214"), other_id), config, tmp_path
+    )
+    assert ssn.problem is None and _values(config, ssn)["ssn"] == "123456789"
+    assert _values(config, not_ssn)["ssn"] is None and "NM108 is ZZ" in not_ssn.problem
+
+
+def test_padding_after_the_interchange_is_not_a_cut_file(config, tmp_path):
+    content = interchange(member("00012345", "DOE", "JANE", "19800214")) + b"\x00" * 64 + b"\x1a"
+    assert len(rows_of(content, config, tmp_path)) == 1
