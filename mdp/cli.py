@@ -163,16 +163,18 @@ def run_cmd(select: str | None) -> None:
 def _report_run(result) -> None:
     import dagster as dg
 
-    materialized = [
+    # a step retried (a transient failure) reports again: its last report counts
+    materialized = {
         e.asset_key.to_user_string()
         for e in result.all_events
         if e.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION and e.asset_key
-    ]
-    checks = [
-        e.event_specific_data
+    }
+    last_evaluation = {
+        (e.event_specific_data.asset_key, e.event_specific_data.check_name): e.event_specific_data
         for e in result.all_events
         if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
-    ]
+    }
+    checks = list(last_evaluation.values())
     failed_checks = [c for c in checks if not c.passed]
     click.echo(
         f"run {result.run_id}: {'succeeded' if result.success else 'FAILED'}; "

@@ -148,6 +148,11 @@ class _Reader:
             if self.transaction is not None:
                 self.transaction_segments += 1
             if tag == "INS":
+                if self.transaction is None:
+                    raise UnreadableFileError(
+                        f"segment {position} (INS) is outside any 834 transaction set (ST..SE):"
+                        " the envelope is broken"
+                    )
                 if member is not None:
                     yield member
                 member = _Member(position)

@@ -397,3 +397,10 @@ def test_nm109_counts_as_an_ssn_only_when_nm108_says_so(tmp_path):
 def test_padding_after_the_interchange_is_not_a_cut_file(config, tmp_path):
     content = interchange(member("00012345", "DOE", "JANE", "19800214")) + b"\x00" * 64 + b"\x1a"
     assert len(rows_of(content, config, tmp_path)) == 1
+
+
+def test_a_member_loop_outside_any_transaction_set_is_a_broken_envelope(config, tmp_path):
+    loop = member("00012345", "DOE", "JANE", "19800214")
+    content = interchange(loop).replace(b"GE*1*1", loop.replace("~", "~\n").encode() + b"~\nGE*1*1")
+    with pytest.raises(UnreadableFileError, match=r"outside any 834 transaction set"):
+        rows_of(content, config, tmp_path)
