@@ -77,6 +77,7 @@ def replay_import(settings: Settings, file_id: str, rebuild: bool = True, force:
                 progress=lambda _name, rows: bar.update(rows - bar.n),
                 hold_mass_termination=not force,
             )
+    _report_replay(record, file_id)
     run = None
     if rebuild:
         raw = dg.AssetSelection.assets(
@@ -86,3 +87,26 @@ def replay_import(settings: Settings, file_id: str, rebuild: bool = True, force:
         )
         run = run_assets(settings, select=raw.downstream() - raw)
     return record, run
+
+
+def _report_replay(record: ImportRecord, replayed: str) -> None:
+    """The replay wrote the raw tables outside a run: record it on their asset, so the
+    Dagster UI's lineage shows what changed them (rows, status, the file replayed)."""
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                asset_key=dg.AssetKey([DATASET, MEMBERS_TABLE]),
+                description=f"mdp imports replay {replayed}",
+                metadata={
+                    "replayed_file_id": replayed,
+                    "new_file_id": record.file_id,
+                    "filename": record.filename,
+                    "sha256": record.sha256,
+                    "status": record.status,
+                    "rows_loaded": record.rows_loaded or 0,
+                    "rows_rejected": record.rows_rejected or 0,
+                },
+            )
+        )

@@ -68,6 +68,13 @@ def test_imports_list_json_and_replay_reimports_an_archived_file(platform):
     assert platform.query(
         "select count(*) from raw_partners.enrollment_members where employee_id = any(%s)", (ids,)
     ) == [(12,)]
+    # the raw table's asset records the replay, so the UI's lineage shows what changed it
+    with dg.DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(
+            dg.AssetKey(["raw_partners", "enrollment_members"])
+        )
+    metadata = event.asset_materialization.metadata
+    assert metadata["replayed_file_id"].value == record.file_id
 
 
 def test_stack_status_json_names_addresses_and_sftp_credentials(platform):
