@@ -206,7 +206,7 @@ def dev_cmd() -> None:
             "-h",
             "127.0.0.1",
             "-p",
-            "3000",
+            os.environ.get("MDP_DAGSTER_PORT", "3000"),
         ],
     )
 
