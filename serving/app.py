@@ -11,7 +11,6 @@ import contextlib
 import datetime as dt
 import itertools
 import logging
-import re
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
@@ -55,6 +54,7 @@ from serving.health import DATABASE_ERRORS, MART_OID_SQL, DatabaseUnavailable, h
 from serving.member_lookup import MemberLookups
 from serving.metrics import MetricsMiddleware, ServingMetrics, metrics_endpoint
 from serving.rate_limit import RateLimiter, retry_after_header
+from serving.request_ids import callers_request_id
 from serving.webhooks import WEBHOOK_ROUTES, Webhooks
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,6 @@ ROUTES = (
     AUTHORIZE_PATH,
     CALLBACK_PATH,
 )
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
 PartnerConfigsArg = (
     PartnerConfigs | Mapping[str, PartnerConfig | Mapping[str, Any]] | Iterable[PartnerConfig]
@@ -309,9 +308,7 @@ _request_numbers = itertools.count(1)
 
 def _request_id(header: str | None) -> str:
     """The caller's X-Request-ID when it is a sane token, else a new one."""
-    if header and _REQUEST_ID.fullmatch(header):
-        return header
-    return f"{_REQUEST_ID_PREFIX}-{next(_request_numbers):x}"
+    return callers_request_id(header) or f"{_REQUEST_ID_PREFIX}-{next(_request_numbers):x}"
 
 
 async def _read_body(receive: Receive, content_length: str | None, limit: int) -> bytes | None:

@@ -46,6 +46,7 @@ from serving.bodies import read_limited_body
 from serving.eligibility import is_json_content_type
 from serving.health import DATABASE_ERRORS, DatabaseUnavailable
 from serving.member_tokens import KEY_NAME, InvalidMemberToken, bearer_token, verify_member_token
+from serving.request_ids import callers_request_id
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ on conflict (member_id, batch_key) do nothing
 returning upload_id
 """
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 # jsonb refuses NUL and unpaired surrogates; json.loads joins valid pairs, so any left are lone
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
@@ -184,9 +184,7 @@ def check_upload(payload: dict[str, Any], member_id: str) -> CheckedUpload:
 
 
 def _request_id(header: str | None) -> str:
-    if header and _REQUEST_ID.fullmatch(header):
-        return header
-    return secrets.token_hex(8)
+    return callers_request_id(header) or secrets.token_hex(8)
 
 
 def upload_event(

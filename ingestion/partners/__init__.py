@@ -13,6 +13,7 @@ from pathlib import Path
 import dlt
 import pyarrow as pa
 
+from ingestion.dlt_storage import keep_no_loaded_rows
 from mdp.database import ConnectionParams, connect
 
 DATASET = "raw_partners"
@@ -55,6 +56,7 @@ def partner_pipeline(
     dlt.config["normalize.parquet_normalizer.add_dlt_id"] = False
     # gzip of the intermediate files cost ~4 s per 500K rows for a file that lives seconds
     dlt.config["data_writer.disable_compression"] = True
+    keep_no_loaded_rows()
     return dlt.pipeline(
         pipeline_name=pipeline_name(partner_id),
         destination=dlt.destinations.postgres(credentials=params.dlt_credentials()),

@@ -353,7 +353,10 @@ def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
 
 
 def _described(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    """The exception's type only: openpyxl's and the XML parser's messages quote cell values
+    ("could not convert string to float: '<a member's name>'"), and this text goes to the
+    ledger, the logs and Dagster's metadata."""
+    return type(exc).__name__
 
 
 def excel_serial_date(serial: int) -> dt.date | None:

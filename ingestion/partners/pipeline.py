@@ -40,6 +40,7 @@ from ingestion.partners.transport import (
     upload_file,
 )
 from ingestion.partners.validation import Reject, RowValidator
+from mdp.access_log import record_export
 from mdp.database import ConnectionParams, connect
 from mdp.gc_pauses import startup_objects_frozen
 from mdp.settings import Settings
@@ -187,6 +188,15 @@ def process_archived_file(
         if parsed.rejects:
             report = deliver_error_report(record, path, config, settings, parsed.rejects)
             record.error_report_path = str(report)
+            if report.delivered:
+                record_export(
+                    params,
+                    "error_report_export",
+                    config.partner_id,
+                    parsed.rejected_keys,
+                    "partner_error_report",
+                    {"file_id": record.file_id, "rows": len(parsed.rejects), "to": "errors/"},
+                )
         reporting = time.perf_counter() - started
 
     def attempt(arrow: bool) -> tuple[ParsedFile, MemberLoad]:
@@ -359,21 +369,31 @@ def _preview(table: pa.Table | None, limit: int = 5) -> list[dict[str, object]]:
     return table.select(list(PREVIEW_COLUMNS)).slice(0, limit).to_pylist()
 
 
+@dataclass
+class DeliveredReport:
+    path: Path
+    delivered: bool  # uploaded to the partner (else archived only, to be re-sent)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
 def deliver_error_report(
     record: ImportRecord,
     source: Path,
     config: PartnerConfig,
     settings: Settings,
     rejects: list[Reject],
-) -> Path:
+) -> DeliveredReport:
     """Archive the report beside the original and upload it to the partner's errors/ folder."""
     report = source.parent / f"{record.file_id}.errors.csv"
     report.unlink(missing_ok=True)  # left read-only by an attempt that did not finish
     write_error_report(report, config, rejects)
     report.chmod(0o444)
     stem = record.filename.rsplit(".", 1)[0]
-    _upload_to_partner(settings, config, report, f"{stem}.errors.csv")
-    return report
+    return DeliveredReport(
+        report, _upload_to_partner(settings, config, report, f"{stem}.errors.csv")
+    )
 
 
 def deliver_quarantine_note(
@@ -390,10 +410,12 @@ def deliver_quarantine_note(
         Path(note.name).unlink(missing_ok=True)
 
 
-def _upload_to_partner(settings: Settings, config: PartnerConfig, local: Path, name: str) -> None:
+def _upload_to_partner(settings: Settings, config: PartnerConfig, local: Path, name: str) -> bool:
     try:
         with sftp_session(platform_endpoint(settings)) as sftp:
             upload_file(sftp, str(local), errors_dir(config), name)
     except (OSError, paramiko.SSHException) as exc:
         # The report is archived; a failed upload is logged and can be re-sent, not fatal.
         log.error("%s: could not upload %s to errors/: %s", config.partner_id, name, exc)
+        return False
+    return True

@@ -44,7 +44,24 @@ MEMBER_ARROW_SCHEMA = pa_arrow.schema(
 
 ISO_DATE = "%Y-%m-%d"
 # 9 digits, as 123-45-6789, 123 45 6789 or 123456789, not inside a longer run of digits
-_SSN_SHAPED = re.compile(r"(?<!\d)\d{3}[- ]?\d{2}[- ]?(\d{4})(?!\d)")
+_SSN_SHAPED = re.compile(r"(?<!\d)\d{3}[-. ]?\d{2}[-. ]?(\d{4})(?!\d)")
+# the same shape for Arrow's RE2 (no look-behind)
+_SSN_SHAPED_RE2 = r"(^|[^0-9])[0-9]{3}[-. ]?[0-9]{2}[-. ]?[0-9]{4}([^0-9]|$)"
+# fields of free text, where nine digits shaped like an SSN are an SSN in the wrong column:
+# stored there, it would sit in clear where SSNs are kept only as a keyed hash + last 4
+FREE_TEXT_FIELDS = (
+    "first_name",
+    "middle_name",
+    "last_name",
+    "email",
+    "address_line1",
+    "address_line2",
+    "city",
+    "state",
+    "relationship",
+    "program",
+    "coverage_status",
+)
 
 Errors = dict[int, list[str]]  # position in chunk -> messages
 
@@ -107,6 +124,7 @@ class RowValidator:
         for name in self.fields:
             self._check_field(name, text[name], dates.get(name), unparsed.get(name, set()), errors)
         _check_coverage_order(dates, errors)
+        self._refuse_ssns_out_of_place(text, errors)
         ssn_hash, ssn_last4 = self._hash_ssn(text, errors, len(batch))
         keys = ssn_hash if self.inbound.identifier == "ssn" else text["employee_id"]
         self._flag_repeated_ids(batch.lines, keys, errors)
@@ -231,11 +249,20 @@ class RowValidator:
         text["ssn"] = pa_arrow.nulls(count, pa_arrow.string())  # the clear SSN goes no further
         return hashed, last4
 
+    def _refuse_ssns_out_of_place(self, text: dict[str, pa_arrow.Array], errors: Errors) -> None:
+        for name in FREE_TEXT_FIELDS:
+            if name not in self.fields:
+                continue
+            found = pc.match_substring_regex(text[name], _SSN_SHAPED_RE2)
+            for pos in positions(found):
+                errors[pos].append(
+                    f"{name}: holds nine digits shaped like an SSN; an SSN goes only in the"
+                    " partner's SSN column (kept as a keyed hash + last 4), never in clear"
+                )
+
     def _shown(self, value: object) -> str:
-        """A value as a message quotes it. A partner sending SSNs may put one in the wrong
-        column: in their files, an SSN-shaped run of digits is masked to its last 4."""
-        if "ssn" not in self.fields:
-            return repr(value)
+        """A value as a message quotes it. A partner may put an SSN in the wrong column: an
+        SSN-shaped run of digits is masked to its last 4."""
         return _SSN_SHAPED.sub(r"***-**-\1", repr(value))
 
     def _flag_repeated_ids(

@@ -106,6 +106,10 @@ def test_notified_day_reaches_the_marts_once_and_a_revision_replaces_it(platform
         " from marts.fct_activities where member_id = 'member-fitbit-1' and local_date = %s",
         (day,),
     ) == [(len(workouts), sum(w.steps for w in workouts), len(workouts))]
+    # the rows live in Postgres only: dlt's loaded packages keep no copy of them on disk
+    loaded = platform.settings.state_dir / "dlt" / "devices_fitbit" / "load" / "loaded"
+    assert loaded.is_dir()
+    assert not [p for p in loaded.glob("*/completed_jobs/*") if p.is_file()]
 
 
 def test_a_revoked_member_is_disconnected_and_keeps_history(platform, fitbit):

@@ -434,3 +434,31 @@ def test_coverage_that_ends_before_it_starts_is_rejected(tmp_path):
     assert reject.line == 2 and reject.errors == [
         "eligibility_end_date: 2026-02-01 is before eligibility_start_date 2026-03-01"
     ]
+
+
+def test_a_broken_workbook_cell_is_never_quoted_in_the_reason(tmp_path):
+    # openpyxl's ValueError quoted the cell ("could not convert string to float: '<name>'"),
+    # and the reason goes to the ledger, the logs and Dagster's metadata
+    path = _workbook(tmp_path, [["GX000001", "Ann", "Lee", "1980-01-02", "F", "P", 5, None]])
+    _with_sheet_xml(
+        path, lambda xml: re.sub(rb"<v>5</v>", b"<v>Secretname 1962-03-04</v>", xml, count=1)
+    )
+    with pytest.raises(UnreadableFileError) as caught:
+        list(read_rows(path, GLOBEX.inbound))
+    assert "Secretname" not in caught.value.reason and "ValueError" in caught.value.reason
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
+def test_an_ssn_in_a_free_text_column_is_refused_not_stored(tmp_path, arrow):
+    path = tmp_path / "ssn_in_name.csv"
+    rows = [
+        "E000001,Ann,987-65-4321,01/02/1980,a@b.c,P,,",
+        "E000002,876.54.3210,Lee,01/02/1980,b@b.c,P,,",
+        "E000003,Cy,Lee,01/02/1980,c@b.c,P,,",
+    ]
+    path.write_text(",".join(HEADER) + "\n" + "\n".join(rows) + "\n")
+    valid, rejects = _validated(ACME, path, arrow)
+    assert [row["employee_id"] for row in valid] == ["E000003"]
+    assert [r.line for r in rejects] == [2, 3]
+    assert all("shaped like an SSN" in " ".join(r.errors) for r in rejects)
+    assert "4321" not in repr([r.errors for r in rejects]).replace("***-**-4321", "")

@@ -581,3 +581,12 @@ def test_a_status_the_mart_took_from_the_dates_is_judged_again_against_todays_da
     assert ineligibility_reason(ends_today, today) is None
     assert ineligibility_reason(ended, today) == "Coverage ended 2026-02-28"
     assert ineligibility_reason(stated, today) == "Coverage terminated"
+
+
+def test_a_request_id_that_could_carry_an_ssn_is_replaced(client: TestClient, keys: Keys) -> None:
+    # the id is echoed and stored in the audit row beside a hashed member reference
+    body = {"employee_id": "A100001", "date_of_birth": "1980-05-17"}
+    for sent, kept in (("123-45-6789", False), ("123456789", False), ("req-42.a", True)):
+        headers = {**bearer(keys, "acme_corp"), "X-Request-ID": sent}
+        response = client.post(CHECK, json=body, headers=headers)
+        assert (response.headers["X-Request-ID"] == sent) is kept

@@ -13,6 +13,7 @@ from ingestion.devices.apple_health.export_xml import (
     ExportStats,
     parse_export_to_batches,
 )
+from ingestion.dlt_storage import keep_no_loaded_rows
 from mdp.database import ConnectionParams
 
 DATASET = "raw_apple_health"
@@ -32,6 +33,7 @@ def samples(batches: Iterable[pa.Table]):
 def apple_pipeline(params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipeline:
     dlt.config["normalize.parquet_normalizer.add_dlt_load_id"] = True
     dlt.config["normalize.parquet_normalizer.add_dlt_id"] = False
+    keep_no_loaded_rows()
     return dlt.pipeline(
         pipeline_name="devices_apple_health",
         destination=dlt.destinations.postgres(credentials=params.dlt_credentials()),

@@ -39,6 +39,7 @@ from ingestion.devices.fitbit.client import (
     UnexpectedResponse,
 )
 from ingestion.devices.resilience import BreakerOpen, CircuitBreaker
+from ingestion.dlt_storage import keep_no_loaded_rows
 from mdp.database import ConnectionParams, connect
 
 log = logging.getLogger(__name__)
@@ -409,6 +410,7 @@ def activity_logs(rows: list[dict]):
 
 
 def fitbit_pipeline(params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipeline:
+    keep_no_loaded_rows()
     return dlt.pipeline(
         pipeline_name="devices_fitbit",
         destination=dlt.destinations.postgres(credentials=params.dlt_credentials()),

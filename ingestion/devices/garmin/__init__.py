@@ -23,6 +23,7 @@ from ingestion.devices.garmin.backfill import clear_denied
 from ingestion.devices.garmin.budget import BudgetExhausted, DailyBudget
 from ingestion.devices.garmin.fields import InvalidSummary, check_summary, utc_instant
 from ingestion.devices.garmin.settings import GarminSettings
+from ingestion.dlt_storage import keep_no_loaded_rows
 from mdp.database import ConnectionParams, connect
 
 log = logging.getLogger(__name__)
@@ -175,6 +176,7 @@ def _resource(table: str, rows: list[dict]):
 
 
 def garmin_pipeline(params: ConnectionParams, pipelines_dir: Path) -> dlt.Pipeline:
+    keep_no_loaded_rows()
     return dlt.pipeline(
         pipeline_name="devices_garmin",
         destination=dlt.destinations.postgres(credentials=params.dlt_credentials()),
