@@ -1,8 +1,13 @@
 """Audit rows for member data that leaves the platform other than through the API.
 
 The API writes its rows in batches (serving/audit.py); an export is rare and written at once.
-The database chains every row into the tamper-evident log (a trigger, mdp/schema.py), so a
-plain insert is enough. Members appear only as `log_ref` references, never in clear.
+The database chains every row into the tamper-evident log (a trigger, mdp/schema.py, whose
+digest covers `detail`), so a plain insert is enough. Members appear only as `log_ref`
+references, never in clear.
+
+One row per export, its members' references in `detail.member_refs` (sorted): a row per
+member went through the chain trigger one by one, ~0.2 s for a 500K-row file's 10K rejects,
+inside the import. Find a member's exports with `detail->'member_refs' ? 'm_...'`.
 """
 
 from __future__ import annotations
@@ -23,15 +28,19 @@ def record_export(
     member_keys: Iterable[str],
     purpose: str,
     detail: dict[str, object],
-) -> int:
-    """One row per member whose data went out (one row without a member when none is
-    known); returns how many rows were written."""
-    refs = sorted({log_ref(partner_id, key) for key in member_keys}) or [None]
+) -> None:
+    """The audit row of one export of the given members' data (by their stored keys)."""
+    refs = sorted({log_ref(partner_id, key) for key in member_keys})
     with connect(params) as conn, conn.cursor() as cur:
         cur.execute(
             "insert into audit.access_log"
-            " (actor, action, partner_id, member_ref, purpose, outcome, detail)"
-            " select %s, %s, %s, ref, %s, 'delivered', %s::jsonb from unnest(%s::text[]) as ref",
-            (EXPORT_ACTOR, action, partner_id, purpose, json.dumps(detail), refs),
+            " (actor, action, partner_id, purpose, outcome, detail)"
+            " values (%s, %s, %s, %s, 'delivered', %s::jsonb)",
+            (
+                EXPORT_ACTOR,
+                action,
+                partner_id,
+                purpose,
+                json.dumps({**detail, "members": len(refs), "member_refs": refs}),
+            ),
         )
-        return cur.rowcount

@@ -322,7 +322,13 @@ def _cron(expression: str) -> str:
     from croniter import croniter
 
     fields = expression.split()
-    if not croniter.is_valid(expression) or (len(fields) != 5 and not expression.startswith("@")):
+    # "1W" (nearest weekday): croniter takes it, Dagster's schedules do not
+    dagster_refuses = len(fields) == 5 and "W" in fields[2].upper()
+    if (
+        not croniter.is_valid(expression)
+        or (len(fields) != 5 and not expression.startswith("@"))
+        or dagster_refuses
+    ):
         raise ValueError(
             f"{expression!r} is not a cron schedule: five fields (minute hour day month"
             " weekday), e.g. '*/10 * * * *' for every ten minutes, or @hourly / @daily"

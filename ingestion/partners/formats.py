@@ -68,7 +68,8 @@ def _check_columns(inbound: Inbound, header: list[str]) -> list[int | None]:
     missing = [
         f"'{source}' (for {target})"
         for source, target in inbound.column_mappings.items()
-        if target in inbound.required_fields and source not in positions
+        if (target in inbound.required_fields or target == inbound.identifier)
+        and source not in positions
     ]
     if missing:
         # the header's own cells are not quoted: a file without a header row has a member's
@@ -96,10 +97,12 @@ def absent_fields(path: Path, inbound: Inbound) -> list[str]:
     if header and header[0].startswith("\ufeff"):
         header = [header[0].lstrip("\ufeff").strip(), *header[1:]]
     found = _header_positions(list(inbound.column_mappings), header)
+    # the identifier is never "kept": a file without it is refused as missing its key column
+    always_required = {*inbound.required_fields, inbound.identifier, "employee_id"}
     return [
         target
         for source, target in inbound.column_mappings.items()
-        if source not in found and target not in inbound.required_fields
+        if source not in found and target not in always_required
     ]
 
 

@@ -186,9 +186,12 @@ class MemberLoad:
         copy_binary(self._cur, f"{TABLE} ({', '.join(LOAD_SCHEMA.names)})", rows)
         if len(replaced) and self.kept_columns:
             assignments = ", ".join(f"{c} = kept.{c}" for c in self.kept_columns)
+            # the array, as for the delete: the key's index is probed, not the partner's rows
+            # scanned (a temp table has no statistics)
             self._cur.execute(
                 f"update {TABLE} as member set {assignments} from kept_values as kept"
-                " where member.partner_id = %s and member.employee_id = kept.employee_id",
+                " where member.partner_id = %s and member.employee_id = kept.employee_id"
+                " and member.employee_id = any(array(select employee_id from kept_values))",
                 (self.partner_id,),
             )
             self._cur.execute("truncate kept_values")

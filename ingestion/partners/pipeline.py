@@ -193,7 +193,7 @@ def process_archived_file(
                     params,
                     "error_report_export",
                     config.partner_id,
-                    parsed.rejected_keys,
+                    parsed.reported_keys,
                     "partner_error_report",
                     {"file_id": record.file_id, "rows": len(parsed.rejects), "to": "errors/"},
                 )
@@ -277,12 +277,14 @@ def _load_file(
     kept = absent_fields(path, config.inbound)
     if kept:
         # config names only (no PHI): a renamed or dropped column is the partner's to fix
-        record.reason = (
+        note = (
             f"no column for {', '.join(kept)} (configured: "
             + ", ".join(repr(s) for s, t in config.inbound.column_mappings.items() if t in kept)
             + "): the stored values of those fields were kept"
         )
-        log.warning("%s: %s: %s", config.partner_id, record.filename, record.reason)
+        if note not in (record.reason or ""):  # a second read of the file notes it once
+            record.reason = f"{record.reason}; {note}" if record.reason else note
+        log.warning("%s: %s: %s", config.partner_id, record.filename, note)
     with MemberLoad(
         params,
         config.partner_id,
@@ -324,6 +326,7 @@ def _record_left_out(
 class ParsedFile:
     rejects: list[Reject] = field(default_factory=list)
     rejected_keys: list[str] = field(default_factory=list)
+    reported_keys: list[str] = field(default_factory=list)
     total: int = 0
     first_valid: pa.Table | None = None  # for the materialization's preview
 
@@ -352,6 +355,7 @@ def parse_and_validate(
             on_valid(result.valid)
         parsed.rejects.extend(result.rejects)
         parsed.rejected_keys.extend(result.rejected_keys)
+        parsed.reported_keys.extend(result.reported_keys)
         if progress:
             progress(record.filename, parsed.total)
     if parsed.total == 0:

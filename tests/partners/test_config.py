@@ -319,7 +319,9 @@ def yaml_without(text: str, key: str) -> str:
     return yaml.safe_dump(data)
 
 
-@pytest.mark.parametrize("schedule", ["every ten minutes", "* * * * * *", "61 * * * *"])
+@pytest.mark.parametrize(
+    "schedule", ["every ten minutes", "* * * * * *", "61 * * * *", "0 0 1W * *"]
+)
 def test_a_pull_schedule_that_is_not_cron_is_refused_at_load(tmp_path, schedule):
     # it loaded, and then failed the whole Dagster code location, every partner with it
     base = (REPO / "partner_configs" / "initech.yaml").read_text()

@@ -462,3 +462,26 @@ def test_an_ssn_in_a_free_text_column_is_refused_not_stored(tmp_path, arrow):
     assert [r.line for r in rejects] == [2, 3]
     assert all("shaped like an SSN" in " ".join(r.errors) for r in rejects)
     assert "4321" not in repr([r.errors for r in rejects]).replace("***-**-4321", "")
+
+
+def test_a_zip_plus_four_or_a_phone_is_not_taken_for_an_ssn(tmp_path):
+    path = tmp_path / "not_ssns.csv"
+    rows = [
+        "E000001,Ann,Lee,01/02/1980,ann.62701-1234@b.c,P,,",
+        "E000002,Bob,Lee,01/02/1980,555-123-4567@b.c,P,,",
+    ]
+    path.write_text(",".join(HEADER) + "\n" + "\n".join(rows) + "\n")
+    valid, rejects = _validated(ACME, path)
+    assert rejects == [] and len(valid) == 2
+
+
+def test_a_file_without_its_identifier_column_is_quarantined_whatever_required_fields_say(
+    tmp_path,
+):
+    inbound = ACME.inbound.model_copy(update={"required_fields": ["first_name"]})
+    config = ACME.model_copy(update={"inbound": inbound})
+    path = tmp_path / "no_ids.csv"
+    header = [h for h in HEADER if h != "Employee ID"]
+    path.write_text(",".join(header) + "\nAnn,Lee,01/02/1980,a@b.c,P,,\n")
+    with pytest.raises(UnreadableFileError, match="missing required column"):
+        list(read_rows(path, config.inbound))

@@ -139,7 +139,11 @@ def partner_files(
         asset_key=ABSENT_KEY,
         metadata={
             "full_files_with_members_left_out": dg.MetadataValue.json(
-                {r.filename: r.reason for r in records if r.reason and "full file" in r.reason}
+                {
+                    r.filename: r.reason
+                    for r in records
+                    if r.status == "loaded" and r.reason and "full file:" in r.reason
+                }
             )
         },
     )
