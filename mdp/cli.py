@@ -175,13 +175,19 @@ def _report_run(result) -> None:
         if e.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION
     }
     checks = list(last_evaluation.values())
-    failed_checks = [c for c in checks if not c.passed]
+    failed = [c for c in checks if not c.passed]
+    # a check of WARN severity that does not pass is a warning, not a failure of the data
+    warned = [c for c in failed if getattr(c.severity, "value", c.severity) == "WARN"]
+    errored = [c for c in failed if c not in warned]
     click.echo(
         f"run {result.run_id}: {'succeeded' if result.success else 'FAILED'}; "
-        f"{len(materialized)} materializations, {len(checks)} checks ({len(failed_checks)} failed)"
+        f"{len(materialized)} materializations, {len(checks)} checks ({len(errored)} failed,"
+        f" {len(warned)} warnings)"
     )
-    for check in failed_checks:
+    for check in errored:
         click.echo(f"  check failed: {check.asset_key.to_user_string()} {check.check_name}")
+    for check in warned:
+        click.echo(f"  check warning: {check.asset_key.to_user_string()} {check.check_name}")
 
 
 @main.command("dev")

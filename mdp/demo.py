@@ -90,7 +90,8 @@ def run_demo(settings: Settings) -> int:
     click.echo(f"  {curl}")
     click.echo(f"Details (URL, key, member): {path}")
     click.echo(
-        "Next: `make dev` for the Dagster UI (http://127.0.0.1:3000), "
+        "Next: `make dev` for the Dagster UI"
+        f" (http://127.0.0.1:{os.environ.get('MDP_DAGSTER_PORT', '3000')}), "
         "`.venv/bin/mdp imports list`, `.venv/bin/mdp stack status`, `make down` to stop."
     )
     click.echo(f"Error reports went to the partners' errors/ folders under {settings.sftp_root}")

@@ -313,3 +313,26 @@ def test_a_selection_splitting_what_one_step_makes_says_what_to_select():
     assert check_selection(defs, "key:raw/*") == 2
     with pytest.raises(SelectionError, match="did you mean marts/dim_member"):
         check_selection(defs, "dim_member")
+
+
+def test_run_report_tells_a_warning_check_from_a_failed_one(capsys):
+    from mdp.cli import _report_run
+
+    @dg.asset
+    def roster() -> None: ...
+
+    @dg.asset_check(asset=roster)
+    def has_rejects() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=False, severity=dg.AssetCheckSeverity.WARN)
+
+    @dg.asset_check(asset=roster)
+    def keys_unique() -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(passed=False)
+
+    defs = dg.Definitions(assets=[roster], asset_checks=[has_rejects, keys_unique])
+    job = defs.resolve_implicit_global_asset_job_def()
+    result = job.execute_in_process(raise_on_error=False)
+    _report_run(result)
+    out = capsys.readouterr().out
+    assert "2 checks (1 failed, 1 warnings)" in out
+    assert "check failed: roster keys_unique" in out and "check warning: roster has_rejects" in out
