@@ -309,8 +309,12 @@ def key_revoke(partner_id: str, key_id: str | None) -> None:
     except ApiKeyError as exc:
         raise click.ClickException(str(exc)) from None
     if count == 0:
+        from ingestion.partners.config import load_partner_configs
+
         which = f"active key {key_id}" if key_id is not None else "active keys"
-        raise click.ClickException(f"no {which} for {partner_id}")
+        known = load_partner_configs(_settings().partner_config_dir).configs
+        unknown = "" if partner_id in known else " (no such partner in the configs either)"
+        raise click.ClickException(f"no {which} for {partner_id}{unknown}")
     click.echo(f"revoked {count} key(s) of {partner_id}")
 
 

@@ -42,8 +42,8 @@ def replay_import(settings: Settings, file_id: str, rebuild: bool = True, force:
     if later is not None and not force:
         raise ReplayError(
             f"{later['filename']} ({later['file_id']}) was loaded after {file_id}: replaying"
-            " would put back the values it changed for members in both files. Replay the"
-            " later file instead, or pass --force to replay this one anyway."
+            " would load this older file's rows over the newer ones for members in both"
+            " files. Replay the later file instead, or pass --force to replay this one anyway."
         )
     prepare_environment(settings)
     now = dt.datetime.now(dt.UTC)
