@@ -383,6 +383,19 @@ def _roster(ids, bad_dob=()):
     return ("\n".join([header, *rows]) + "\n").encode()
 
 
+def _send_and_import(platform, config, name, content):
+    """Drop a file in the partner's inbox (as the platform user: the partner has no login in
+    this module's server) and import it."""
+    sftp = platform.sftp("mdp_platform")
+    try:
+        with sftp.open(f"/{config.partner_id}/inbound/{name}", "wb") as handle:
+            handle.write(content)
+    finally:
+        sftp._owner.close()
+    [record] = import_partner_files(config, platform.settings, platform.params)
+    return record
+
+
 def test_a_full_file_terminates_whom_it_leaves_out_and_is_held_when_that_is_too_many(
     platform, tmp_path
 ):
@@ -390,14 +403,7 @@ def test_a_full_file_terminates_whom_it_leaves_out_and_is_held_when_that_is_too_
     members = [f"FULL{i:04d}" for i in range(1, 11)]
 
     def send(name, content):
-        sftp = platform.sftp("mdp_platform")
-        try:
-            with sftp.open(f"/full_roster/inbound/{name}", "wb") as handle:
-                handle.write(content)
-        finally:
-            sftp._owner.close()
-        [record] = import_partner_files(config, platform.settings, platform.params)
-        return record
+        return _send_and_import(platform, config, name, content)
 
     def absent():
         return platform.query(
@@ -432,14 +438,7 @@ def test_a_full_file_sent_again_after_another_one_is_the_roster_again(platform, 
     members = [f"AGAIN{i:03d}" for i in range(1, 11)]
 
     def send(name, content):
-        sftp = platform.sftp("mdp_platform")
-        try:
-            with sftp.open(f"/roster_again/inbound/{name}", "wb") as handle:
-                handle.write(content)
-        finally:
-            sftp._owner.close()
-        [record] = import_partner_files(config, platform.settings, platform.params)
-        return record
+        return _send_and_import(platform, config, name, content)
 
     first = send("enrollment_1.csv", _roster(members))
     second = send("enrollment_2.csv", _roster(members[:9]))  # AGAIN010 left out
