@@ -174,11 +174,12 @@ class RowValidator:
             if name not in DATE_FIELDS:
                 continue
             dates[name] = parse_dates(text[name], fmt)
+            if name == "date_of_birth" and "%y" in fmt:
+                # only years read from two digits: a date cell's four-digit year stands
+                dates[name] = _born_last_century(dates[name], self.today)
             if self.inbound.format == "xlsx" and fmt != ISO_DATE:
                 # date cells arrive as ISO text (see formats._cell_text), text cells as typed
                 dates[name] = pc.coalesce(dates[name], parse_dates(text[name], ISO_DATE))
-            if name == "date_of_birth" and "%y" in fmt:
-                dates[name] = _born_last_century(dates[name], self.today)
             bad = positions(pc.and_(pc.is_valid(text[name]), pc.is_null(dates[name])))
             unparsed[name] = set(bad)
             for pos, value in _at(text[name], bad):

@@ -213,6 +213,8 @@ def test_workbook_date_cells_keep_their_century_under_a_two_digit_year_format(tm
             ["GX000001", "Ann", "Lee", dt.date(1960, 5, 1), "F", "P", None, None],  # a date cell
             ["GX000002", "Bob", "Lee", "05/01/61", "M", "P", None, None],  # text, as typed
             ["GX000003", "Cy", "Lee", 22402, "M", "P", None, None],  # a serial: 1961-05-01
+            # a date cell's four-digit year is what was typed: 2060 is not moved to 1960
+            ["GX000004", "Di", "Lee", dt.date(2060, 5, 1), "F", "P", None, None],
         ],
     )
     validator = RowValidator(
@@ -220,7 +222,8 @@ def test_workbook_date_cells_keep_their_century_under_a_two_digit_year_format(tm
     )
     (batch,) = _read_all(path, config.inbound, arrow=False)
     chunk = validator.validate(batch)
-    assert chunk.rejects == []
+    [typo] = chunk.rejects
+    assert typo.line == 5 and "2060-05-01 is after today" in typo.errors[0]
     ids, births = (chunk.valid[c].to_pylist() for c in ("employee_id", "date_of_birth"))
     dates = dict(zip(ids, births, strict=True))
     # "61" is 2061 as strptime reads it; a birth date cannot be after today: 1961
