@@ -314,6 +314,13 @@ def test_an_ssn_is_nine_ascii_digits_with_optional_dashes_or_spaces(text, digits
     assert normalize_ssn(text) == digits
 
 
+def _acme_csv(tmp_path: Path, name: str, rows: list[str]) -> Path:
+    """An acme_corp CSV: its header, then the rows as given."""
+    path = tmp_path / name
+    path.write_text(",".join(HEADER) + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
 def _validated(config, path: Path, arrow: bool = False, today=dt.date(2025, 6, 1)):
     validator = RowValidator(config, "f", dt.datetime(2025, 6, 1, tzinfo=dt.UTC), today)
     chunks = [validator.validate(batch) for batch in _read_all(path, config.inbound, arrow)]
@@ -426,12 +433,11 @@ def test_a_value_that_would_run_as_a_spreadsheet_formula_is_inert_in_the_error_r
 
 
 def test_coverage_that_ends_before_it_starts_is_rejected(tmp_path):
-    path = tmp_path / "backwards.csv"
     rows = [
         "E000001,Ann,Lee,01/02/1980,a@b.c,P,03/01/2026,02/01/2026",
         "E000002,Bob,Lee,01/02/1980,b@b.c,P,03/01/2026,03/01/2026",
     ]
-    path.write_text(",".join(HEADER) + "\n" + "\n".join(rows) + "\n")
+    path = _acme_csv(tmp_path, "backwards.csv", rows)
     valid, [reject] = _validated(ACME, path)
     assert [row["employee_id"] for row in valid] == ["E000002"]
     assert reject.line == 2 and reject.errors == [
@@ -453,13 +459,12 @@ def test_a_broken_workbook_cell_is_never_quoted_in_the_reason(tmp_path):
 
 @pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
 def test_an_ssn_in_a_free_text_column_is_refused_not_stored(tmp_path, arrow):
-    path = tmp_path / "ssn_in_name.csv"
     rows = [
         "E000001,Ann,987-65-4321,01/02/1980,a@b.c,P,,",
         "E000002,876.54.3210,Lee,01/02/1980,b@b.c,P,,",
         "E000003,Cy,Lee,01/02/1980,c@b.c,P,,",
     ]
-    path.write_text(",".join(HEADER) + "\n" + "\n".join(rows) + "\n")
+    path = _acme_csv(tmp_path, "ssn_in_name.csv", rows)
     valid, rejects = _validated(ACME, path, arrow)
     assert [row["employee_id"] for row in valid] == ["E000003"]
     assert [r.line for r in rejects] == [2, 3]
@@ -468,12 +473,11 @@ def test_an_ssn_in_a_free_text_column_is_refused_not_stored(tmp_path, arrow):
 
 
 def test_a_zip_plus_four_or_a_phone_is_not_taken_for_an_ssn(tmp_path):
-    path = tmp_path / "not_ssns.csv"
     rows = [
         "E000001,Ann,Lee,01/02/1980,ann.62701-1234@b.c,P,,",
         "E000002,Bob,Lee,01/02/1980,555-123-4567@b.c,P,,",
     ]
-    path.write_text(",".join(HEADER) + "\n" + "\n".join(rows) + "\n")
+    path = _acme_csv(tmp_path, "not_ssns.csv", rows)
     valid, rejects = _validated(ACME, path)
     assert rejects == [] and len(valid) == 2
 
