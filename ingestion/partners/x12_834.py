@@ -138,7 +138,10 @@ class _Reader:
         self.options = options
         self.transaction: str | None = None  # ST02 of the open transaction set
         self.transaction_segments = 0
-        self.interchange_open = False
+        self.interchange: str | None = None  # ISA13 of the open interchange
+        self.interchange_groups = 0
+        self.group: str | None = None  # GS06 of the open functional group
+        self.group_transactions = 0
 
     def members(self, segments: Iterator[tuple[int, list[str], _Separators]]) -> Iterator[_Member]:
         member: _Member | None = None
@@ -171,16 +174,41 @@ class _Reader:
                 f"the file ends inside transaction set {self.transaction or '?'} after segment"
                 f" {position} (no SE/IEA): truncated?"
             )
-        if self.interchange_open:
+        if self.interchange is not None:
             raise UnreadableFileError(
                 f"the file ends after segment {position} without its IEA segment: truncated?"
             )
 
     def _envelope(self, tag: str, elements: list[str], position: int) -> None:
+        """The envelope's counts and control numbers, as a 999/TA1 checks them: a count that
+        disagrees means segments were lost or added on the way."""
         if tag == "ISA":
-            self.interchange_open = True
+            self.interchange, self.interchange_groups = _element(elements, 13).strip(), 0
         elif tag == "IEA":
-            self.interchange_open = False
+            if self.group is not None:
+                raise UnreadableFileError(
+                    f"segment {position} (IEA) closes the interchange before functional group"
+                    f" {self.group} was closed by its GE: segments are missing (truncated?)"
+                )
+            _check_trailer(
+                "interchange", self.interchange, self.interchange_groups, "functional groups",
+                "IEA", elements, position,
+            )  # fmt: skip
+            self.interchange = None
+        elif tag == "GS":
+            self.group, self.group_transactions = _element(elements, 6).strip(), 0
+            self.interchange_groups += 1
+        elif tag == "GE":
+            if self.transaction is not None:
+                raise UnreadableFileError(
+                    f"segment {position} (GE) closes the functional group before transaction"
+                    f" set {self.transaction} was closed by its SE: segments are missing"
+                )
+            _check_trailer(
+                "functional group", self.group, self.group_transactions, "transaction sets",
+                "GE", elements, position,
+            )  # fmt: skip
+            self.group = None
         elif tag == "ST":
             if self.transaction is not None:
                 raise UnreadableFileError(
@@ -194,17 +222,41 @@ class _Reader:
                     " partner sends 834 benefit enrollment files"
                 )
             self.transaction, self.transaction_segments = _element(elements, 2) or "?", 1
+            self.group_transactions += 1
         elif tag == "SE":
             if self.transaction is None:
                 raise UnreadableFileError(f"segment {position} (SE) closes no transaction set")
-            declared = _element(elements, 1)
-            if declared != str(self.transaction_segments):
-                raise UnreadableFileError(
-                    f"transaction set {self.transaction} has {self.transaction_segments}"
-                    f" segments but its SE (segment {position}) says {declared or 'nothing'}:"
-                    " segments are missing or added (truncated or corrupt?)"
-                )
+            _check_trailer(
+                "transaction set", None if self.transaction == "?" else self.transaction,
+                self.transaction_segments, "segments",
+                "SE", elements, position,
+            )  # fmt: skip
             self.transaction = None
+
+
+def _check_trailer(
+    opened: str,
+    control: str | None,
+    counted: int,
+    counting: str,
+    tag: str,
+    elements: list[str],
+    position: int,
+) -> None:
+    """A trailer (SE, GE, IEA) states how many it closes (element 1) and repeats its header's
+    control number (element 2)."""
+    declared, closing = _element(elements, 1).strip(), _element(elements, 2).strip()
+    if declared != str(counted):
+        raise UnreadableFileError(
+            f"{opened} {control or '?'} has {counted} {counting} but its {tag} (segment"
+            f" {position}) says {declared or 'nothing'}: some were lost or added on the way"
+            " (truncated or corrupt?)"
+        )
+    if control is not None and closing != control:
+        raise UnreadableFileError(
+            f"the {tag} at segment {position} closes {opened} {closing or '(no number)'}, but"
+            f" the open one is {control}: the envelope is broken"
+        )
 
 
 def _member_segment(

@@ -182,7 +182,31 @@ def test_the_configured_insurance_line_picks_the_coverage(config, tmp_path):
         ),
         (
             interchange(member("00012345", "DOE", "JANE", "19800214"), count_fix=1),
-            "segments are missing or added",
+            "has 15 segments but its SE .* says 16",
+        ),
+        (
+            interchange(member("00012345", "DOE", "JANE", "19800214")).replace(
+                b"GE*1*1", b"GE*2*1"
+            ),
+            "has 1 transaction sets but its GE .* says 2",
+        ),
+        (
+            interchange(member("00012345", "DOE", "JANE", "19800214")).replace(
+                b"IEA*1*", b"IEA*3*"
+            ),
+            "has 1 functional groups but its IEA .* says 3",
+        ),
+        (
+            interchange(member("00012345", "DOE", "JANE", "19800214")).replace(
+                b"SE*15*0001", b"SE*15*0002"
+            ),
+            "closes transaction set 0002, but the open one is 0001",
+        ),
+        (
+            interchange(member("00012345", "DOE", "JANE", "19800214")).replace(
+                b"IEA*1*000000001", b"IEA*1*000000007"
+            ),
+            "closes interchange 000000007, but the open one is 000000001",
         ),
         (
             interchange(member("00012345", "DOE", "JANE", "19800214")).split(b"SE*")[0],
@@ -199,7 +223,19 @@ def test_the_configured_insurance_line_picks_the_coverage(config, tmp_path):
             "not valid utf-8 in segment 11",
         ),
     ],
-    ids=["empty", "csv", "not-834", "count", "no-SE", "cut-mid-segment", "undecodable"],
+    ids=[
+        "empty",
+        "csv",
+        "not-834",
+        "count",
+        "group-count",
+        "interchange-count",
+        "control-number",
+        "interchange-control-number",
+        "no-SE",
+        "cut-mid-segment",
+        "undecodable",
+    ],
 )
 def test_an_unreadable_834_says_why(config, tmp_path, content, reason):
     with pytest.raises(UnreadableFileError, match=reason):
