@@ -59,6 +59,12 @@ _LEFT_OUT = (
     "member.source_file_id <> %(file)s and not exists (select from incoming_keys as present"
     " where present.employee_id = member.employee_id)"
 )
+# A replaced member keeps the stored values of fields its file has no column for, with two
+# exceptions. A kept end date that falls before the coverage the file now gives it belonged to
+# an earlier enrollment (a re-enrollment in a file without an end column). A kept status
+# stands only while the coverage dates it described are unchanged.
+# the stored dates, kept beside the kept values to judge them by
+_STORED_DATES = "eligibility_start_date as stored_start, eligibility_end_date as stored_end"
 LOAD_ID_COLUMN = "_dlt_load_id"
 LOAD_COMPLETED = 0  # dlt's status for a completed load in _dlt_loads
 # a chunk this small probes the key's index for each of its ids rather than read the stored
@@ -119,7 +125,8 @@ class MemberLoad:
         if self.kept_columns:
             self._cur.execute(
                 "create temp table kept_values on commit drop as"
-                f" select employee_id, {', '.join(self.kept_columns)} from {TABLE} limit 0"
+                f" select employee_id, {', '.join(self.kept_columns)}, {_STORED_DATES}"
+                f" from {TABLE} limit 0"
             )
         # the partner's least and greatest stored id, as the database orders them (two index
         # look-ups), read before this load adds any: a chunk with no id in this range
@@ -172,7 +179,8 @@ class MemberLoad:
             # a temp table without statistics
             if self.kept_columns:
                 self._cur.execute(
-                    f"insert into kept_values select employee_id, {', '.join(self.kept_columns)}"
+                    "insert into kept_values select employee_id,"
+                    f" {', '.join(self.kept_columns)}, {_STORED_DATES}"
                     f" from {TABLE} where partner_id = %s"
                     " and employee_id = any(array(select employee_id from incoming_keys))",
                     (self.partner_id,),
@@ -185,7 +193,7 @@ class MemberLoad:
             self._cur.execute("truncate incoming_keys")
         copy_binary(self._cur, f"{TABLE} ({', '.join(LOAD_SCHEMA.names)})", rows)
         if len(replaced) and self.kept_columns:
-            assignments = ", ".join(f"{c} = kept.{c}" for c in self.kept_columns)
+            assignments = ", ".join(f"{c} = {self._kept_value(c)}" for c in self.kept_columns)
             # the array, as for the delete: the key's index is probed, not the partner's rows
             # scanned (a temp table has no statistics)
             self._cur.execute(
@@ -197,6 +205,27 @@ class MemberLoad:
             self._cur.execute("truncate kept_values")
         self.rows += count
         self.seconds += time.perf_counter() - started
+
+    def _kept_value(self, column: str) -> str:
+        """The value a replaced member keeps for a column its file lacks (see above). An
+        update's expressions read the row as inserted, so `member.` is what the file gave."""
+        kept = set(self.kept_columns)
+        start = (
+            "kept.stored_start"
+            if "eligibility_start_date" in kept
+            else "member.eligibility_start_date"
+        )
+        end = f"case when kept.stored_end < {start} then null else kept.stored_end end"
+        if column == "eligibility_end_date":
+            return end
+        if column == "coverage_status":
+            if "eligibility_end_date" not in kept:
+                end = "member.eligibility_end_date"
+            return (
+                f"case when kept.stored_start is not distinct from {start}"
+                f" and kept.stored_end is not distinct from {end} then kept.coverage_status end"
+            )
+        return f"kept.{column}"
 
     def _replaced(self, ids: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
         """The chunk's ids that are stored already. Only those are deleted: probing the index

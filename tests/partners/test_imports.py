@@ -357,6 +357,43 @@ def test_a_file_without_an_optional_column_keeps_its_members_stored_values(platf
     assert stored == [("ann@x.example", "P2")]
 
 
+def test_a_re_enrollment_in_a_file_without_an_end_column_does_not_inherit_the_old_end(
+    platform,
+):
+    # the stored end date (kept: the file has no column for it) belonged to the coverage
+    # that ended; with the new start after it, the merged row ended before it began
+    acme = platform.configs["acme_corp"]
+    header = list(acme.inbound.column_mappings)
+    ended = ["01/01/2025", "06/30/2026"]
+    first = [
+        header,
+        ["REENR001", "Ann", "Lee", "01/02/1980", "ann@x.example", "P1", *ended],
+        ["REENR002", "Bob", "Lee", "01/02/1981", "bob@x.example", "P1", *ended],
+    ]
+    no_end = [h for h in header if h != "Eligibility End"]
+    second = [
+        no_end,
+        ["REENR001", "Ann", "Lee", "01/02/1980", "ann@x.example", "P1", "11/01/2026"],
+        ["REENR002", "Bob", "Lee", "01/02/1981", "bob@x.example", "P2", "01/01/2025"],
+    ]
+    for name, rows in (("enrollment_reenrol_1.csv", first), ("enrollment_reenrol_2.csv", second)):
+        out = io.StringIO()
+        csv.writer(out).writerows(rows)
+        platform.upload("acme_corp", name, out.getvalue().encode())
+        [record] = _import(platform, "acme_corp")
+        assert (record.status, record.rows_loaded) == ("loaded", 2)
+
+    stored = platform.query(
+        "select employee_id, eligibility_start_date::text, eligibility_end_date::text, program"
+        " from raw_partners.enrollment_members where partner_id = 'acme_corp'"
+        " and employee_id like 'REENR%%' order by employee_id"
+    )
+    assert stored == [
+        ("REENR001", "2026-11-01", None, "P1"),  # re-enrolled: the old end is gone
+        ("REENR002", "2025-01-01", "2026-06-30", "P2"),  # same coverage: its end is kept
+    ]
+
+
 def _full_roster_partner(platform, tmp_path, partner_id="full_roster"):
     """acme_corp's layout as a partner of its own whose files list every member."""
     import yaml
