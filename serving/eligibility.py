@@ -225,12 +225,14 @@ def ineligibility_reason(row: MartRow, today: dt.date) -> str | None:
     # a date not given bounds nothing, as in dim_member.is_eligible_today
     if end is not None and end < today:
         return f"Coverage ended {end.isoformat()}"
+    stated = row.coverage_status_basis != DATES_BASIS
+    if stated and status == "terminated":  # before the start: cancelled, it never starts
+        began = start is None or start <= today
+        return "Coverage terminated" if began else "Coverage cancelled before it began"
     if start is not None and start > today:
         return f"Coverage starts {start.isoformat()}"
-    if row.coverage_status_basis == DATES_BASIS:
+    if not stated:
         return None
-    if status == "terminated":
-        return "Coverage terminated"
     if status != "active":
         return f"Coverage {status}" if status else "Coverage status unknown"
     return None

@@ -40,12 +40,29 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 
 from ingestion.partners import ABSENT_TABLE as ABSENT_MEMBERS
-from ingestion.partners import DATASET, MEMBERS_TABLE
+from ingestion.partners import DATASET, IMPORTS_TABLE, MEMBERS_TABLE
 from ingestion.partners.validation import MEMBER_ARROW_SCHEMA
 from mdp.database import ConnectionParams, connect
 
 TABLE = f"{DATASET}.{MEMBERS_TABLE}"
 ABSENT_TABLE = f"{DATASET}.{ABSENT_MEMBERS}"
+IMPORTS = f"{DATASET}.{IMPORTS_TABLE}"
+# when a file was made, as far as we can tell: its SFTP mtime, else when it arrived (a replay
+# has no mtime: it is the newest)
+_FILE_TIME = "coalesce(to_timestamp({f}.remote_mtime), {f}.received_at)"
+# the chunk's members (%(ids)s) whose stored row a file made after this one (%(as_of)s) wrote,
+# or left out: newer file wins, whatever order the files arrive in
+_NEWER = (
+    f"select member.employee_id from {TABLE} as member"
+    f" join {IMPORTS} as source on source.file_id = member.source_file_id"
+    " where member.partner_id = %(partner)s and member.employee_id = any(%(ids)s)"
+    f" and ({_FILE_TIME.format(f='source')} > %(as_of)s"
+    f" or exists (select from {ABSENT_TABLE} as absent"
+    f" join {IMPORTS} as leaving on leaving.file_id = absent.file_id"
+    " where absent.partner_id = member.partner_id and absent.employee_id = member.employee_id"
+    " and absent.absent_since > member.file_received_at"
+    f" and {_FILE_TIME.format(f='leaving')} > %(as_of)s))"
+)
 # a stored member whose coverage has not ended and that no full file received after its row
 # has left out
 _ACTIVE = (
@@ -91,6 +108,7 @@ class MemberLoad:
         schema_name: str,
         kept_fields: list[str] | None = None,
         full_file: bool = False,
+        as_of: dt.datetime | None = None,
     ):
         self.partner_id = partner_id
         self.schema_name = schema_name
@@ -112,6 +130,11 @@ class MemberLoad:
         self._stored_range: tuple[str | None, str | None] = (None, None)
         self._full_file = full_file
         self.active_before = 0  # a full file's: active members before it (see left_out)
+        self._as_of = as_of  # when the file was made (see _FILE_TIME)
+        # a file older than one loaded already (late, or re-sent): its rows replace only the
+        # members no newer file has written or left out; `superseded` counts the others
+        self.stale = False
+        self.superseded = 0
 
     def __enter__(self) -> MemberLoad:
         self._merger = self._scope.enter_context(ThreadPoolExecutor(1, "member-merge"))
@@ -136,6 +159,13 @@ class MemberLoad:
             (self.partner_id,),
         )
         self._stored_range = self._cur.fetchone()
+        if self._as_of is not None:
+            self._cur.execute(
+                f"select max({_FILE_TIME.format(f='loaded')}) > %s from {IMPORTS} as loaded"
+                " where loaded.partner_id = %s and loaded.status = 'loaded'",
+                (self._as_of, self.partner_id),
+            )
+            self.stale = bool(self._cur.fetchone()[0])
         if self._full_file:
             self._cur.execute(
                 f"select count(*) from {TABLE} as member where member.partner_id = %s and {_ACTIVE}",
@@ -154,7 +184,7 @@ class MemberLoad:
         # encoded here, so the merge thread only waits on Postgres (its COPY is the slower half)
         data = binary_copy_data(rows)
         self._wait()
-        self._merging = self._merger.submit(self._merge, table["employee_id"], data, table.num_rows)
+        self._merging = self._merger.submit(self._merge, rows, data)
 
     def _wait(self) -> None:
         if self._merging is not None:
@@ -165,9 +195,15 @@ class MemberLoad:
             finally:
                 self.waited += time.perf_counter() - started
 
-    def _merge(self, ids: pa.ChunkedArray, rows: list[bytes], count: int) -> None:
-        """Delete the members the chunk replaces, then COPY it in (binary COPY data)."""
+    def _merge(self, rows: pa.Table, data: list[bytes]) -> None:
+        """Delete the members the chunk replaces, then COPY it in (`data`: the rows as binary
+        COPY data)."""
         started = time.perf_counter()
+        if self.stale:
+            rows, data = self._without_newer(rows, data)
+        ids, count = rows["employee_id"], rows.num_rows
+        if not count:
+            return
         replaced = self._replaced(ids)
         if len(replaced):
             copy_binary(
@@ -191,7 +227,7 @@ class MemberLoad:
                 (self.partner_id,),
             )
             self._cur.execute("truncate incoming_keys")
-        copy_binary(self._cur, f"{TABLE} ({', '.join(LOAD_SCHEMA.names)})", rows)
+        copy_binary(self._cur, f"{TABLE} ({', '.join(LOAD_SCHEMA.names)})", data)
         if len(replaced) and self.kept_columns:
             assignments = ", ".join(f"{c} = {self._kept_value(c)}" for c in self.kept_columns)
             # the array, as for the delete: the key's index is probed, not the partner's rows
@@ -205,6 +241,23 @@ class MemberLoad:
             self._cur.execute("truncate kept_values")
         self.rows += count
         self.seconds += time.perf_counter() - started
+
+    def _without_newer(self, rows: pa.Table, data: list[bytes]) -> tuple[pa.Table, list[bytes]]:
+        """A stale file's chunk without the members a newer file wrote or left out."""
+        self._cur.execute(
+            _NEWER,
+            {
+                "partner": self.partner_id,
+                "ids": rows["employee_id"].to_pylist(),
+                "as_of": self._as_of,
+            },
+        )
+        newer = [row[0] for row in self._cur.fetchall()]
+        if not newer:
+            return rows, data
+        self.superseded += len(newer)
+        kept = rows.filter(pc.invert(pc.is_in(rows["employee_id"], pa.array(newer, pa.string()))))
+        return kept, binary_copy_data(kept)
 
     def _kept_value(self, column: str) -> str:
         """The value a replaced member keeps for a column its file lacks (see above). An

@@ -291,13 +291,34 @@ def _load_file(
         pipeline_name(config.partner_id),
         kept_fields=kept,
         full_file=config.inbound.full_file,
+        as_of=_made_at(record),
     ) as load:
         parsed = parse_and_validate(path, config, record, load.add, progress, arrow)
-        if config.inbound.full_file:
+        if load.superseded:
+            _note(
+                record,
+                f"{load.superseded} row(s) not applied: a file made after this one (by SFTP"
+                " time) has those members already (newer file wins)",
+            )
+        if config.inbound.full_file and load.stale:
+            _note(record, "full file older than one loaded already: it leaves nobody out")
+        elif config.inbound.full_file:
             _record_left_out(load, parsed, config, record, hold)
         before_commit(parsed)
         load.commit()
     return parsed, load
+
+
+def _made_at(record: ImportRecord) -> dt.datetime | None:
+    """When the file was made, as far as we can tell: its SFTP mtime, else its arrival."""
+    if record.remote_mtime is not None:
+        return dt.datetime.fromtimestamp(record.remote_mtime, dt.UTC)
+    return record.received_at
+
+
+def _note(record: ImportRecord, note: str) -> None:
+    if note not in (record.reason or ""):  # a second read of the file notes it once
+        record.reason = f"{record.reason}; {note}" if record.reason else note
 
 
 def _record_left_out(

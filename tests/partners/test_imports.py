@@ -394,6 +394,45 @@ def test_a_re_enrollment_in_a_file_without_an_end_column_does_not_inherit_the_ol
     ]
 
 
+def test_a_file_made_before_one_loaded_already_does_not_undo_it(platform):
+    # a partner's client that keeps file times (sftp put -p, WinSCP) delivers last week's
+    # file after this week's: its rows must not put back what the newer file changed
+    header = list(platform.configs["acme_corp"].inbound.column_mappings)
+    newer = [
+        header,
+        ["LATE0001", "Ann", "Lee", "01/02/1980", "ann@x.example", "P2", "01/01/2025", "01/31/2026"],
+    ]
+    older = [
+        header,
+        ["LATE0001", "Ann", "Lee", "01/02/1980", "ann@x.example", "P1", "01/01/2025", ""],
+        ["LATE0002", "Bob", "Lee", "01/02/1981", "bob@x.example", "P1", "01/01/2025", ""],
+    ]
+    made = time.time() - 3600
+    for name, rows, mtime in (
+        ("enrollment_late_newer.csv", newer, made),
+        ("enrollment_late_older.csv", older, made - 86_400),
+    ):
+        out = io.StringIO()
+        csv.writer(out).writerows(rows)
+        platform.upload("acme_corp", name, out.getvalue().encode())
+        sftp = platform.sftp("acme_corp")
+        try:
+            sftp.utime(f"/inbound/{name}", (mtime, mtime))
+        finally:
+            sftp._owner.close()
+        [record] = _import(platform, "acme_corp")
+        assert record.status == "loaded"
+
+    assert (record.rows_loaded, record.rows_rejected) == (1, 0)
+    assert "1 row(s) not applied: a file made after this one" in record.reason
+    stored = platform.query(
+        "select employee_id, program, eligibility_end_date::text"
+        " from raw_partners.enrollment_members where partner_id = 'acme_corp'"
+        " and employee_id like 'LATE%%' order by employee_id"
+    )
+    assert stored == [("LATE0001", "P2", "2026-01-31"), ("LATE0002", "P1", None)]
+
+
 def _full_roster_partner(platform, tmp_path, partner_id="full_roster"):
     """acme_corp's layout as a partner of its own whose files list every member."""
     import yaml
@@ -494,6 +533,41 @@ def test_a_full_file_sent_again_after_another_one_is_the_roster_again(platform, 
         " where partner_id = 'roster_again' and employee_id = 'AGAIN010'"
     )
     assert back == [(True,)]
+
+
+def test_a_full_file_made_before_the_latest_roster_leaves_nobody_out(platform, tmp_path):
+    config = _full_roster_partner(platform, tmp_path, "late_roster")
+    sftp = platform.sftp("mdp_platform")
+    newest = platform.query("select extract(epoch from now())")[0][0]
+
+    def send(name, content, made):
+        with sftp.open(f"/late_roster/inbound/{name}", "wb") as handle:
+            handle.write(content)
+        sftp.utime(f"/late_roster/inbound/{name}", (made, made))
+        [record] = import_partner_files(config, platform.settings, platform.params)
+        return record
+
+    try:
+        # this week's roster left LATER003 out; last week's arrives after it
+        current = send("enrollment_2.csv", _roster(["LATER001", "LATER002"]), float(newest))
+        stale = send("enrollment_1.csv", _roster(["LATER001", "LATER003"]), float(newest) - 86_400)
+    finally:
+        sftp._owner.close()
+
+    assert (current.status, stale.status) == ("loaded", "loaded")
+    assert "it leaves nobody out" in stale.reason
+    assert platform.query(
+        "select count(*) from raw_partners.absent_members where partner_id = 'late_roster'"
+    ) == [(0,)]  # LATER002, in the newer roster only, is not terminated by the older one
+    rows = platform.query(
+        "select m.employee_id, f.filename from raw_partners.enrollment_members m"
+        " join raw_partners.file_imports f on f.file_id = m.source_file_id"
+        " where m.partner_id = 'late_roster' and m.employee_id <> 'LATER003' order by 1"
+    )
+    assert rows == [
+        ("LATER001", "enrollment_2.csv"),  # the newer roster's row stands
+        ("LATER002", "enrollment_2.csv"),
+    ]
 
 
 def test_an_error_report_sent_to_the_partner_is_audited_with_its_members(platform):

@@ -581,6 +581,12 @@ def test_a_status_the_mart_took_from_the_dates_is_judged_again_against_todays_da
     assert ineligibility_reason(ends_today, today) is None
     assert ineligibility_reason(ended, today) == "Coverage ended 2026-02-28"
     assert ineligibility_reason(stated, today) == "Coverage terminated"
+    # a stated termination of coverage that had not begun (a full file left the member out):
+    # not "Coverage starts", it never will
+    cancelled = MartRow(dob, "p", dt.date(2026, 4, 1), dt.date(2026, 4, 1), "terminated", "partner")
+    assert ineligibility_reason(cancelled, today) == "Coverage cancelled before it began"
+    pending = MartRow(dob, "p", dt.date(2026, 4, 1), None, "pending", "eligibility_dates")
+    assert ineligibility_reason(pending, today) == "Coverage starts 2026-04-01"
 
 
 def test_a_request_id_that_could_carry_an_ssn_is_replaced(client: TestClient, keys: Keys) -> None:

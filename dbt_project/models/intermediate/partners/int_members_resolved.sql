@@ -124,11 +124,16 @@ members_resolved as (
 
         program,
         eligibility_start_date,
+        -- a coverage that had not begun when a full file left the member out was cancelled:
+        -- it ends on its start date (the 834 convention for a void), never before it
         case
             when left_out_since is not null
-                then least(
-                    coalesce(eligibility_end_date, left_out_since::date - 1),
-                    left_out_since::date - 1
+                then greatest(
+                    least(
+                        coalesce(eligibility_end_date, left_out_since::date - 1),
+                        left_out_since::date - 1
+                    ),
+                    eligibility_start_date
                 )
             else eligibility_end_date
         end as eligibility_end_date,
