@@ -46,3 +46,13 @@ def test_dbt_tests_are_asset_checks_and_sensors_and_schedules_are_registered(def
     assert defs.resolve_sensor_def("push_inbox_sensor")
     assert defs.resolve_schedule_def("initech_pull").cron_schedule == "15 * * * *"
     assert defs.resolve_job_def("partner_import")
+
+
+def test_the_member_marts_are_rebuilt_daily_and_their_sensor_is_registered(defs):
+    schedule = defs.resolve_schedule_def("member_marts_daily")
+    assert schedule.cron_schedule == "5 0 * * *"
+    job = defs.resolve_job_def("member_marts_refresh")
+    selected = {key.path[-1] for key in job.asset_layer.selected_asset_keys}
+    assert {"mart_eligibility", "dim_member", "eligibility_history"} <= selected
+    assert "enrollment_members" not in selected  # dbt only: no import
+    assert defs.resolve_sensor_def("member_marts_behind_sensor")

@@ -60,3 +60,42 @@ def test_files_still_waiting_long_after_their_run_was_asked_for_are_asked_for_ag
     assert still.run_key == later.run_key
     for name in ("enrollment_stuck.csv", "enrollment_stuck.csv.done"):
         (platform.sftp_root / "acme_corp" / "inbound" / name).unlink()
+
+
+def test_marts_behind_a_loaded_file_are_rebuilt_once_its_run_had_time_to_build(platform):
+    # a run killed between its import and its dbt build leaves the file loaded and gone
+    # from the inbox: only this sensor notices the mart never caught up
+    from orchestration.defs.partners.marts_refresh import member_marts_behind_sensor
+
+    def tick():
+        context = dg.build_sensor_context(resources={"platform": PlatformResource()})
+        return member_marts_behind_sensor(context)
+
+    def loaded(file_id: str, minutes_ago: int) -> None:
+        platform.query(
+            "insert into raw_partners.file_imports (file_id, partner_id, filename, sha256,"
+            " status, finished_at) values (%s, 'acme_corp', 'f.csv', %s, 'loaded',"
+            " now() - make_interval(mins => %s))",
+            (file_id, file_id, minutes_ago),
+        )
+
+    def refreshed(minutes_ago: int) -> None:
+        platform.query(
+            "insert into serving.mart_refreshes (mart, refreshed_at) values"
+            " ('mart_eligibility', now() - make_interval(mins => %s)) on conflict (mart)"
+            " do update set refreshed_at = excluded.refreshed_at",
+            (minutes_ago,),
+        )
+
+    try:
+        refreshed(60)
+        loaded("behind-test-1", 30)
+        request = tick()
+        assert isinstance(request, dg.RunRequest) and request.run_key == "behind-behind-test-1"
+        refreshed(0)
+        assert "include the latest" in tick().skip_message
+        refreshed(5)
+        loaded("behind-test-2", 1)  # its own run is still building
+        assert "may still be building" in tick().skip_message
+    finally:
+        platform.query("delete from raw_partners.file_imports where file_id like 'behind-test-%%'")
