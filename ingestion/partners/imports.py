@@ -154,3 +154,16 @@ def list_imports(
         )
         names = [d.name for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def name_sent_before(params: ConnectionParams, record: ImportRecord, quarantined: bool) -> bool:
+    """Whether other bytes under this file's name got an error report (or, `quarantined`, a
+    quarantine note) before it: the partner's copy of that one must not be overwritten."""
+    condition = "status = 'quarantined'" if quarantined else "error_report_path is not null"
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select 1 from raw_partners.file_imports where partner_id = %s and filename = %s"
+            f" and sha256 <> %s and received_at < %s and {condition} limit 1",
+            (record.partner_id, record.filename, record.sha256, record.received_at),
+        )
+        return cur.fetchone() is not None

@@ -186,6 +186,10 @@ class MemberLoad:
         self._wait()
         self._merging = self._merger.submit(self._merge, rows, data)
 
+    def wait_for_merges(self) -> None:
+        """Until every chunk handed over is merged (`rows` and `superseded` are final)."""
+        self._wait()
+
     def _wait(self) -> None:
         if self._merging is not None:
             started = time.perf_counter()

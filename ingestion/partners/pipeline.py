@@ -186,7 +186,7 @@ def process_archived_file(
         nonlocal reporting
         started = time.perf_counter()
         if parsed.rejects:
-            report = deliver_error_report(record, path, config, settings, parsed.rejects)
+            report = deliver_error_report(record, path, config, settings, parsed.rejects, params)
             record.error_report_path = str(report)
             if report.delivered:
                 record_export(
@@ -238,7 +238,7 @@ def process_archived_file(
         except UnreadableFileError as exc:
             record.status, record.reason = "quarantined", exc.reason
             log.warning("%s: %s quarantined: %s", config.partner_id, record.filename, exc.reason)
-            deliver_quarantine_note(record, config, settings)
+            deliver_quarantine_note(record, config, settings, params)
         except TRANSIENT_ERRORS as exc:
             record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"[:500]
             record.finished_at = dt.datetime.now(dt.UTC)
@@ -282,8 +282,7 @@ def _load_file(
             + ", ".join(repr(s) for s, t in config.inbound.column_mappings.items() if t in kept)
             + "): the stored values of those fields were kept"
         )
-        if note not in (record.reason or ""):  # a second read of the file notes it once
-            record.reason = f"{record.reason}; {note}" if record.reason else note
+        _note(record, note)
         log.warning("%s: %s: %s", config.partner_id, record.filename, note)
     with MemberLoad(
         params,
@@ -294,18 +293,20 @@ def _load_file(
         as_of=_made_at(record),
     ) as load:
         parsed = parse_and_validate(path, config, record, load.add, progress, arrow)
-        if load.superseded:
-            _note(
-                record,
-                f"{load.superseded} row(s) not applied: a file made after this one (by SFTP"
-                " time) has those members already (newer file wins)",
-            )
-        if config.inbound.full_file and load.stale:
-            _note(record, "full file older than one loaded already: it leaves nobody out")
-        elif config.inbound.full_file:
-            _record_left_out(load, parsed, config, record, hold)
-        before_commit(parsed)
+        if config.inbound.full_file:
+            load.wait_for_merges()  # `stale` is known once the load has begun
+            if load.stale:
+                _note(record, "full file older than one loaded already: it leaves nobody out")
+            else:
+                _record_left_out(load, parsed, config, record, hold)
+        before_commit(parsed)  # the error report goes out while the last chunk merges
         load.commit()
+    if load.superseded:
+        _note(
+            record,
+            f"{load.superseded} row(s) not applied: a file made after this one (by SFTP"
+            " time) has those members already (newer file wins)",
+        )
     return parsed, load
 
 
@@ -409,20 +410,43 @@ def deliver_error_report(
     config: PartnerConfig,
     settings: Settings,
     rejects: list[Reject],
+    params: ConnectionParams | None = None,
 ) -> DeliveredReport:
-    """Archive the report beside the original and upload it to the partner's errors/ folder."""
+    """Archive the report beside the original and upload it to the partner's errors/ folder,
+    as `<file name without extension>.errors.csv`."""
     report = source.parent / f"{record.file_id}.errors.csv"
     report.unlink(missing_ok=True)  # left read-only by an attempt that did not finish
     write_error_report(report, config, rejects)
     report.chmod(0o444)
     stem = record.filename.rsplit(".", 1)[0]
-    return DeliveredReport(
-        report, _upload_to_partner(settings, config, report, f"{stem}.errors.csv")
-    )
+    name = _partner_copy_name(params, record, stem, ".errors.csv", quarantined=False)
+    return DeliveredReport(report, _upload_to_partner(settings, config, report, name))
+
+
+def _partner_copy_name(
+    params: ConnectionParams | None,
+    record: ImportRecord,
+    stem: str,
+    suffix: str,
+    quarantined: bool,
+) -> str:
+    """`stem + suffix`, unless other bytes of this name got theirs before (a partner that
+    names every day's file alike): then the arrival time tells the two apart, so the earlier
+    one is not overwritten before the partner read it. A retry of the same bytes keeps it."""
+    if (
+        params is not None
+        and record.received_at is not None
+        and ledger.name_sent_before(params, record, quarantined)
+    ):
+        return f"{stem}.{record.received_at:%Y%m%dT%H%M%SZ}{suffix}"
+    return f"{stem}{suffix}"
 
 
 def deliver_quarantine_note(
-    record: ImportRecord, config: PartnerConfig, settings: Settings
+    record: ImportRecord,
+    config: PartnerConfig,
+    settings: Settings,
+    params: ConnectionParams | None = None,
 ) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as note:
         note.write(
@@ -430,7 +454,10 @@ def deliver_quarantine_note(
             f"Reason: {record.reason}\n"
         )
     try:
-        _upload_to_partner(settings, config, Path(note.name), f"{record.filename}.quarantined.txt")
+        name = _partner_copy_name(
+            params, record, record.filename, ".quarantined.txt", quarantined=True
+        )
+        _upload_to_partner(settings, config, Path(note.name), name)
     finally:
         Path(note.name).unlink(missing_ok=True)
 

@@ -433,6 +433,28 @@ def test_a_file_made_before_one_loaded_already_does_not_undo_it(platform):
     assert stored == [("LATE0001", "P2", "2026-01-31"), ("LATE0002", "P1", None)]
 
 
+def test_a_partner_that_names_every_file_alike_keeps_every_error_report(platform):
+    # the second day's report used to overwrite the first's before the partner read it
+    header = list(platform.configs["acme_corp"].inbound.column_mappings)
+    errors = platform.sftp_root / "acme_corp" / "errors"
+    before = set(errors.glob("enrollment_daily*"))
+    for day, bad in enumerate(("DAYONE01", "DAYTWO01")):
+        rows = [header, [bad, "Ann", "Lee", "13/45/1980", "a@x.example", "P1", "01/01/2025", ""]]
+        rows.append([f"GOOD{day:04d}", "Bo", "Li", "01/02/1980", "b@x.example", "P1", "", ""])
+        out = io.StringIO()
+        csv.writer(out).writerows(rows)
+        platform.upload("acme_corp", "enrollment_daily.csv", out.getvalue().encode())
+        [record] = _import(platform, "acme_corp")
+        assert (record.status, record.rows_rejected) == ("loaded", 1)
+
+    reports = set(errors.glob("enrollment_daily*.errors.csv")) - before
+    assert len(reports) == 2
+    named = {report.name: report.read_text() for report in reports}
+    assert "DAYONE01" in named["enrollment_daily.errors.csv"]
+    [second] = [text for name, text in named.items() if name != "enrollment_daily.errors.csv"]
+    assert "DAYTWO01" in second
+
+
 def _full_roster_partner(platform, tmp_path, partner_id="full_roster"):
     """acme_corp's layout as a partner of its own whose files list every member."""
     import yaml
