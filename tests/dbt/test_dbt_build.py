@@ -150,7 +150,12 @@ def _load_raw_partner_tables(params: ConnectionParams) -> None:
             ('acme_corp-file-3', 'acme_corp', 'enrollment_2.csv', 'bb', 'quarantined',
              'not a CSV file', null, null, null, null, '2024-03-01 11:00+00'),
             ('globex-file-1', 'globex', 'GLOBEX.TXT', 'cc', 'loaded', null, null,
-             2, 2, 0, '2024-03-01 09:00+00')
+             2, 2, 0, '2024-03-01 09:00+00'),
+            -- held (a full file leaving too many out), then loaded by `replay --force`
+            ('globex-file-2', 'globex', 'GLOBEX2.TXT', 'dd', 'quarantined', 'held', null,
+             null, null, null, '2024-03-01 10:00+00'),
+            ('globex-file-3', 'globex', 'GLOBEX2.TXT', 'dd', 'loaded', 'replay of globex-file-2',
+             null, 1, 1, 0, '2024-03-01 11:00+00')
         """,
     )
 
@@ -298,7 +303,7 @@ def test_import_report_counts_files_and_rows_per_partner_per_day(warehouse: Ware
     )
     assert rows == [
         ("acme_corp", "2024-03-01", 3, 1, 1, 1, 4, 3, 1, 0.25),
-        ("globex", "2024-03-01", 1, 1, 0, 0, 2, 2, 0, 0.0),
+        ("globex", "2024-03-01", 2, 2, 0, 0, 3, 3, 0, 0.0),  # the replayed file counts once
     ]
 
 

@@ -35,7 +35,13 @@ def partner_file_quality(platform: PlatformResource) -> dg.AssetCheckResult:
         cur.execute(
             "select partner_id, coalesce(sum(rows_rejected), 0), coalesce(sum(rows_total), 0),"
             " count(*) filter (where status = 'quarantined')"
-            " from raw_partners.file_imports where received_at > now() - interval '24 hours'"
+            " from raw_partners.file_imports as attempt"
+            " where received_at > now() - interval '24 hours'"
+            # a held or failed file a replay loaded since needs no more attention
+            " and not (status in ('quarantined', 'failed') and exists (select from"
+            " raw_partners.file_imports as later where later.partner_id = attempt.partner_id"
+            " and later.sha256 = attempt.sha256 and later.status = 'loaded'"
+            " and later.received_at > attempt.received_at))"
             " group by partner_id order by partner_id"
         )
         rows = cur.fetchall()

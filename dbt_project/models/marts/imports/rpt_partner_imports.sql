@@ -2,9 +2,20 @@ with
 
 file_imports as (
 
-    select * from {{ ref('stg_partners__file_imports') }}
+    select * from {{ ref('stg_partners__file_imports') }} as attempt
     -- an attempt a stopped run left unfinished: its file was imported again, and counts there
     where status <> 'interrupted'
+        -- a held or failed file that `mdp imports replay` later loaded counts as that load
+        and not (
+            status in ('quarantined', 'failed')
+            and exists (
+                select from {{ ref('stg_partners__file_imports') }} as later
+                where later.partner_id = attempt.partner_id
+                    and later.sha256 = attempt.sha256
+                    and later.status = 'loaded'
+                    and later.received_at > attempt.received_at
+            )
+        )
 
 ),
 
