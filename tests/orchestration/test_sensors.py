@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import dagster as dg
 
 from orchestration.defs.partners.sensors import push_inbox_sensor
@@ -99,3 +101,36 @@ def test_marts_behind_a_loaded_file_are_rebuilt_once_its_run_had_time_to_build(p
         assert "may still be building" in tick().skip_message
     finally:
         platform.query("delete from raw_partners.file_imports where file_id like 'behind-test-%%'")
+
+
+def test_a_partner_whose_server_is_down_does_not_hold_back_the_others(platform, monkeypatch):
+    # initech's server is down: acme's file is imported and materialized (so dbt builds it),
+    # not failed with the run after retries while the raw table already holds it
+    from orchestration.defs.partners.assets import partner_files
+
+    generated = generate_partner_file(platform.configs["acme_corp"], rows=5, seed=3, id_offset=70)
+    platform.upload("acme_corp", "enrollment_outage.csv", generated.content)
+    platform.upload("acme_corp", "enrollment_outage.csv.done", b"")
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("INITECH_SFTP_PORT", str(closed.getsockname()[1]))
+    run_config = {"ops": {"partner_files": {"config": {"partners": ["acme_corp", "initech"]}}}}
+
+    result = dg.materialize(
+        [partner_files], resources={"platform": PlatformResource()}, run_config=run_config
+    )
+
+    assert result.success
+    [members] = [
+        m
+        for m in result.get_asset_materialization_events()
+        if m.asset_key.path[-1] == "enrollment_members"
+    ]
+    metadata = members.materialization.metadata
+    assert "enrollment_outage.csv" in metadata["files"].value
+    [imports] = [
+        m
+        for m in result.get_asset_materialization_events()
+        if m.asset_key.path[-1] == "file_imports"
+    ]
+    assert imports.materialization.metadata["unreachable_partners"].value == ["initech"]

@@ -19,6 +19,7 @@ MEMBERS_KEY = dg.AssetKey([DATASET, MEMBERS_TABLE])
 IMPORTS_KEY = dg.AssetKey([DATASET, IMPORTS_TABLE])
 ABSENT_KEY = dg.AssetKey([DATASET, ABSENT_TABLE])
 RAW_KEYS = (MEMBERS_KEY, IMPORTS_KEY, ABSENT_KEY)
+IMPORT_RETRIES = 3  # an SFTP server down for ~1.5 min (10 s, 20 s, 40 s with jitter)
 
 
 class PartnerImportConfig(dg.Config):
@@ -72,7 +73,10 @@ def _preview_table(records: list[ImportRecord]) -> str:
         ),
     ],
     retry_policy=dg.RetryPolicy(
-        max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+        max_retries=IMPORT_RETRIES,
+        delay=10,
+        backoff=dg.Backoff.EXPONENTIAL,
+        jitter=dg.Jitter.PLUS_MINUS,
     ),
 )
 def partner_files(
@@ -116,9 +120,21 @@ def partner_files(
                     " its reason is in the import ledger (`mdp imports list`)"
                 )
         records.extend(found)
+    if outages and not records:
+        # Nothing imported yet: a retry (which only finds these partners' files) comes first.
+        last = context.retry_number >= IMPORT_RETRIES
+        raise dg.Failure(
+            f"could not reach the SFTP server of {outages}"
+            + ("; no retries left: their files wait for the next poll" if last else "; retrying"),
+            allow_retries=not last,
+        )
     if outages:
-        # Everything else is already imported; the retry only finds these partners' files.
-        raise dg.Failure(f"transient failure importing {outages}; retrying", allow_retries=True)
+        # Others' files are imported: their members go on to dbt now rather than wait for
+        # a partner that is down; its files stay where they are for its next poll or tick.
+        context.log.warning(
+            f"could not reach the SFTP server of {outages}: the other partners' files go on to"
+            " dbt; theirs wait for the next poll (pull) or sensor tick (push)"
+        )
 
     by_status: dict[str, int] = {}
     for record in records:
@@ -155,6 +171,7 @@ def partner_files(
                 f"files_{status}": dg.MetadataValue.int(n)
                 for status, n in sorted(by_status.items())
             },
+            "unreachable_partners": dg.MetadataValue.json(outages),
             "error_reports": dg.MetadataValue.json(
                 {r.filename: r.error_report_path for r in records if r.error_report_path}
             ),
