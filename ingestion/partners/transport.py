@@ -104,7 +104,13 @@ def sftp_session(endpoint: SftpEndpoint, timeout: float = 15.0) -> Iterator[para
     client = paramiko.SSHClient()
     # Sandbox and partner servers are pinned by address; host keys are managed by ops.
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-    sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+    try:
+        sock = socket.create_connection((endpoint.host, endpoint.port), timeout=timeout)
+    except OSError as exc:
+        # the same type (an outage stays retryable), with where: a bare "[Errno 111]
+        # Connection refused" in a failed sensor tick named no server
+        where = f"SFTP server {endpoint.host}:{endpoint.port} unreachable: {exc.strerror or exc}"
+        raise (type(exc)(where) if exc.errno is None else type(exc)(exc.errno, where)) from exc
     try:
         # SSH's handshake is small writes that wait on replies: with Nagle's algorithm each
         # also waited for a delayed ACK, ~90 ms per connection (measured), ~6 ms without

@@ -74,3 +74,13 @@ def test_a_pull_partners_host_variable_may_carry_the_port(monkeypatch, host, exp
     )
     endpoint = pull_endpoint("kramerica", location)
     assert (endpoint.host, endpoint.port) == expected
+
+
+def test_an_unreachable_server_is_named_and_stays_an_outage():
+    # a failed sensor tick said only "[Errno 111] Connection refused"
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with pytest.raises(ConnectionRefusedError, match=f"SFTP server 127.0.0.1:{port} unreachable"):
+        with sftp_session(SftpEndpoint("127.0.0.1", port, "nobody"), timeout=2):
+            pass
