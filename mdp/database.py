@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlparse
@@ -168,18 +169,37 @@ def connection_params(settings: Settings | None = None) -> ConnectionParams:
 
 # Opening a connection costs ~3 ms, more than most statements we run: reuse them per process.
 _POOL_SIZE = 16
-_pools: dict[tuple[int, str], list[psycopg2.extensions.connection]] = {}
+# (connection, when it was checked in)
+_pools: dict[tuple[int, str], list[tuple[psycopg2.extensions.connection, float]]] = {}
 _pools_lock = threading.Lock()
+# A connection idle this long is pinged before it is handed out: the server may have gone
+# away meanwhile (a restart, a terminated backend), which psycopg2 learns only on first use.
+# Connections reused at once (an import's many statements) are not pinged.
+_PING_AFTER_IDLE_SECONDS = 30.0
 
 
 def _checkout(dsn: str) -> psycopg2.extensions.connection:
-    with _pools_lock:
-        idle = _pools.setdefault((os.getpid(), dsn), [])
-        while idle:
-            conn = idle.pop()
-            if not conn.closed:
-                return conn
+    while True:
+        with _pools_lock:
+            idle = _pools.setdefault((os.getpid(), dsn), [])
+            if not idle:
+                break
+            conn, since = idle.pop()
+        if conn.closed:
+            continue
+        if time.monotonic() - since < _PING_AFTER_IDLE_SECONDS or _alive(conn):
+            return conn
+        conn.close()
     return psycopg2.connect(dsn)
+
+
+def _alive(conn: psycopg2.extensions.connection) -> bool:
+    try:
+        with conn.cursor() as cur:
+            cur.execute("select 1")
+        return True
+    except psycopg2.Error:
+        return False
 
 
 def _checkin(dsn: str, conn: psycopg2.extensions.connection) -> None:
@@ -195,7 +215,7 @@ def _checkin(dsn: str, conn: psycopg2.extensions.connection) -> None:
     with _pools_lock:
         idle = _pools.setdefault((os.getpid(), dsn), [])
         if len(idle) < _POOL_SIZE:
-            idle.append(conn)
+            idle.append((conn, time.monotonic()))
             return
     conn.close()
 
