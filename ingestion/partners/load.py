@@ -76,11 +76,7 @@ _LEFT_OUT = (
     "member.source_file_id <> %(file)s and not exists (select from incoming_keys as present"
     " where present.employee_id = member.employee_id)"
 )
-# A replaced member keeps the stored values of fields its file has no column for, with two
-# exceptions. A kept end date that falls before the coverage the file now gives it belonged to
-# an earlier enrollment (a re-enrollment in a file without an end column). A kept status
-# stands only while the coverage dates it described are unchanged.
-# the stored dates, kept beside the kept values to judge them by
+# the stored coverage dates, kept beside the kept values to judge them by (see _kept_value)
 _STORED_DATES = "eligibility_start_date as stored_start, eligibility_end_date as stored_end"
 LOAD_ID_COLUMN = "_dlt_load_id"
 LOAD_COMPLETED = 0  # dlt's status for a completed load in _dlt_loads
@@ -264,8 +260,12 @@ class MemberLoad:
         return kept, binary_copy_data(kept)
 
     def _kept_value(self, column: str) -> str:
-        """The value a replaced member keeps for a column its file lacks (see above). An
-        update's expressions read the row as inserted, so `member.` is what the file gave."""
+        """The value a replaced member keeps for a column its file lacks: the stored one, with
+        two exceptions. A kept end date that falls before the coverage the file now gives the
+        member belonged to an earlier enrollment (a re-enrollment in a file without an end
+        column). A kept status stands only while the coverage dates it described are
+        unchanged. An update's expressions read the row as inserted, so `member.` is what the
+        file gave."""
         kept = set(self.kept_columns)
         start = (
             "kept.stored_start"
