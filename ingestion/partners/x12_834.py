@@ -185,28 +185,18 @@ class _Reader:
         if tag == "ISA":
             self.interchange, self.interchange_groups = _element(elements, 13).strip(), 0
         elif tag == "IEA":
-            if self.group is not None:
-                raise UnreadableFileError(
-                    f"segment {position} (IEA) closes the interchange before functional group"
-                    f" {self.group} was closed by its GE: segments are missing (truncated?)"
-                )
             _check_trailer(
                 "interchange", self.interchange, self.interchange_groups, "functional groups",
-                "IEA", elements, position,
+                "IEA", elements, position, inner=("functional group", self.group, "GE"),
             )  # fmt: skip
             self.interchange = None
         elif tag == "GS":
             self.group, self.group_transactions = _element(elements, 6).strip(), 0
             self.interchange_groups += 1
         elif tag == "GE":
-            if self.transaction is not None:
-                raise UnreadableFileError(
-                    f"segment {position} (GE) closes the functional group before transaction"
-                    f" set {self.transaction} was closed by its SE: segments are missing"
-                )
             _check_trailer(
                 "functional group", self.group, self.group_transactions, "transaction sets",
-                "GE", elements, position,
+                "GE", elements, position, inner=("transaction set", self.transaction, "SE"),
             )  # fmt: skip
             self.group = None
         elif tag == "ST":
@@ -242,9 +232,17 @@ def _check_trailer(
     tag: str,
     elements: list[str],
     position: int,
+    inner: tuple[str, str | None, str] | None = None,
 ) -> None:
-    """A trailer (SE, GE, IEA) states how many it closes (element 1) and repeats its header's
-    control number (element 2)."""
+    """A trailer (SE, GE, IEA) closes what its header opened, after what that holds (`inner`:
+    kind, control number while still open, its trailer); it states how many it closes
+    (element 1) and repeats its header's control number (element 2)."""
+    if inner is not None and inner[1] is not None:
+        kind, still_open, inner_tag = inner
+        raise UnreadableFileError(
+            f"segment {position} ({tag}) closes the {opened} before {kind} {still_open} was"
+            f" closed by its {inner_tag}: segments are missing (truncated or corrupt?)"
+        )
     declared, closing = _element(elements, 1).strip(), _element(elements, 2).strip()
     if declared != str(counted):
         raise UnreadableFileError(

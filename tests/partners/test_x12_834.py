@@ -209,6 +209,14 @@ def test_the_configured_insurance_line_picks_the_coverage(config, tmp_path):
             "closes interchange 000000007, but the open one is 000000001",
         ),
         (
+            interchange(member("00012345", "DOE", "JANE", "19800214")).replace(b"SE*15*0001~", b""),
+            "closes the functional group before transaction set 0001 was closed by its SE",
+        ),
+        (
+            interchange(member("00012345", "DOE", "JANE", "19800214")).replace(b"GE*1*1~", b""),
+            "closes the interchange before functional group 1 was closed by its GE",
+        ),
+        (
             interchange(member("00012345", "DOE", "JANE", "19800214")).split(b"SE*")[0],
             "truncated",
         ),
@@ -232,6 +240,8 @@ def test_the_configured_insurance_line_picks_the_coverage(config, tmp_path):
         "interchange-count",
         "control-number",
         "interchange-control-number",
+        "SE-missing",
+        "GE-missing",
         "no-SE",
         "cut-mid-segment",
         "undecodable",
