@@ -110,7 +110,5 @@ def run(bench: Bench, connections: int, days: int) -> list[Figure]:
             "s",
             note=f"{connections:,} new step rows; {new_rows:,} member-days in fct_daily_steps",
         ),
-        Figure(
-            section, "incremental / full", incremental_s / full_s, "x", TARGET_RATIO, "<="
-        ),
+        Figure(section, "incremental / full", incremental_s / full_s, "x", TARGET_RATIO, "<="),
     ]

@@ -34,6 +34,9 @@ def prepare_environment(settings: Settings) -> None:
 
 def prepare_dbt_manifest(settings: Settings) -> Path:
     """`dbt parse` so the code location can load (dagster-dbt reads target/manifest.json)."""
+    from mdp.quiet_imports import import_dbt_telemetry_client
+
+    import_dbt_telemetry_client()
     from dbt.cli.main import dbtRunner
 
     project = settings.dbt_project_dir

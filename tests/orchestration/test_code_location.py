@@ -62,3 +62,43 @@ def test_runs_execute_their_steps_in_one_process(defs):
     # a process per step re-imported the code location each time (~130 s of a 193 s run)
     for job in ("partner_import", "member_marts_refresh", "materialize_all"):
         assert defs.resolve_job_def(job).executor_def.name == "in_process"
+
+
+def test_loading_the_code_location_adds_no_root_log_handler():
+    """dbt's telemetry client calls logging.basicConfig() when imported: with its root handler
+    every Dagster log line reached stderr twice (once as `INFO:dagster.builtin:...`)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import logging\n"
+        "from mdp.orchestrate import load_definitions\n"
+        "from mdp.settings import load_settings\n"
+        "load_definitions(load_settings())\n"
+        "import snowplow_tracker\n"
+        "print(len(logging.root.handlers))\n"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert shown.stdout.strip().splitlines()[-1] == "0", shown.stderr[-2000:]
+
+
+def test_every_table_asset_names_the_table_it_is_stored_in(defs, platform):
+    """Raw tables named as dagster-dbt names the models' (`database.schema.table`), so the UI
+    says where each lives; the name is the real table's."""
+    from mdp.database import connect
+
+    graph = defs.resolve_asset_graph()
+    names = {}
+    for key in graph.get_all_asset_keys():
+        if graph.get(key).is_materializable:
+            names[key] = str(graph.get(key).metadata.get("dagster/table_name", ""))
+    assert all(names.values()), [k.to_user_string() for k, n in names.items() if not n]
+    model = names[dg.AssetKey(["marts", "mart_eligibility"])]
+    assert {name.split(".")[0] for name in names.values()} == {model.split(".")[0]}
+    with connect(platform.params) as conn, conn.cursor() as cur:
+        for key, name in names.items():
+            if key.path[0].startswith("raw_") or key.path[0] == "devices":
+                cur.execute("select to_regclass(%s)", (name.split(".", 1)[1],))
+                assert cur.fetchone()[0] is not None, f"{name} is no table"

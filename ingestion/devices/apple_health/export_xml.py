@@ -171,7 +171,7 @@ def _utc_timestamp() -> pa.DataType:
 
 EXPORT_SCHEMA = pa.schema(
     [
-        pa.field("member_id", pa.string()),
+        pa.field("member_id", pa.string(), nullable=False),  # part of the merge key
         pa.field("record_type", pa.string(), nullable=False),
         pa.field("hk_type", pa.string(), nullable=False),
         pa.field("source_name", pa.string(), nullable=False),

@@ -13,6 +13,7 @@ from ingestion.devices.fitbit import (
     sync_fitbit,
 )
 from orchestration.resources import FitbitResource, PlatformResource
+from orchestration.tables import stored_in
 
 STEPS_KEY = dg.AssetKey([DATASET, "daily_steps"])
 WEIGHT_KEY = dg.AssetKey([DATASET, "weight_logs"])
@@ -30,24 +31,28 @@ class DeviceSyncConfig(dg.Config):
         dg.AssetSpec(
             STEPS_KEY,
             group_name="devices",
+            metadata=stored_in(STEPS_KEY),
             kinds={"dlt", "postgres"},
             description="Fitbit daily step totals per connection and local day.",
         ),
         dg.AssetSpec(
             WEIGHT_KEY,
             group_name="devices",
+            metadata=stored_in(WEIGHT_KEY),
             kinds={"dlt", "postgres"},
             description="Fitbit weight logs (kg).",
         ),
         dg.AssetSpec(
             ACTIVITIES_KEY,
             group_name="devices",
+            metadata=stored_in(ACTIVITIES_KEY),
             kinds={"dlt", "postgres"},
             description="Fitbit activity logs (workouts), merged on logId.",
         ),
         dg.AssetSpec(
             CONNECTIONS_KEY,
             group_name="devices",
+            metadata=stored_in(CONNECTIONS_KEY),
             kinds={"postgres"},
             description="Device connections: status, cursors, last success.",
         ),
@@ -135,6 +140,7 @@ APPLE_SAMPLES_KEY = dg.AssetKey(["raw_apple_health", "samples"])
 @dg.asset(
     key=APPLE_SAMPLES_KEY,
     group_name="devices",
+    metadata=stored_in(APPLE_SAMPLES_KEY),
     kinds={"dlt", "postgres"},
     description="HealthKit batches uploaded by the member app (POST /api/v1/apple-health/samples) "
     "and Apple Health exports dropped in <state>/apple_health/inbox/<member_id>/ (export.xml or "
@@ -197,6 +203,7 @@ class GarminSyncConfig(dg.Config):
         dg.AssetSpec(
             key,
             group_name="devices",
+            metadata=stored_in(key),
             kinds={"dlt", "postgres"},
             description=f"Garmin {table} summaries (merge on summaryId; newest wins).",
         )

@@ -14,6 +14,7 @@ from ingestion.partners.imports import ImportRecord
 from ingestion.partners.pipeline import import_partner_files
 from ingestion.partners.transport import TransportConfigError
 from orchestration.resources import PlatformResource
+from orchestration.tables import stored_in
 
 MEMBERS_KEY = dg.AssetKey([DATASET, MEMBERS_TABLE])
 IMPORTS_KEY = dg.AssetKey([DATASET, IMPORTS_TABLE])
@@ -54,6 +55,7 @@ def _preview_table(records: list[ImportRecord]) -> str:
         dg.AssetSpec(
             MEMBERS_KEY,
             group_name="partners",
+            metadata=stored_in(MEMBERS_KEY),
             kinds={"dlt", "postgres"},
             description="Current enrollment row per (partner_id, employee_id), merged by dlt "
             "from partner files; newer files win. SSNs only as keyed hash + last 4.",
@@ -61,12 +63,14 @@ def _preview_table(records: list[ImportRecord]) -> str:
         dg.AssetSpec(
             IMPORTS_KEY,
             group_name="partners",
+            metadata=stored_in(IMPORTS_KEY),
             kinds={"postgres"},
             description="The import ledger: one row per file received (checksum, counts, status).",
         ),
         dg.AssetSpec(
             ABSENT_KEY,
             group_name="partners",
+            metadata=stored_in(ABSENT_KEY),
             kinds={"postgres"},
             description="Members a partner's full file (inbound.full_file) left out: terminated"
             " as of that file unless a later file has them again.",
