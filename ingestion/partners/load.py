@@ -79,6 +79,7 @@ _LEFT_OUT = (
 # the stored coverage dates, kept beside the kept values to judge them by (see _kept_value)
 _STORED_DATES = "eligibility_start_date as stored_start, eligibility_end_date as stored_end"
 LOAD_ID_COLUMN = "_dlt_load_id"
+LOAD_LOCK = "partner-load"  # its own key: under partner_lock's, a load would wait on its import
 LOAD_COMPLETED = 0  # dlt's status for a completed load in _dlt_loads
 # a chunk this small probes the key's index for each of its ids rather than read the stored
 # ids (10K probes took ~0.11 s of Postgres time, a 490K-id read ~0.1-0.15 s)
@@ -140,6 +141,13 @@ class MemberLoad:
         return self
 
     def _begin(self) -> None:
+        # one load of a partner at a time, held by this transaction itself: the import's
+        # session lock (pipeline.partner_lock) lives on another connection, and if that
+        # backend ends mid-import (killed, a restart) a second import could start. Its merge
+        # then failed on the unique key; now it waits here, and reads what this one stored.
+        self._cur.execute(
+            "select pg_advisory_xact_lock(hashtext(%s))", (f"{LOAD_LOCK}:{self.partner_id}",)
+        )
         self._cur.execute("create temp table incoming_keys (employee_id text) on commit drop")
         if self.kept_columns:
             self._cur.execute(

@@ -221,3 +221,36 @@ def test_stored_ids_come_back_exactly_with_or_without_line_breaks(platform):
         load.commit()
     assert sorted(stored_ids(platform.params, "ids_test").to_pylist()) == sorted([*plain, "S\n8"])
     assert stored_ids(platform.params, "nobody").to_pylist() == []
+
+
+def test_two_loads_of_one_partner_at_once_take_turns_instead_of_failing(platform):
+    """The import's session lock lives on its own connection: if that backend ends mid-import,
+    a second import of the partner can begin. Its load waits for the first one's transaction
+    (which holds the partner's load lock), then replaces what the first stored."""
+    import threading
+
+    ids = ["T1", "T2", "T3"]
+    second_done = threading.Event()
+    errors: list[BaseException] = []
+
+    def second_load() -> None:
+        try:
+            with MemberLoad(platform.params, "load_test", "partner_load_test") as load:
+                load.add(_members(ids[1:], "second", "t2"))
+                load.commit()
+        except BaseException as exc:  # reported by the assertion below
+            errors.append(exc)
+        finally:
+            second_done.set()
+
+    with MemberLoad(platform.params, "load_test", "partner_load_test") as first:
+        first.add(_members(ids, "first", "t1"))
+        first.wait_for_merges()  # its rows are written, not committed
+        second = threading.Thread(target=second_load)
+        second.start()
+        assert not second_done.wait(1.0), "the second load did not wait for the first"
+        first.commit()
+    second.join(30)
+    assert not errors, errors  # before: UniqueViolation on (partner_id, employee_id)
+    loaded = {k: v[0] for k, v in _loaded(platform).items() if k.startswith("T")}
+    assert loaded == {"T1": "first", "T2": "second", "T3": "second"}
