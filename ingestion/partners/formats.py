@@ -64,6 +64,16 @@ def _check_columns(inbound: Inbound, header: list[str]) -> list[int | None]:
     """Header position of each mapped field (None: absent); a missing required column is fatal."""
     if header and header[0].startswith("\ufeff"):  # a BOM the codec kept (utf-16-le, ...)
         header = [header[0].lstrip("\ufeff").strip(), *header[1:]]
+    repeated = [
+        f"'{source}' ({count} cells)"
+        for source in inbound.column_mappings
+        if (count := header.count(source)) > 1
+    ]
+    if repeated:
+        raise UnreadableFileError(
+            f"configured column(s) {', '.join(repeated)} appear more than once in the header:"
+            " which cell holds the field is unclear"
+        )
     positions = _header_positions(list(inbound.column_mappings), header)
     missing = [
         f"'{source}' (for {target})"

@@ -23,7 +23,8 @@ The row's line is the position of its INS segment in the file (ISA = 1): most 83
 segment on a line, where the two are the same. A dependent's loop (INS01 = N) is read only
 with `x12.members: all` (it usually repeats its subscriber's REF*0F, so it needs a per-member
 identifier such as NM109); otherwise it is rejected with that reason, so every loop is
-accounted for. A file that is not an 834, or whose envelope is broken or cut short (no
+accounted for. A cancellation or termination (INS03, or the chosen loop's HD01, is 024) needs
+the end date the config maps: without one it is rejected, since it would load as covered. A file that is not an 834, or whose envelope is broken or cut short (no
 SE/IEA, a segment count that disagrees), is unreadable and quarantined.
 
 Hand-written: the maintained Python X12 library (linuxforhealth-x12) models 5010 only and
@@ -73,8 +74,9 @@ def read_x12_834(path: Path, inbound: Inbound) -> Iterator[RawRow]:
     sources = [source_of[target] for target in fields]
     reader = _Reader(options)
     ssn_from_nm109 = source_of.get("ssn") == "NM109"
+    end_source = source_of.get("eligibility_end_date")
     for member in reader.members(_segments(path, options.encoding)):
-        yield _row(member, sources, options, ssn_from_nm109)
+        yield _row(member, sources, options, ssn_from_nm109, end_source)
 
 
 # member-level eligibility dates and coverage-level benefit dates stand in for each other
@@ -86,10 +88,15 @@ _SAME_DATE = {
     "DTP*357": "DTP*349",
 }
 SSN_QUALIFIER = "34"  # NM108: NM109 is a Social Security Number
+TERMINATION = "024"  # INS03 / HD01 maintenance type: cancellation or termination
 
 
 def _row(
-    member: _Member, sources: list[str], options: X12Options, ssn_from_nm109: bool = False
+    member: _Member,
+    sources: list[str],
+    options: X12Options,
+    ssn_from_nm109: bool = False,
+    end_source: str | None = None,
 ) -> RawRow:
     values = dict(member.values)
     coverage = _chosen_coverage(member.coverages, options.insurance_line)
@@ -111,6 +118,16 @@ def _row(
             f"no coverage loop with insurance line {options.insurance_line} (HD03; this"
             f" loop has {', '.join(lines)})"
         )
+    elif _is_termination(values, coverage) and not values.get(end_source or ""):
+        problem = (
+            "a cancellation or termination (INS03 or HD01 is 024) without an end date: "
+            + (
+                f"the loop has no {end_source} (or its member/coverage counterpart)"
+                if end_source
+                else "this partner's config maps no eligibility_end_date (map 'DTP*349' or"
+                " 'DTP*357'), so the member would stay covered"
+            )
+        )
     elif ssn_from_nm109 and values.get("NM108") != SSN_QUALIFIER:
         ssn_for = sources.index("NM109")
         row = [values.get(source) or None for source in sources]
@@ -119,6 +136,13 @@ def _row(
         problem = f"NM109 is not an SSN here (NM108 is {qualifier}, not {SSN_QUALIFIER})"
         return RawRow(member.line, row, problem)
     return RawRow(member.line, [values.get(source) or None for source in sources], problem)
+
+
+def _is_termination(values: dict[str, str], coverage: dict[str, str] | None) -> bool:
+    """Maintenance type 024, "cancellation or termination", on the member (INS03) or on the
+    coverage loop the row takes (HD01). Its end date says when coverage ends: without one
+    the row would load as covered, with nothing to say otherwise."""
+    return values.get("INS03") == TERMINATION or (coverage or {}).get("HD01") == TERMINATION
 
 
 def _chosen_coverage(coverages: list[dict[str, str]], line: str | None) -> dict[str, str] | None:

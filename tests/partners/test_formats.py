@@ -287,6 +287,21 @@ def test_header_names_match_whatever_their_case_and_spacing_unless_ambiguous(tmp
     assert "missing required column(s) 'First Name' (for first_name)" in caught.value.reason
 
 
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
+def test_a_configured_column_given_twice_in_the_header_quarantines_the_file(tmp_path, arrow):
+    # which cell is the member's id is unclear: taking either one stored members under ids
+    # the partner may not have meant
+    path = tmp_path / "f.csv"
+    path.write_text(
+        "Employee ID,First Name,Last Name,Date of Birth,Employee ID\n"
+        "ACME7101,A,B,01/01/1980,ACME7199\n"
+    )
+    with pytest.raises(UnreadableFileError) as caught:
+        _read_all(path, ACME.inbound, arrow)
+    assert "'Employee ID' (2 cells) appear more than once in the header" in caught.value.reason
+    assert "ACME71" not in caught.value.reason
+
+
 def test_excel_serials_before_march_1900_skip_the_day_excel_invented():
     from ingestion.partners.formats import excel_serial_date
 

@@ -408,6 +408,32 @@ def test_coverage_changes_and_terminations_read_as_the_partner_meant(config, tmp
     )
 
 
+def test_a_termination_without_an_end_date_is_rejected_not_loaded_as_covered(config, tmp_path):
+    # INS03 024 (or a lone coverage loop HD01 024) with no end date loaded as covered: the
+    # API answered "eligible" for a member the plan had just terminated
+    member_level = member("00012346", "ROE", "RICK", "19750101").replace(
+        "INS*Y*18*021", "INS*Y*18*024"
+    )
+    coverage_level = member("00012347", "POE", "ED", "19600101").replace("HD*021", "HD*024")
+    dated = member_level.replace("REF*0F*00012346", "REF*0F*00012348").replace(
+        "DTP*356*D8*20260101", "DTP*356*D8*20260101~DTP*357*D8*20260131"
+    )
+    rows = rows_of(interchange(member_level, coverage_level, dated), config, tmp_path)
+    assert "termination (INS03 or HD01 is 024) without an end date" in rows[0].problem
+    assert "DTP*349" in rows[0].problem
+    assert "without an end date" in rows[1].problem
+    assert rows[2].problem is None
+    assert _values(config, rows[2])["eligibility_end_date"] == "20260131"
+    # a config that maps no end date at all cannot load any termination
+    unmapped = config.inbound.column_mappings.copy()
+    del unmapped["DTP*349"]
+    no_end = config.model_copy(
+        update={"inbound": config.inbound.model_copy(update={"column_mappings": unmapped})}
+    )
+    [row] = rows_of(interchange(dated), no_end, tmp_path)
+    assert "maps no eligibility_end_date" in row.problem
+
+
 def test_a_loop_without_the_configured_coverage_line_is_not_in_the_roster(config, tmp_path):
     from ingestion.partners.formats import NOT_IN_ROSTER
 
