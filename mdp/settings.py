@@ -97,6 +97,15 @@ def secret(name: str, settings: Settings | None = None) -> str:
     return local_secret(settings.state_dir, name)
 
 
+def private_dir(path: Path) -> Path:
+    """A folder only its owner can enter (made so if it exists): the state folder and the
+    archive hold partner files with members' names, birth dates and SSNs in clear."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
 def local_secret(state_dir: Path, name: str) -> str:
     """Generated once per local state folder (mode 0600) so a fresh clone needs no set-up.
 
@@ -105,7 +114,8 @@ def local_secret(state_dir: Path, name: str) -> str:
     path = state_dir / "secrets" / name
     if path.exists():
         return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_dir(state_dir)
+    path.parent.mkdir(exist_ok=True, mode=0o700)
     value = secrets.token_urlsafe(24)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

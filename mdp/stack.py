@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ingestion.partners.config import load_partner_configs
 from mdp.database import connection_params, stop_embedded
-from mdp.settings import Settings, local_secret
+from mdp.settings import Settings, local_secret, private_dir
 
 STACK_ENV = "stack.env"
 MASKED = "***"
@@ -274,7 +274,7 @@ def load_stack_env(settings: Settings) -> None:
 def stack_up(settings: Settings, with_api: bool = True) -> dict[str, object]:
     from ingestion.partners import ensure_raw_tables
 
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.state_dir)
     params = connection_params(settings)
     ensure_raw_tables(params, settings.state_dir / "dlt")
     write_stack_env(settings)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from mdp.settings import private_dir
+
 CHUNK = 1 << 20
 
 
@@ -34,6 +36,7 @@ def archive_stream(
     An existing archived file is never overwritten: a different file with the same name gets
     its checksum appended; identical bytes under the same name are the same archive entry.
     """
+    private_dir(archive_dir)  # the folders below need not be: nobody else can pass this one
     day_dir = (
         archive_dir / partner_id / f"{received_at:%Y}" / f"{received_at:%m}" / f"{received_at:%d}"
     )
@@ -59,7 +62,7 @@ def archive_stream(
         if target.exists():
             os.unlink(tmp_name)
         else:
-            os.chmod(tmp_name, 0o444)
+            os.chmod(tmp_name, 0o400)
             os.replace(tmp_name, target)
         return ArchivedFile(target, sha, size)
     except BaseException:

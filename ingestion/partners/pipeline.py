@@ -417,7 +417,7 @@ def deliver_error_report(
     report = source.parent / f"{record.file_id}.errors.csv"
     report.unlink(missing_ok=True)  # left read-only by an attempt that did not finish
     write_error_report(report, config, rejects)
-    report.chmod(0o444)
+    report.chmod(0o400)
     stem = record.filename.rsplit(".", 1)[0]
     name = _partner_copy_name(params, record, stem, ".errors.csv", quarantined=False)
     return DeliveredReport(report, _upload_to_partner(settings, config, report, name))

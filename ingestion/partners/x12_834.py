@@ -119,14 +119,11 @@ def _row(
             f" loop has {', '.join(lines)})"
         )
     elif _is_termination(values, coverage) and not values.get(end_source or ""):
-        problem = (
-            "a cancellation or termination (INS03 or HD01 is 024) without an end date: "
-            + (
-                f"the loop has no {end_source} (or its member/coverage counterpart)"
-                if end_source
-                else "this partner's config maps no eligibility_end_date (map 'DTP*349' or"
-                " 'DTP*357'), so the member would stay covered"
-            )
+        problem = "a cancellation or termination (INS03 or HD01 is 024) without an end date: " + (
+            f"the loop has no {end_source} (or its member/coverage counterpart)"
+            if end_source
+            else "this partner's config maps no eligibility_end_date (map 'DTP*349' or"
+            " 'DTP*357'), so the member would stay covered"
         )
     elif ssn_from_nm109 and values.get("NM108") != SSN_QUALIFIER:
         ssn_for = sources.index("NM109")

@@ -1,0 +1,36 @@
+"""The archive of partner files: immutable, and readable by nobody but the platform's user."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import stat
+
+from ingestion.partners.archive import archive_stream
+from mdp.settings import private_dir
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_archived_files_are_owner_read_only_behind_a_private_folder(tmp_path):
+    # the archive holds members' names, birth dates and SSNs in clear: it was world-readable
+    archive = tmp_path / "archive"
+    archive.mkdir(mode=0o755)
+    archive.chmod(0o755)
+    content = b"SSN|First\n123-45-6789|Ann\n"
+    received = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
+    stored = archive_stream(io.BytesIO(content), archive, "umbrella_plan", "f.csv", received)
+    assert stored.path.read_bytes() == content
+    assert _mode(archive) == 0o700
+    assert _mode(stored.path) == 0o400
+
+
+def test_a_private_folder_is_made_so_whether_new_or_there_already(tmp_path):
+    fresh = private_dir(tmp_path / "a" / "state")
+    assert _mode(fresh) == 0o700
+    loose = tmp_path / "loose"
+    loose.mkdir(mode=0o777)
+    loose.chmod(0o777)
+    assert _mode(private_dir(loose)) == 0o700
