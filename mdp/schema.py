@@ -168,6 +168,10 @@ end $$;
 drop trigger if exists access_log_append_only on audit.access_log;
 create trigger access_log_append_only before update or delete on audit.access_log
     for each row execute function audit.refuse_change();
+-- a truncate fires no row trigger: it would empty the log without a trace
+drop trigger if exists access_log_never_truncated on audit.access_log;
+create trigger access_log_never_truncated before truncate on audit.access_log
+    for each statement execute function audit.refuse_change();
 
 -- tamper-evident: each row carries the hash of the previous one (chain_seq orders the chain;
 -- ids from the sequence can commit out of order). Verify with audit.verify_chain().

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import re
 
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
-# nine digits shaped like an SSN: the id is stored in audit rows beside a hashed member
-# reference, and a caller could put an SSN there
-_SSN_SHAPED = re.compile(r"(?<![0-9])[0-9]{3}([-. :]?)[0-9]{2}\1[0-9]{4}(?![0-9])")
+# what tracing tools generate: a UUID, a ULID, or 16-64 hex digits (a W3C trace or span id).
+# A free-form token is not taken: it is stored in audit rows beside a hashed member
+# reference, and a caller could put a member's name, birth date or SSN there
+# ("Jane_Doe_1971-03-14", "123_45_6789")
+_GENERATED_ID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}"
+    r"|[0-9a-fA-F]{16,64}"
+)
+# nine digits shaped like an SSN, even inside hex ("abc123456789def0")
+_SSN_SHAPED = re.compile(r"(?<![0-9])[0-9]{3}[0-9]{2}[0-9]{4}(?![0-9])")
 
 
 def callers_request_id(header: str | None) -> str | None:
-    """The header when it is a sane token that cannot carry an SSN, else None."""
-    if header and _REQUEST_ID.fullmatch(header) and not _SSN_SHAPED.search(header):
+    """The header when it is a generated id that cannot carry an SSN, else None (the API
+    then makes its own)."""
+    if header and _GENERATED_ID.fullmatch(header) and not _SSN_SHAPED.search(header):
         return header
     return None

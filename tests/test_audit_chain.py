@@ -34,6 +34,9 @@ def test_rows_chain_and_an_edit_made_behind_the_triggers_is_detected():
         assert _run(params, "select audit.verify_chain()") == [(None,)]
         with pytest.raises(psycopg2.Error, match="append-only"):
             _run(params, "update audit.access_log set outcome = 'not_found' where chain_seq = 3")
+        with pytest.raises(psycopg2.Error, match="append-only"):
+            _run(params, "truncate audit.access_log")  # fires no row trigger
+        assert _run(params, "select count(*) from audit.access_log") == [(5,)]
         # someone with rights to switch triggers off rewrites history: the chain says where
         _run(
             params,

@@ -457,13 +457,15 @@ def test_every_member_read_is_audited_including_cache_hits_and_mismatch(client, 
 
 def test_caller_supplied_request_id_collision_is_still_audited(client, keys, mart):
     # the caller controls X-Request-ID: two requests with the same id must both be audited
-    h = {"X-Request-ID": "dup-123"}
+    h = {"X-Request-ID": "d0d0d0d0-0000-4000-8000-000000000123"}
     for _ in range(2):
         post_raw(client, keys, json.dumps(VALID).encode(), extra=h)
 
     def count():
         with connect(mart) as conn, conn.cursor() as cur:
-            cur.execute("select count(*) from audit.access_log where request_id = 'dup-123'")
+            cur.execute(
+                "select count(*) from audit.access_log where request_id = 'd0d0d0d0-0000-4000-8000-000000000123'"
+            )
             return cur.fetchone()[0]
 
     assert wait_for(lambda: count() == 2, timeout=3)
@@ -595,13 +597,18 @@ def test_wire_level_edge_cases(wire, keys):
 
 def test_the_audit_row_records_the_status_sent(client, keys, mart):
     client._transport.raise_server_exceptions = False
-    r = post_raw(client, keys, b'{"\\ud800": 1}', extra={"X-Request-ID": "surrogate-500"})
+    r = post_raw(
+        client,
+        keys,
+        b'{"\\ud800": 1}',
+        extra={"X-Request-ID": "5005005a-0000-4000-8000-000000000500"},
+    )
 
     def rows():
         with connect(mart) as conn, conn.cursor() as cur:
             cur.execute(
                 "select outcome, detail::text from audit.access_log"
-                " where request_id = 'surrogate-500'"
+                " where request_id = '5005005a-0000-4000-8000-000000000500'"
             )
             return cur.fetchall()
 

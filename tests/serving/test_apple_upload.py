@@ -418,15 +418,17 @@ def test_any_body_is_decoded_or_refused_as_invalid(body: bytes) -> None:
 def test_uploads_are_audited_without_the_member_id(
     client: TestClient, uploads_db: ConnectionParams
 ) -> None:
-    response = post(client, {"samples": [sample()]}, **{"X-Request-ID": "upload-audit-1"})
-    assert response.headers["x-request-id"] == "upload-audit-1"
-    post(client, b"[]", **{"X-Request-ID": "upload-audit-2"})
+    response = post(
+        client, {"samples": [sample()]}, **{"X-Request-ID": "a0d17000-0000-4000-8000-000000000001"}
+    )
+    assert response.headers["x-request-id"] == "a0d17000-0000-4000-8000-000000000001"
+    post(client, b"[]", **{"X-Request-ID": "a0d17000-0000-4000-8000-000000000002"})
 
     def audit_rows() -> list[tuple[Any, ...]]:
         with connect(uploads_db) as conn, conn.cursor() as cur:
             cur.execute(
                 "select request_id, actor, action, partner_id, member_ref, outcome, detail, t::text"
-                " from audit.access_log t where request_id like 'upload-audit-%%'"
+                " from audit.access_log t where request_id like 'a0d17000-%%'"
                 " order by request_id"
             )
             return cur.fetchall()

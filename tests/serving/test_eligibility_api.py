@@ -592,7 +592,18 @@ def test_a_status_the_mart_took_from_the_dates_is_judged_again_against_todays_da
 def test_a_request_id_that_could_carry_an_ssn_is_replaced(client: TestClient, keys: Keys) -> None:
     # the id is echoed and stored in the audit row beside a hashed member reference
     body = {"employee_id": "A100001", "date_of_birth": "1980-05-17"}
-    for sent, kept in (("123-45-6789", False), ("123456789", False), ("req-42.a", True)):
+    # only ids as tracing tools make them are kept (UUID, ULID, 16-64 hex digits): a free-form
+    # one could carry a name or an SSN past any pattern ("Jane_Doe_123_45_6789")
+    for sent, kept in (
+        ("123-45-6789", False),
+        ("123456789", False),
+        ("Jane_Doe_123_45_6789", False),
+        ("Jane.Doe-1971-03-14", False),
+        ("3f1c2a9e-5b7d-4c1e-9a2b-0c4d5e6f7a8b", True),
+        ("01ARZ3NDEKTSV4RRFFQ69G5FAV", True),
+        ("4bf92f3577b34da6a3ce929d0e0e4736", True),
+        ("abc123456789def0", False),
+    ):
         headers = {**bearer(keys, "acme_corp"), "X-Request-ID": sent}
         response = client.post(CHECK, json=body, headers=headers)
         assert (response.headers["X-Request-ID"] == sent) is kept
