@@ -33,6 +33,7 @@ class Service:
     name: str
     port: int
     command: list[str]
+    env: dict[str, str] | None = None  # added to ours: secrets go here, never in `command`
 
 
 def _pid_file(settings: Settings, name: str) -> Path:
@@ -78,6 +79,7 @@ def start_service(
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             cwd=settings.project_root,
+            env={**os.environ, **service.env} if service.env else None,
         )
     _pid_file(settings, service.name).write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
@@ -225,11 +227,11 @@ def fitbit_emulator_service(settings: Settings) -> Service:
             str(settings.fitbit_emulator_port),
             "--client-id",
             FITBIT_SANDBOX_CLIENT_ID,
-            "--client-secret",
-            local_secret(settings.state_dir, "FITBIT_CLIENT_SECRET"),
             "--subscriber-url",
             f"{settings.api_url}/webhooks/fitbit",
         ],
+        # not on the command line, which every user on the host can read (`ps`)
+        env={"FITBIT_CLIENT_SECRET": local_secret(settings.state_dir, "FITBIT_CLIENT_SECRET")},
     )
 
 

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import json
 import math
+import os
 import secrets
 import threading
 import time
@@ -1126,7 +1127,11 @@ def _subscription(state: FitbitState) -> Handler:
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client-id", default="SANDBOX1")
-    parser.add_argument("--client-secret", default="sandbox-client-secret")
+    parser.add_argument(
+        "--client-secret",
+        default=os.environ.get("FITBIT_CLIENT_SECRET", "sandbox-client-secret"),
+        help="default: FITBIT_CLIENT_SECRET (a secret on a command line is visible in `ps`)",
+    )
     parser.add_argument("--rate-limit", type=int, default=RATE_LIMIT_PER_HOUR)
     parser.add_argument("--window-seconds", type=float, default=3600.0)
     parser.add_argument("--subscriber-url", default=None)

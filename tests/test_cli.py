@@ -336,3 +336,24 @@ def test_run_report_tells_a_warning_check_from_a_failed_one(capsys):
     out = capsys.readouterr().out
     assert "2 checks (1 failed, 1 warnings)" in out
     assert "check failed: roster keys_unique" in out and "check warning: roster has_rejects" in out
+
+
+def test_the_sandbox_fitbit_secret_is_passed_in_the_environment_not_on_the_command_line(
+    tmp_path, monkeypatch
+):
+    # a command line is readable by every user on the host (`ps`)
+    from mdp.settings import load_settings
+    from mdp.stack import fitbit_emulator_service
+    from sandbox.fitbit_emulator import _add_arguments
+
+    monkeypatch.setenv("MDP_STATE_DIR", str(tmp_path))
+    service = fitbit_emulator_service(load_settings())
+    secret = (tmp_path / "secrets" / "FITBIT_CLIENT_SECRET").read_text().strip()
+    assert secret not in " ".join(service.command)
+    assert service.env == {"FITBIT_CLIENT_SECRET": secret}
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    monkeypatch.setenv("FITBIT_CLIENT_SECRET", secret)
+    _add_arguments(parser)
+    assert parser.parse_args([]).client_secret == secret

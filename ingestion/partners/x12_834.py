@@ -34,6 +34,7 @@ refuses 4010 files, which plans still send; the member loop needs a dozen segmen
 from __future__ import annotations
 
 import codecs
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +89,7 @@ _SAME_DATE = {
     "DTP*357": "DTP*349",
 }
 SSN_QUALIFIER = "34"  # NM108: NM109 is a Social Security Number
+_ENVELOPE_CODE = re.compile(r"[A-Za-z0-9]{1,9}")
 TERMINATION = "024"  # INS03 / HD01 maintenance type: cancellation or termination
 
 
@@ -223,13 +225,15 @@ class _Reader:
         elif tag == "ST":
             if self.transaction is not None:
                 raise UnreadableFileError(
-                    f"segment {position} opens a transaction set before {self.transaction}"
+                    f"segment {position} opens a transaction set before"
+                    f" {_shown(self.transaction)}"
                     " was closed by its SE: segments are missing (truncated or corrupt?)"
                 )
             kind = _element(elements, 1)
             if kind != "834":
                 raise UnreadableFileError(
-                    f"segment {position} opens a {kind or 'unnamed'} transaction set; this"
+                    f"segment {position} opens a {_shown(kind) if kind else 'unnamed'}"
+                    " transaction set; this"
                     " partner sends 834 benefit enrollment files"
                 )
             self.transaction, self.transaction_segments = _element(elements, 2) or "?", 1
@@ -243,6 +247,13 @@ class _Reader:
                 "SE", elements, position,
             )  # fmt: skip
             self.transaction = None
+
+
+def _shown(value: str) -> str:
+    """An envelope value as a reason quotes it: a code or control number as X12 has them (up
+    to 9 letters or digits), else only its length. Reasons reach the ledger, the logs and the
+    partner's quarantine note, and a value out of place may be a member's name or SSN."""
+    return value if _ENVELOPE_CODE.fullmatch(value) else f"<{len(value)} characters>"
 
 
 def _check_trailer(
@@ -261,20 +272,23 @@ def _check_trailer(
     if inner is not None and inner[1] is not None:
         kind, still_open, inner_tag = inner
         raise UnreadableFileError(
-            f"segment {position} ({tag}) closes the {opened} before {kind} {still_open} was"
+            f"segment {position} ({tag}) closes the {opened} before {kind}"
+            f" {_shown(still_open)} was"
             f" closed by its {inner_tag}: segments are missing (truncated or corrupt?)"
         )
     declared, closing = _element(elements, 1).strip(), _element(elements, 2).strip()
     if declared != str(counted):
         raise UnreadableFileError(
-            f"{opened} {control or '?'} has {counted} {counting} but its {tag} (segment"
-            f" {position}) says {declared or 'nothing'}: some were lost or added on the way"
+            f"{opened} {_shown(control) if control else '?'} has {counted} {counting} but its"
+            f" {tag} (segment {position}) says {_shown(declared) if declared else 'nothing'}:"
+            " some were lost or added on the way"
             " (truncated or corrupt?)"
         )
     if control is not None and closing != control:
         raise UnreadableFileError(
-            f"the {tag} at segment {position} closes {opened} {closing or '(no number)'}, but"
-            f" the open one is {control}: the envelope is broken"
+            f"the {tag} at segment {position} closes {opened}"
+            f" {_shown(closing) if closing else '(no number)'}, but the open one is"
+            f" {_shown(control)}: the envelope is broken"
         )
 
 

@@ -252,6 +252,18 @@ def test_an_unreadable_834_says_why(config, tmp_path, content, reason):
         rows_of(content, config, tmp_path)
 
 
+def test_an_envelope_value_out_of_place_is_not_quoted_in_the_reason(config, tmp_path):
+    # the reason reaches the ledger, the logs and the partner's quarantine note: a name and
+    # an SSN typed into ST01 were quoted whole
+    content = interchange(member("00012345", "DOE", "JANE", "19800214")).replace(
+        b"ST*834*0001", b"ST*Hildegard Oxenbury 345-67-8901*0001"
+    )
+    with pytest.raises(UnreadableFileError) as caught:
+        rows_of(content, config, tmp_path)
+    assert "opens a <30 characters> transaction set" in caught.value.reason
+    assert "Hildegard" not in caught.value.reason and "8901" not in caught.value.reason
+
+
 def test_the_config_refuses_what_an_834_does_not_have(tmp_path):
     folder = tmp_path / "configs"
     folder.mkdir()
