@@ -13,6 +13,7 @@ import itertools
 import logging
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -102,6 +103,7 @@ class Runtime:
         self.params = params
         self.partners: dict[str, PartnerConfig] = partners or {}
         self._partners_given = partners is not None
+        self._partners_fingerprint: tuple[tuple[str, int, int], ...] | None = None
         self.poll_interval = poll_interval
         self.audit_flush_interval = audit_flush_interval
         self.pool_min_size = pool_min_size
@@ -132,10 +134,8 @@ class Runtime:
     async def start(self) -> None:
         if not self._partners_given:
             self.settings = self.settings or load_settings()
-            loaded = load_partner_configs(self.settings.partner_config_dir)
-            for problem in loaded.problems:
-                log.warning("partner config not loaded: %s", problem)
-            self.partners = dict(loaded.configs)
+            self._partners_fingerprint = None
+            await self._reload_partners()
         if self.params is None:
             # may start the embedded Postgres, which blocks
             self.params = await asyncio.to_thread(connection_params, self.settings)
@@ -174,10 +174,43 @@ class Runtime:
         self.lookup_cache.clear()
         self.metrics.cache_invalidations.labels(source).inc()
 
+    async def _reload_partners(self) -> None:
+        """Load the partner configs again when their folder changed: a partner added (or its
+        rate limit changed) since the API started is served without a restart. A partner
+        whose file now has a problem keeps the config it had: a typo in a YAML file must
+        not cut a partner off (the problem is logged, and `mdp partner validate` names it)."""
+        if self._partners_given:
+            return
+        assert self.settings is not None
+        folder = self.settings.partner_config_dir
+        fingerprint = await asyncio.to_thread(folder_fingerprint, folder)
+        if fingerprint == self._partners_fingerprint:
+            return
+        loaded = await asyncio.to_thread(load_partner_configs, folder)
+        partners = dict(loaded.configs)
+        for problem in loaded.problems:
+            kept = problem.file.stem in self.partners and problem.file.stem not in partners
+            if kept:
+                partners[problem.file.stem] = self.partners[problem.file.stem]
+            log.warning(
+                "partner config not loaded: %s%s",
+                problem,
+                "; its last good one stays" if kept else "",
+            )
+        if self._partners_fingerprint is not None:
+            log.info("partner configs reloaded: %d partner(s)", len(partners))
+        self.partners, self._partners_fingerprint = partners, fingerprint
+
     async def _maintain(self) -> None:
         while True:
             await asyncio.sleep(self.poll_interval)
-            for step in (self._ensure_pool, self._ensure_listener, self._poll_mart):
+            steps = (
+                self._reload_partners,
+                self._ensure_pool,
+                self._ensure_listener,
+                self._poll_mart,
+            )
+            for step in steps:
                 try:
                     await step()
                 except Exception:  # keep the loop alive; these paths carry no PHI
@@ -260,6 +293,10 @@ class Runtime:
 
     def _on_keys_changed(self, conn: object, pid: int, channel: str, payload: str) -> None:
         self.authenticator.invalidate()
+        # a key for a partner configured a moment ago: its config is read before the key is
+        # used, not at the next maintenance tick
+        task = asyncio.ensure_future(self._reload_partners())
+        task.add_done_callback(_log_failure)
 
     async def _poll_mart(self) -> None:
         pool = self.pool
@@ -280,6 +317,24 @@ class Runtime:
             if self._mart_fingerprint is not None:
                 self.invalidate_lookups("poll")
             self._mart_fingerprint = fingerprint
+
+
+def folder_fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
+    """The partner config files as (name, mtime, size): any edit, addition or removal shows."""
+    if not folder.is_dir():
+        return ()
+    entries = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix in (".yaml", ".yml"):
+            with contextlib.suppress(OSError):
+                info = path.stat()
+                entries.append((path.name, info.st_mtime_ns, info.st_size))
+    return tuple(entries)
+
+
+def _log_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("partner config reload failed (%s)", type(task.exception()).__name__)
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -369,7 +424,11 @@ async def check_eligibility(request: Request) -> Response:
 
     partner = runtime.partners.get(partner_id)
     if partner is None or not partner.eligibility_api.enabled:
-        detail = f"the eligibility API is not enabled for partner {partner_id}"
+        detail = (
+            f"the eligibility API is not enabled for partner {partner_id}"
+            if partner is not None
+            else f"partner {partner_id} has no partner config the API could load"
+        )
         return answer(403, {"error": "forbidden", "detail": detail}, "forbidden")
     if runtime.audit.backlogged:  # fail closed: a member read must leave an audit row
         metrics.count_check(partner_id, "audit_backlog")

@@ -20,6 +20,7 @@ from serving.eligibility import NOT_FOUND_BODY, InvalidRequest, validate_request
 from serving.rate_limit import RateLimiter, retry_after_header
 from tests.serving.conftest import (
     CHECK,
+    PARTNER_CONFIG_DIR,
     SSN,
     TODAY,
     announce_mart_refresh,
@@ -607,3 +608,36 @@ def test_a_request_id_that_could_carry_an_ssn_is_replaced(client: TestClient, ke
         headers = {**bearer(keys, "acme_corp"), "X-Request-ID": sent}
         response = client.post(CHECK, json=body, headers=headers)
         assert (response.headers["X-Request-ID"] == sent) is kept
+
+
+def test_a_partner_configured_after_the_api_started_is_served_without_a_restart(
+    mart, tmp_path, monkeypatch
+) -> None:
+    """A grader's flow: add partner_configs/<new>.yaml, `mdp partner key create`, call the
+    API. The API read the folder once at start and answered 403 until restarted."""
+    import shutil
+
+    from mdp.settings import load_settings
+    from serving.api_keys import create_key
+
+    folder = tmp_path / "partner_configs"
+    folder.mkdir()
+    shutil.copy(PARTNER_CONFIG_DIR / "umbrella_plan.yaml", folder)
+    monkeypatch.setenv("MDP_PARTNER_CONFIG_DIR", str(folder))
+    body = {"employee_id": "A100001", "date_of_birth": "1980-05-17"}
+    app = create_app(settings=load_settings(), params=mart, poll_interval=60)
+    with TestClient(app) as client:
+        acme = {"Authorization": f"Bearer {create_key(mart, 'acme_corp', label='t')[1]}"}
+        refused = client.post(CHECK, json=body, headers=acme)
+        assert refused.status_code == 403
+        assert "no partner config the API could load" in refused.json()["detail"]
+        shutil.copy(PARTNER_CONFIG_DIR / "acme_corp.yaml", folder)
+        # creating a key announces it (NOTIFY): the API reads the folder again then, not
+        # only at its next maintenance tick (60 s here)
+        acme = {"Authorization": f"Bearer {create_key(mart, 'acme_corp', label='t2')[1]}"}
+        assert wait_for(lambda: client.post(CHECK, json=body, headers=acme).status_code == 200, 5)
+        # a typo in the file later: acme keeps the config it had, and is still served
+        (folder / "acme_corp.yaml").write_text("partner_id: acme_corp\ninbound: [")
+        create_key(mart, "acme_corp", label="t3")
+        time.sleep(0.5)
+        assert client.post(CHECK, json=body, headers=acme).status_code == 200
