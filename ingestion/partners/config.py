@@ -525,21 +525,36 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return "".join(parts)
 
 
+def _message(error: Any) -> str:
+    message = error["msg"].removeprefix("Value error, ")
+    value = error.get("input")
+    if error["type"] == "string_type" and isinstance(value, bool | int | float):
+        kind = "a boolean" if isinstance(value, bool) else "a number"
+        message += f": YAML read it as {kind} ({str(value).lower()}); put it in quotes"
+    return message
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml.safe_load, except that a key given twice in one mapping is an error: the plain
     loader keeps the last silently, and which of two rules counts is the partner's call."""
 
 
 def _unique_key_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
-    seen: set[object] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
+    """A mapping whose keys are the text written: every key in a partner config is a name,
+    and plain YAML reads a column called `on`, `no` or `2024` as a boolean or a number
+    (reported as "[1]" or "[2024]", or not matching the file's header)."""
+    mapping: dict[object, object] = {}
+    for key_node, value_node in node.value:
+        if isinstance(key_node, yaml.ScalarNode):
+            key: object = key_node.value
+        else:
+            key = loader.construct_object(key_node, deep=deep)
+        if key in mapping:
             raise yaml.constructor.ConstructorError(
                 None, None, f"the key {key!r} is given twice", key_node.start_mark
             )
-        seen.add(key)
-    return loader.construct_mapping(node, deep)
+        mapping[key] = loader.construct_object(value_node, deep=deep)
+    return mapping
 
 
 _UniqueKeyLoader.add_constructor(
@@ -566,8 +581,7 @@ def load_partner_config(path: Path) -> PartnerConfig:
         config = PartnerConfig.model_validate(raw)
     except ValidationError as exc:
         problems = [
-            ConfigProblem(path, _key_path(err["loc"]), err["msg"].removeprefix("Value error, "))
-            for err in exc.errors()
+            ConfigProblem(path, _key_path(err["loc"]), _message(err)) for err in exc.errors()
         ]
         raise PartnerConfigError(problems) from None
     if config.partner_id != path.stem:

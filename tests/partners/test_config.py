@@ -258,6 +258,31 @@ def test_a_key_given_twice_in_one_file_is_refused_with_its_line(tmp_path):
     assert problem.key_path.startswith("line ")
 
 
+def test_keys_are_the_text_written_and_a_yaml_boolean_value_is_named_as_such(tmp_path):
+    # plain YAML read a column called `on` as true and `2024` as a number: reported as
+    # "column_mappings[1]", or not matching the file's header
+    text = (REPO / "partner_configs" / "acme_corp.yaml").read_text()
+    text = text.replace(
+        "  column_mappings:\n", "  column_mappings:\n    on: middle_name\n    2024: group_id\n", 1
+    )
+    (tmp_path / "acme_corp.yaml").write_text(text)
+    loaded = load_partner_configs(tmp_path)
+    assert not loaded.problems, loaded.problems
+    mappings = loaded.configs["acme_corp"].inbound.column_mappings
+    assert (mappings["on"], mappings["2024"]) == ("middle_name", "group_id")
+    text = text.replace("    on: middle_name\n", "").replace(
+        "  validations:\n",
+        "  validations:\n    relationship: {type: enum, allowed: [yes, no]}\n",
+        1,
+    )
+    (tmp_path / "acme_corp.yaml").write_text(text)
+    problems = {str(p) for p in load_partner_configs(tmp_path).problems}
+    assert (
+        "acme_corp.yaml: inbound.validations.relationship.allowed[0]: Input should be a valid"
+        " string: YAML read it as a boolean (true); put it in quotes"
+    ) in problems
+
+
 def test_one_partner_in_two_files_loads_from_neither(tmp_path):
     shutil.copy(REPO / "partner_configs" / "acme_corp.yaml", tmp_path / "acme_corp.yaml")
     shutil.copy(REPO / "partner_configs" / "acme_corp.yaml", tmp_path / "acme_corp.yml")
