@@ -129,6 +129,7 @@ class Runtime:
             flush_interval=self.audit_flush_interval,
             on_written=self.metrics.audit_written.inc,
             on_dropped=self.metrics.audit_dropped.inc,
+            spool_dir=None if self.settings is None else self.settings.state_dir / "audit_spool",
         )
 
     async def start(self) -> None:

@@ -5,8 +5,11 @@ The trade-off: a request returns before its audit row is committed, so a hard ki
 shutdown flushes everything. While Postgres is down or slow, rows wait in memory. Once
 `max_pending` are waiting the writer is `backlogged` and the API refuses member reads (503)
 until it has caught up: no read goes unaudited, and no waiting row is ever dropped to make
-room. Rows are lost only when the process stops while Postgres cannot take them (logged and
-counted in a metric).
+room. A process that stops while Postgres cannot take its rows spools them to a file in the
+state folder (`audit_spool/`, owner-only), and the next start writes them before deleting the
+file: a crash between that write and the delete writes them twice, never loses them. Rows
+are lost only without a spool folder (an app built without settings, as tests build it), or
+when even the file cannot be written (both logged and counted in a metric).
 """
 
 from __future__ import annotations
@@ -16,14 +19,18 @@ import datetime as dt
 import io
 import json
 import logging
+import os
 import re
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import NamedTuple
 
 import psycopg2
 
 from mdp.database import ConnectionParams, connect
+from mdp.settings import private_dir
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +105,7 @@ class AuditWriter:
         max_pending: int = 100_000,
         on_written: Callable[[int], None] | None = None,
         on_dropped: Callable[[int], None] | None = None,
+        spool_dir: Path | None = None,
     ) -> None:
         self._params_source = params_source
         self.flush_interval = flush_interval
@@ -109,6 +117,8 @@ class AuditWriter:
         self._writing = threading.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.spool_dir = spool_dir
+        self._spooled: list[Path] = []  # files read at start, deleted once their rows are in
 
     @property
     def pending(self) -> int:
@@ -128,10 +138,12 @@ class AuditWriter:
             self._wake.set()
 
     def start(self) -> None:
+        self._read_spool()
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     async def close(self) -> None:
-        """Stop the background loop and write what is left."""
+        """Stop the background loop and write what is left; what Postgres cannot take now is
+        spooled to a file for the next start."""
         if self._task is not None:
             self._task.cancel()
             try:
@@ -139,9 +151,40 @@ class AuditWriter:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        if self._pending and not await self.flush():
-            self._on_dropped(len(self._pending))
-            log.error("shutting down with %d audit events not written", len(self._pending))
+        # a short statement timeout: the stack stops a process that takes 15 s to go
+        if self._pending and not await self.flush(statement_timeout="2s"):
+            self._spool()
+
+    def _read_spool(self) -> None:
+        """Rows an earlier process could not write go first (deleted once written)."""
+        if self.spool_dir is None or not self.spool_dir.is_dir():
+            return
+        for path in sorted(self.spool_dir.glob("*.copy")):
+            rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            self._pending[:0] = [row for row in rows if row.endswith("\n")]
+            self._spooled.append(path)
+            log.info("%d audit events from %s queued to be written", len(rows), path.name)
+
+    def _spool(self) -> None:
+        count = len(self._pending)
+        if self.spool_dir is None:
+            self._on_dropped(count)
+            log.error("shutting down with %d audit events not written", count)
+            return
+        try:
+            private_dir(self.spool_dir)
+            path = self.spool_dir / f"{time.time_ns()}-{os.getpid()}.copy"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write("".join(self._pending))
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            self._on_dropped(count)
+            log.error("%d audit events not written nor spooled (%s)", count, type(exc).__name__)
+            return
+        self._pending.clear()
+        log.warning("%d audit events spooled to %s; the next start writes them", count, path)
 
     async def _run(self) -> None:
         while True:
@@ -153,7 +196,7 @@ class AuditWriter:
             if self._pending and not await self.flush():
                 await asyncio.sleep(1.0)  # Postgres is down: retry without spinning
 
-    async def flush(self) -> bool:
+    async def flush(self, statement_timeout: str = "10s") -> bool:
         """Write every pending event; False (events kept) when the database cannot take them.
 
         The batches are COPied by psycopg2 in one worker-thread call: under full load a
@@ -162,20 +205,25 @@ class AuditWriter:
         params = self._params_source()
         if params is None:
             return False
-        return await asyncio.to_thread(self._write_pending, params)
+        written = await asyncio.to_thread(self._write_pending, params, statement_timeout)
+        if written and self._spooled:
+            for path in self._spooled:
+                path.unlink(missing_ok=True)
+            self._spooled.clear()
+        return written
 
-    def _write_pending(self, params: ConnectionParams) -> bool:
+    def _write_pending(self, params: ConnectionParams, statement_timeout: str) -> bool:
         # runs in a worker thread. `record` only appends; removers take turns (a flush
         # cancelled at shutdown keeps running in its thread while close() flushes again)
         with self._writing:
-            return self._write_batches(params)
+            return self._write_batches(params, statement_timeout)
 
-    def _write_batches(self, params: ConnectionParams) -> bool:
+    def _write_batches(self, params: ConnectionParams, statement_timeout: str = "10s") -> bool:
         while self._pending:
             batch = self._pending[: self.batch_size]
             del self._pending[: len(batch)]
             try:
-                _copy_events(params, batch)
+                _copy_events(params, batch, statement_timeout)
             except (psycopg2.Error, OSError) as exc:
                 self._pending[:0] = batch
                 log.warning(
@@ -186,10 +234,10 @@ class AuditWriter:
         return True
 
 
-def _copy_events(params: ConnectionParams, rows: list[str]) -> None:
+def _copy_events(params: ConnectionParams, rows: list[str], statement_timeout: str) -> None:
     data = io.BytesIO("".join(rows).encode())
     with connect(params) as conn, conn.cursor() as cur:
-        cur.execute("set local statement_timeout = '10s'")
+        cur.execute("select set_config('statement_timeout', %s, true)", (statement_timeout,))
         cur.copy_expert(
             f"copy audit.access_log ({', '.join(COLUMNS)}) from stdin", data, size=1 << 20
         )

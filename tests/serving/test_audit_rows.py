@@ -34,3 +34,63 @@ def test_fields_with_copy_specials_and_nulls_are_stored_as_given(
     assert stored == [
         (e.actor, e.member_ref, e.outcome, e.detail[-4:-1], e.occurred_at) for e in events
     ]
+
+
+def test_rows_postgres_cannot_take_at_shutdown_are_spooled_and_written_at_the_next_start(
+    database: ConnectionParams, tmp_path
+) -> None:
+    """The audit table locked while the API stops: its rows were lost (SIGKILL after 15 s)
+    with no metric counting them. Now they wait in a file until the next start writes them."""
+    import threading
+
+    spool = tmp_path / "audit_spool"
+    events = [check_event("partner:a/key:1", "acme_corp", f"m_{n}", "eligible", f"spool-{n}", 200)
+              for n in range(3)]  # fmt: skip
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        with connect(database) as conn, conn.cursor() as cur:
+            cur.execute("lock table audit.access_log in access exclusive mode")
+            locked.set()
+            release.wait(30)
+            conn.rollback()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    locked.wait(10)
+    dropped: list[int] = []
+
+    async def stop_while_locked() -> None:
+        writer = AuditWriter(lambda: database, on_dropped=dropped.append, spool_dir=spool)
+        writer.start()
+        for event in events:
+            writer.record(event)
+        await writer.close()
+
+    try:
+        asyncio.run(stop_while_locked())
+    finally:
+        release.set()
+        holder.join()
+    [spooled] = list(spool.glob("*.copy"))
+    assert len(spooled.read_text().splitlines()) == 3 and not dropped
+    assert (spool.stat().st_mode & 0o777, spooled.stat().st_mode & 0o777) == (0o700, 0o600)
+
+    def stored() -> list[str]:
+        with connect(database) as conn, conn.cursor() as cur:
+            cur.execute(
+                "select request_id from audit.access_log where request_id like 'spool-%%'"
+                " order by request_id"
+            )
+            return [row[0] for row in cur.fetchall()]
+
+    assert stored() == []
+
+    async def next_start() -> None:
+        writer = AuditWriter(lambda: database, spool_dir=spool)
+        writer.start()
+        await writer.close()
+
+    asyncio.run(next_start())
+    assert stored() == ["spool-0", "spool-1", "spool-2"]
+    assert list(spool.glob("*.copy")) == []
