@@ -89,6 +89,15 @@ class CsvOptions(_Strict):
     def _headerless_needs_columns(self) -> CsvOptions:
         if not self.has_header and not self.columns:
             raise ValueError("a file without a header row needs 'columns' listing its column names")
+        if self.has_header and self.columns:
+            problem = (
+                "names a headerless file's columns, but has_header is true (the header's are read)"
+            )
+            raise _problems("CsvOptions", [(("columns",), problem, self.columns)])
+        repeated = sorted({name for name in self.columns or [] if self.columns.count(name) > 1})
+        if repeated:
+            problem = f"{', '.join(map(repr, repeated))} given more than once: which is which?"
+            raise _problems("CsvOptions", [(("columns",), problem, self.columns)])
         return self
 
     @field_validator("delimiter", "quotechar")
@@ -165,12 +174,13 @@ class RemoteLocation(_Strict):
     """Where a pull partner's own SFTP server is; credentials come from the named env vars."""
 
     host_env: str
-    port: int = 22
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
     port_env: str | None = None
     username_env: str
     password_env: str | None = None
     key_env: str | None = None
-    path: str = "/outbound"
+    # absolute: a relative one would be read from the login's home, wherever that is
+    path: Annotated[str, Field(pattern=r"^/")] = "/outbound"
 
     @model_validator(mode="after")
     def _needs_a_credential(self) -> RemoteLocation:
@@ -340,7 +350,7 @@ class Inbound(_Strict):
     transport: Literal["sftp_push", "sftp_pull"]
     location: RemoteLocation | None = None
     schedule: Annotated[str, AfterValidator(_cron)] = "0 * * * *"  # pull partners: poll times
-    filename_pattern: str = "*"
+    filename_pattern: Annotated[str, Field(min_length=1)] = "*"
     format: Format
     csv: CsvOptions | None = None
     xlsx: XlsxOptions | None = None
@@ -397,6 +407,16 @@ class Inbound(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Inbound:
+        # options for another format would be ignored silently: a partner that switched
+        # from CSV to Excel and kept its `csv:` section reads with neither
+        for section in ("csv", "xlsx", "fixed_width", "x12"):
+            wanted = "x12_834" if section == "x12" else section
+            if getattr(self, section) is not None and self.format != wanted:
+                problem = f"options for format {wanted}, but this partner's format is {self.format}"
+                raise _problems("Inbound", [((section,), problem, section)])
+        if self.location is not None and self.transport != "sftp_pull":
+            problem = "a location is where a pull partner's own server is: transport is sftp_push"
+            raise _problems("Inbound", [(("location",), problem, "location")])
         if self.format == "x12_834":
             self._check_x12()
         if self.transport == "sftp_pull" and self.location is None:

@@ -61,6 +61,20 @@ def test_the_shipped_partner_configs_are_valid():
             "inbound.column_mappings.Employee ID",
             "keyed hash",
         ),
+        # settings that could not work, or would be ignored without a word
+        ("inbound:\n  xlsx: {sheet: Members}\n", "inbound.xlsx", "format is csv"),
+        ("inbound:\n  csv: {columns: [A, B]}\n", "inbound.csv.columns", "has_header is true"),
+        (
+            "inbound:\n  csv: {has_header: false, columns: [ID, ID]}\n",
+            "inbound.csv.columns",
+            "'ID' given more than once",
+        ),
+        ("inbound:\n  filename_pattern: ''\n", "inbound.filename_pattern", "at least 1"),
+        (
+            "inbound:\n  location: {host_env: H, username_env: U, password_env: P}\n",
+            "inbound.location",
+            "transport is sftp_push",
+        ),
     ],
 )
 def test_a_bad_config_names_file_key_path_and_problem(tmp_path, yaml_text, key_path, words):
