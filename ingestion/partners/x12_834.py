@@ -16,7 +16,8 @@ References a row offers (x12_references.is_reference):
   `PER*<qualifier>` for each communication number (EM email, TE telephone, CP cell, ...);
 - loop 2300, health coverage: HD01-HD05 and its `DTP*<qualifier>` (348 benefit begin, 349
   benefit end) when loop 2000 has no date of that qualifier. A member with several coverage
-  loops gives the first, or the one whose HD03 is `x12.insurance_line`.
+  loops gives the first, or the one whose HD03 is `x12.insurance_line` (see _chosen_coverage
+  for cancelled loops and plan changes).
 Dates stay CCYYMMDD (D8) text: the partner's date_format is %Y%m%d.
 
 The row's line is the position of its INS segment in the file (ISA = 1): most 834s put one
@@ -34,6 +35,7 @@ refuses 4010 files, which plans still send; the member loop needs a dozen segmen
 from __future__ import annotations
 
 import codecs
+import datetime as dt
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -151,7 +153,38 @@ def _chosen_coverage(coverages: list[dict[str, str]], line: str | None) -> dict[
     fitting = [c for c in coverages if line is None or c.get("HD03") == line]
     if not fitting:
         return None if line is not None else {}
-    return next((c for c in fitting if c.get("HD01") != "024"), fitting[0])
+    chosen = next((c for c in fitting if c.get("HD01") != TERMINATION), fitting[0])
+    return _continued(chosen, fitting)
+
+
+def _continued(chosen: dict[str, str], fitting: list[dict[str, str]]) -> dict[str, str]:
+    """A plan change sends the old plan cancelled (HD01 024, ending the day before) and the
+    new one added, often starting weeks ahead (open enrollment sends January's plans in
+    November). The member is covered throughout, so the row takes the new plan from the day
+    the old one began: taken alone, the new plan's start made the check answer "Coverage
+    starts" for a member the old plan still covered. The plan named until the change is the
+    new one (the row holds one coverage)."""
+    start = _d8(chosen.get("DTP*348"))
+    if start is None or chosen.get("HD01") == TERMINATION:
+        return chosen
+    for old in fitting:
+        old_start, old_end = _d8(old.get("DTP*348")), _d8(old.get("DTP*349"))
+        if (
+            old.get("HD01") == TERMINATION
+            and old_start is not None
+            and old_end is not None
+            and old_start < start <= old_end + dt.timedelta(days=1)
+        ):
+            return {**chosen, "DTP*348": old["DTP*348"]}
+    return chosen
+
+
+def _d8(value: str | None) -> dt.date | None:
+    """A CCYYMMDD date, or None (a malformed one is the validation's to report)."""
+    try:
+        return dt.datetime.strptime(value or "", "%Y%m%d").date()
+    except ValueError:
+        return None
 
 
 class _Reader:

@@ -420,6 +420,26 @@ def test_coverage_changes_and_terminations_read_as_the_partner_meant(config, tmp
     )
 
 
+def test_a_plan_change_ahead_keeps_the_member_covered_until_the_new_plan_starts(config, tmp_path):
+    # open enrollment: in November the plan sends the old plan cancelled as of 11-30 and the
+    # new one from 12-01. The new loop alone made the check answer "Coverage starts 12-01"
+    # for a member the old plan still covered
+    change = member("00012345", "DOE", "JANE", "19800214").replace(
+        "HD*021**HLT*GOLD PPO*EMP~DTP*348*D8*20260101",
+        "HD*024**HLT*OLD PLAN*EMP~DTP*348*D8*20250101~DTP*349*D8*20261130"
+        "~HD*021**HLT*NEW PLAN*EMP~DTP*348*D8*20261201",
+    )
+    # a gap between the plans is not bridged: uncovered in between, the new plan's start
+    gap = change.replace("REF*0F*00012345", "REF*0F*00012346").replace(
+        "DTP*349*D8*20261130", "DTP*349*D8*20261115"
+    )
+    rows = rows_of(interchange(change, gap), config, tmp_path)
+    values = [_values(config, row) for row in rows]
+    assert (values[0]["program"], values[0]["eligibility_start_date"]) == ("NEW PLAN", "20250101")
+    assert values[0]["eligibility_end_date"] is None
+    assert (values[1]["program"], values[1]["eligibility_start_date"]) == ("NEW PLAN", "20261201")
+
+
 def test_a_termination_without_an_end_date_is_rejected_not_loaded_as_covered(config, tmp_path):
     # INS03 024 (or a lone coverage loop HD01 024) with no end date loaded as covered: the
     # API answered "eligible" for a member the plan had just terminated
