@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from mdp.database import ConnectionParams, connect
+from mdp.phi import masked_ssns
 
 FINISHED = ("loaded", "quarantined")  # identical bytes after these are duplicates
 HANDLED = (*FINISHED, "duplicate")  # a remote file with one of these needs nothing more
@@ -36,6 +37,11 @@ class ImportRecord:
     parse_seconds: float | None = None
     load_seconds: float | None = None
     preview: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @property
+    def shown_name(self) -> str:
+        """The file name as logs and Dagster show it (see mdp.phi.masked_ssns)."""
+        return masked_ssns(self.filename)
 
     def columns(self) -> dict[str, Any]:
         values = asdict(self)

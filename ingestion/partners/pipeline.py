@@ -158,7 +158,7 @@ def import_remote_file(
         record.reason = f"identical bytes to {duplicate_of}; not reprocessed"
         record.finished_at = dt.datetime.now(dt.UTC)
         ledger.save(params, record)
-        log.info("%s: %s is a duplicate of %s", config.partner_id, remote.name, duplicate_of)
+        log.info("%s: %s is a duplicate of %s", config.partner_id, record.shown_name, duplicate_of)
     else:
         ledger.save(params, record)
         process_archived_file(record, Path(archived.path), config, settings, params, progress)
@@ -214,7 +214,7 @@ def process_archived_file(
                 log.info(
                     "%s: %s read again by the stdlib reader (%s)",
                     config.partner_id,
-                    record.filename,
+                    record.shown_name,
                     unfit,
                 )
                 parsed, load = attempt(arrow=False)
@@ -230,14 +230,14 @@ def process_archived_file(
             log.info(
                 "%s: %s loaded %d of %d rows (%d rejected)",
                 config.partner_id,
-                record.filename,
+                record.shown_name,
                 loaded,
                 total,
                 len(rejects),
             )
         except UnreadableFileError as exc:
             record.status, record.reason = "quarantined", exc.reason
-            log.warning("%s: %s quarantined: %s", config.partner_id, record.filename, exc.reason)
+            log.warning("%s: %s quarantined: %s", config.partner_id, record.shown_name, exc.reason)
             deliver_quarantine_note(record, config, settings, params)
         except TRANSIENT_ERRORS as exc:
             record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"[:500]
@@ -255,7 +255,7 @@ def process_archived_file(
             log.error(
                 "%s: %s failed (%s); see the import ledger; the other files go on",
                 config.partner_id,
-                record.filename,
+                record.shown_name,
                 type(exc).__name__,
             )
     record.finished_at = dt.datetime.now(dt.UTC)
@@ -283,7 +283,7 @@ def _load_file(
             + "): the stored values of those fields were kept"
         )
         _note(record, note)
-        log.warning("%s: %s: %s", config.partner_id, record.filename, note)
+        log.warning("%s: %s: %s", config.partner_id, record.shown_name, note)
     with MemberLoad(
         params,
         config.partner_id,
@@ -379,7 +379,7 @@ def parse_and_validate(
         parsed.rejected_keys.extend(result.rejected_keys)
         parsed.reported_keys.extend(result.reported_keys)
         if progress:
-            progress(record.filename, parsed.total)
+            progress(record.shown_name, parsed.total)
     if parsed.total == 0:
         raise UnreadableFileError("file has a header but no data rows")
     return parsed

@@ -34,14 +34,14 @@ def _files_table(records: list[ImportRecord]) -> str:
     ]
     for r in records:
         lines.append(
-            f"| {r.partner_id} | {r.filename} | {r.status} | {r.rows_total or 0} | "
+            f"| {r.partner_id} | {r.shown_name} | {r.status} | {r.rows_total or 0} | "
             f"{r.rows_loaded or 0} | {r.rows_rejected or 0} | `{r.sha256[:12]}` | {r.reason or ''} |"
         )
     return "\n".join(lines)
 
 
 def _preview_table(records: list[ImportRecord]) -> str:
-    rows = [(r.filename, p) for r in records for p in r.preview][:10]
+    rows = [(r.shown_name, p) for r in records for p in r.preview][:10]
     if not rows:
         return "(no rows loaded)"
     columns = list(rows[0][1])
@@ -115,12 +115,12 @@ def partner_files(
             continue
         for record in found:
             context.log.info(
-                f"{partner_id}: {record.filename} -> {record.status} "
+                f"{partner_id}: {record.shown_name} -> {record.status} "
                 f"({record.rows_loaded or 0} loaded, {record.rows_rejected or 0} rejected)"
             )
             if record.status == "failed":
                 context.log.error(
-                    f"{partner_id}: {record.filename} failed ({(record.reason or '').split(':')[0]});"
+                    f"{partner_id}: {record.shown_name} failed ({(record.reason or '').split(':')[0]});"
                     " its reason is in the import ledger (`mdp imports list`)"
                 )
         records.extend(found)
@@ -151,7 +151,7 @@ def partner_files(
             "files": dg.MetadataValue.md(_files_table(records) if records else "no new files"),
             "rows_loaded": dg.MetadataValue.int(loaded_rows),
             "rows_rejected": dg.MetadataValue.int(rejected_rows),
-            "checksums": dg.MetadataValue.json({r.filename: r.sha256 for r in records}),
+            "checksums": dg.MetadataValue.json({r.shown_name: r.sha256 for r in records}),
             "preview": dg.MetadataValue.md(_preview_table(records)),
         },
     )
@@ -160,7 +160,7 @@ def partner_files(
         metadata={
             "full_files_with_members_left_out": dg.MetadataValue.json(
                 {
-                    r.filename: r.reason
+                    r.shown_name: r.reason
                     for r in records
                     if r.status == "loaded" and r.reason and "full file:" in r.reason
                 }
@@ -177,7 +177,7 @@ def partner_files(
             },
             "unreachable_partners": dg.MetadataValue.json(outages),
             "error_reports": dg.MetadataValue.json(
-                {r.filename: r.error_report_path for r in records if r.error_report_path}
+                {r.shown_name: r.error_report_path for r in records if r.error_report_path}
             ),
         },
     )
