@@ -21,6 +21,7 @@ from pathlib import Path
 from ingestion.partners.config import CsvOptions, Inbound
 from ingestion.partners.errors import UnreadableFileError
 from ingestion.partners.fields import DATE_FIELDS
+from mdp.phi import masked_ssns
 
 EXCEL_EPOCH = dt.date(1899, 12, 30)  # serial 1 = 1900-01-01 with Excel's 1900 leap-year bug
 
@@ -333,7 +334,8 @@ def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
             sheet = workbook[options.sheet]
         else:
             raise UnreadableFileError(
-                f"no sheet named {options.sheet!r}; the workbook has {workbook.sheetnames}"
+                f"no sheet named {options.sheet!r}; the workbook has"
+                f" {masked_ssns(str(workbook.sheetnames))}"
             )
         # the size a sheet states may be stale (exporters write it, some wrongly): read all
         sheet.reset_dimensions()

@@ -507,3 +507,18 @@ def test_a_file_without_its_identifier_column_is_quarantined_whatever_required_f
     path.write_text(",".join(header) + "\nAnn,Lee,01/02/1980,a@b.c,P,,\n")
     with pytest.raises(UnreadableFileError, match="missing required column"):
         list(read_rows(path, config.inbound))
+
+
+def test_a_missing_sheet_names_the_others_with_ssn_shaped_digits_masked(tmp_path):
+    # the reason reaches the ledger, the logs and the partner's note: a sheet named after a
+    # member was quoted whole
+    import openpyxl
+
+    workbook = openpyxl.Workbook()
+    workbook.active.title = "Ivo 456-78-9123"
+    path = tmp_path / "members_1.xlsx"
+    workbook.save(path)
+    with pytest.raises(UnreadableFileError) as caught:
+        list(read_rows(path, GLOBEX.inbound))
+    assert "no sheet named 'Members'" in caught.value.reason
+    assert "***-**-9123" in caught.value.reason and "456-78" not in caught.value.reason
