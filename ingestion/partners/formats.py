@@ -65,6 +65,11 @@ def _check_columns(inbound: Inbound, header: list[str]) -> list[int | None]:
     """Header position of each mapped field (None: absent); a missing required column is fatal."""
     if header and header[0].startswith("\ufeff"):  # a BOM the codec kept (utf-16-le, ...)
         header = [header[0].lstrip("\ufeff").strip(), *header[1:]]
+    if not any(cell.strip() for cell in header):
+        raise UnreadableFileError(
+            "the header row is blank: the file holds no column names"
+            " (a file of blank lines, or one starting with a blank line)"
+        )
     repeated = [
         f"'{source}' ({count} cells)"
         for source in inbound.column_mappings

@@ -82,6 +82,8 @@ def test_fixed_width_short_and_long_lines_are_row_problems_not_file_failures(tmp
     [
         (b"", "empty"),
         (b"Employee ID,First Name\nAB123456,Ann\n", "missing required column"),
+        (b"\n\n\n", "the header row is blank"),
+        (b"  \r\n\r\nEmployee ID\n", "the header row is blank"),
         (
             b"Employee ID,First Name,Last Name,Date of Birth\nAB123456,Ann,Lee,01/01/1980\n"
             + b"\xff\xfeAB,x,y,01/01/1980\n",
