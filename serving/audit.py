@@ -106,6 +106,7 @@ class AuditWriter:
         on_written: Callable[[int], None] | None = None,
         on_dropped: Callable[[int], None] | None = None,
         spool_dir: Path | None = None,
+        statement_timeout: str = "10s",
     ) -> None:
         self._params_source = params_source
         self.flush_interval = flush_interval
@@ -118,6 +119,7 @@ class AuditWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.spool_dir = spool_dir
+        self.statement_timeout = statement_timeout
         self._spooled: list[Path] = []  # files read at start, deleted once their rows are in
 
     @property
@@ -151,9 +153,21 @@ class AuditWriter:
             except asyncio.CancelledError:
                 pass
             self._task = None
-        # a short statement timeout: the stack stops a process that takes 15 s to go
-        if self._pending and not await self.flush(statement_timeout="2s"):
-            self._spool()
+        params = self._params_source()
+        await asyncio.to_thread(self._final_write, params)
+        if self._spooled and not self._pending:
+            self._remove_spooled()
+
+    def _final_write(self, params: ConnectionParams | None) -> None:
+        """In a worker thread, after any write under way: a batch that write took from the
+        queue is back in it if Postgres refused it (the queue looked empty while it was out,
+        and its rows were lost). Then one more try, with a short statement timeout (the
+        stack kills a process that takes 15 s to stop), and what is left goes to the spool."""
+        with self._writing:
+            if self._pending and params is not None:
+                self._write_batches(params, statement_timeout="2s")
+            if self._pending:
+                self._spool()
 
     def _read_spool(self) -> None:
         """Rows an earlier process could not write go first (deleted once written)."""
@@ -184,6 +198,7 @@ class AuditWriter:
             log.error("%d audit events not written nor spooled (%s)", count, type(exc).__name__)
             return
         self._pending.clear()
+        self._remove_spooled()  # the rows read from them are in the new file
         log.warning("%d audit events spooled to %s; the next start writes them", count, path)
 
     async def _run(self) -> None:
@@ -196,7 +211,7 @@ class AuditWriter:
             if self._pending and not await self.flush():
                 await asyncio.sleep(1.0)  # Postgres is down: retry without spinning
 
-    async def flush(self, statement_timeout: str = "10s") -> bool:
+    async def flush(self) -> bool:
         """Write every pending event; False (events kept) when the database cannot take them.
 
         The batches are COPied by psycopg2 in one worker-thread call: under full load a
@@ -205,12 +220,15 @@ class AuditWriter:
         params = self._params_source()
         if params is None:
             return False
-        written = await asyncio.to_thread(self._write_pending, params, statement_timeout)
+        written = await asyncio.to_thread(self._write_pending, params, self.statement_timeout)
         if written and self._spooled:
-            for path in self._spooled:
-                path.unlink(missing_ok=True)
-            self._spooled.clear()
+            self._remove_spooled()
         return written
+
+    def _remove_spooled(self) -> None:
+        for path in self._spooled:
+            path.unlink(missing_ok=True)
+        self._spooled.clear()
 
     def _write_pending(self, params: ConnectionParams, statement_timeout: str) -> bool:
         # runs in a worker thread. `record` only appends; removers take turns (a flush

@@ -61,10 +61,23 @@ def test_rows_postgres_cannot_take_at_shutdown_are_spooled_and_written_at_the_ne
     dropped: list[int] = []
 
     async def stop_while_locked() -> None:
-        writer = AuditWriter(lambda: database, on_dropped=dropped.append, spool_dir=spool)
+        writer = AuditWriter(
+            lambda: database,
+            flush_interval=0.05,
+            on_dropped=dropped.append,
+            spool_dir=spool,
+            statement_timeout="1s",
+        )
         writer.start()
         for event in events:
             writer.record(event)
+        # the writer takes the rows out of the queue to COPY them, and waits on the lock:
+        # stopping now once lost them (the queue looked empty)
+        for _ in range(100):
+            if not writer.pending:
+                break
+            await asyncio.sleep(0.02)
+        assert writer.pending == 0
         await writer.close()
 
     try:
