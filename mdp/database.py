@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode, urlparse
 import psycopg2
 import psycopg2.extensions
 
-from mdp.settings import Settings, load_settings, private_dir
+from mdp.settings import Settings, load_settings
 
 EMBEDDED_DATABASE = "mdp"
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
@@ -111,7 +111,7 @@ def start_embedded(settings: Settings) -> ConnectionParams:
     """Start (or find running) the embedded Postgres; it keeps running after we exit."""
     import pgserver
 
-    private_dir(settings.pgdata_dir.parent)
+    settings.pgdata_dir.parent.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(settings.pgdata_dir, cleanup_mode=None)
     params = ConnectionParams.from_url(server.get_uri())
     ensure_database(params, EMBEDDED_DATABASE)

@@ -98,12 +98,27 @@ def secret(name: str, settings: Settings | None = None) -> str:
 
 
 def private_dir(path: Path) -> Path:
-    """A folder only its owner can enter (made so if it exists): the state folder and the
-    archive hold partner files with members' names, birth dates and SSNs in clear."""
+    """A folder only its owner can enter (made so if it exists): the archive, the partners'
+    SFTP homes and the load packages hold members' names, birth dates and SSNs in clear."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     if path.stat().st_mode & 0o077:
         path.chmod(0o700)
     return path
+
+
+def protect_state(state_dir: Path) -> None:
+    """Everything in the state folder owner-only, except the embedded Postgres' data folder
+    (Postgres keeps it 0700 itself). The state folder itself stays enterable: run as root,
+    pgserver runs Postgres as its own user, which must pass through it to its data (pgserver
+    opens it up on every start; closed, Postgres stopped the next time it checked)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    for child in state_dir.iterdir():
+        if child.name == "pgdata" or child.is_symlink():
+            continue
+        if child.is_dir():
+            private_dir(child)
+        elif child.stat().st_mode & 0o077:
+            child.chmod(0o600)
 
 
 def local_secret(state_dir: Path, name: str) -> str:
@@ -114,8 +129,7 @@ def local_secret(state_dir: Path, name: str) -> str:
     path = state_dir / "secrets" / name
     if path.exists():
         return path.read_text().strip()
-    private_dir(state_dir)
-    path.parent.mkdir(exist_ok=True, mode=0o700)
+    private_dir(path.parent)
     value = secrets.token_urlsafe(24)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ingestion.partners.config import load_partner_configs
 from mdp.database import connection_params, stop_embedded
-from mdp.settings import Settings, local_secret, private_dir
+from mdp.settings import Settings, local_secret, protect_state
 
 STACK_ENV = "stack.env"
 MASKED = "***"
@@ -276,7 +276,7 @@ def load_stack_env(settings: Settings) -> None:
 def stack_up(settings: Settings, with_api: bool = True) -> dict[str, object]:
     from ingestion.partners import ensure_raw_tables
 
-    private_dir(settings.state_dir)
+    protect_state(settings.state_dir)
     params = connection_params(settings)
     ensure_raw_tables(params, settings.state_dir / "dlt")
     write_stack_env(settings)
@@ -285,6 +285,7 @@ def stack_up(settings: Settings, with_api: bool = True) -> dict[str, object]:
         start_service(settings, service)
     if with_api:
         start_service(settings, api_service(settings), host=settings.api_host)
+    protect_state(settings.state_dir)  # and what the services made (SFTP homes, logs)
     return stack_status(settings)
 
 

@@ -11,7 +11,7 @@ import re
 _GENERATED_ID = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
     r"|[0-7][0-9A-HJKMNP-TV-Za-hjkmnp-tv-z]{25}"
-    r"|[0-9a-fA-F]{16,64}"
+    r"|(?=[0-9]*[a-fA-F])[0-9a-fA-F]{16,64}"  # with a letter: digits alone may hide an SSN
 )
 # nine digits shaped like an SSN, even inside hex ("abc123456789def0")
 _SSN_SHAPED = re.compile(r"(?<![0-9])[0-9]{3}[0-9]{2}[0-9]{4}(?![0-9])")

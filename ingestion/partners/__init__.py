@@ -65,8 +65,23 @@ def partner_pipeline(
     )
 
 
+SETUP_LOCK = "mdp.ensure_raw_tables"
+
+
 def ensure_raw_tables(params: ConnectionParams, pipelines_dir: Path) -> None:
-    """Create the raw tables with every column before any file arrives, so dbt can build."""
+    """Create the raw tables with every column before any file arrives, so dbt can build.
+
+    One process at a time (every `mdp run` sets up): two at once shared the dlt pipelines'
+    folder, and the second crashed on a load package the first had just finished."""
+    with connect(params, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute("select pg_advisory_lock(hashtext(%s))", (SETUP_LOCK,))
+        try:
+            _create_raw_tables(params, pipelines_dir)
+        finally:
+            cur.execute("select pg_advisory_unlock(hashtext(%s))", (SETUP_LOCK,))
+
+
+def _create_raw_tables(params: ConnectionParams, pipelines_dir: Path) -> None:
     from ingestion.partners.validation import MEMBER_ARROW_SCHEMA
     from mdp.schema import ensure_schema
 

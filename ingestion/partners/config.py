@@ -180,7 +180,15 @@ class RemoteLocation(_Strict):
     password_env: str | None = None
     key_env: str | None = None
     # absolute: a relative one would be read from the login's home, wherever that is
-    path: Annotated[str, Field(pattern=r"^/")] = "/outbound"
+    path: str = "/outbound"
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_and_plain(cls, value: str) -> str:
+        # a relative path would be read from the login's home, wherever that is
+        if not value.startswith("/") or ".." in value.split("/"):
+            raise ValueError(f"{value!r}: give the folder's absolute path, without '..'")
+        return value
 
     @model_validator(mode="after")
     def _needs_a_credential(self) -> RemoteLocation:
@@ -350,7 +358,7 @@ class Inbound(_Strict):
     transport: Literal["sftp_push", "sftp_pull"]
     location: RemoteLocation | None = None
     schedule: Annotated[str, AfterValidator(_cron)] = "0 * * * *"  # pull partners: poll times
-    filename_pattern: Annotated[str, Field(min_length=1)] = "*"
+    filename_pattern: Annotated[str, Field(pattern=r"\S")] = "*"
     format: Format
     csv: CsvOptions | None = None
     xlsx: XlsxOptions | None = None
@@ -414,9 +422,16 @@ class Inbound(_Strict):
             if getattr(self, section) is not None and self.format != wanted:
                 problem = f"options for format {wanted}, but this partner's format is {self.format}"
                 raise _problems("Inbound", [((section,), problem, section)])
-        if self.location is not None and self.transport != "sftp_pull":
-            problem = "a location is where a pull partner's own server is: transport is sftp_push"
-            raise _problems("Inbound", [(("location",), problem, "location")])
+        if self.transport != "sftp_pull":
+            pull_only = {
+                "location": "a location is where a pull partner's own server is",
+                "schedule": "a schedule is when a pull partner is polled (push files are"
+                " picked up by the inbox sensor)",
+            }
+            for key, meaning in pull_only.items():
+                if key in self.model_fields_set:
+                    problem = f"{meaning}: transport is sftp_push"
+                    raise _problems("Inbound", [((key,), problem, key)])
         if self.format == "x12_834":
             self._check_x12()
         if self.transport == "sftp_pull" and self.location is None:

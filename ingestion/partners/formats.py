@@ -70,15 +70,17 @@ def _check_columns(inbound: Inbound, header: list[str]) -> list[int | None]:
             "the header row is blank: the file holds no column names"
             " (a file of blank lines, or one starting with a blank line)"
         )
+    loose_header = [_loosely(cell) for cell in header]
     repeated = [
         f"'{source}' ({count} cells)"
         for source in inbound.column_mappings
-        if (count := header.count(source)) > 1
+        if (count := loose_header.count(_loosely(source))) > 1
     ]
     if repeated:
         raise UnreadableFileError(
-            f"configured column(s) {', '.join(repeated)} appear more than once in the header:"
-            " which cell holds the field is unclear"
+            f"configured column(s) {', '.join(repeated)} appear more than once in the header"
+            " (names alike but for case or spacing count as the same): which cell holds the"
+            " field is unclear"
         )
     positions = _header_positions(list(inbound.column_mappings), header)
     missing = [

@@ -227,7 +227,8 @@ class _Reader:
                 _member_segment(member, tag, elements, separators)
         if member is not None or self.transaction is not None:
             raise UnreadableFileError(
-                f"the file ends inside transaction set {self.transaction or '?'} after segment"
+                f"the file ends inside transaction set {_shown(self.transaction or '?')} after"
+                " segment"
                 f" {position} (no SE/IEA): truncated?"
             )
         if self.interchange is not None:
@@ -265,7 +266,7 @@ class _Reader:
             kind = _element(elements, 1)
             if kind != "834":
                 raise UnreadableFileError(
-                    f"segment {position} opens a {_shown(kind) if kind else 'unnamed'}"
+                    f"segment {position} opens a {_shown(kind, longest=3) if kind else 'unnamed'}"
                     " transaction set; this"
                     " partner sends 834 benefit enrollment files"
                 )
@@ -282,11 +283,13 @@ class _Reader:
             self.transaction = None
 
 
-def _shown(value: str) -> str:
+def _shown(value: str, longest: int = 9) -> str:
     """An envelope value as a reason quotes it: a code or control number as X12 has them (up
-    to 9 letters or digits), else only its length. Reasons reach the ledger, the logs and the
-    partner's quarantine note, and a value out of place may be a member's name or SSN."""
-    return value if _ENVELOPE_CODE.fullmatch(value) else f"<{len(value)} characters>"
+    to `longest` letters or digits: control numbers have 9), else only its length. Reasons
+    reach the ledger, the logs and the partner's quarantine note, and a value out of place
+    may be a member's name or SSN."""
+    fits = value == "?" or (len(value) <= longest and _ENVELOPE_CODE.fullmatch(value))
+    return value if fits else f"<{len(value)} characters>"
 
 
 def _check_trailer(

@@ -34,3 +34,21 @@ def test_a_private_folder_is_made_so_whether_new_or_there_already(tmp_path):
     loose.mkdir(mode=0o777)
     loose.chmod(0o777)
     assert _mode(private_dir(loose)) == 0o700
+
+
+def test_the_state_folder_keeps_its_contents_owner_only_but_stays_enterable(tmp_path):
+    # run as root, pgserver runs Postgres as its own user, which must pass through the state
+    # folder to its data: closing the folder itself stopped Postgres
+    from mdp.settings import protect_state
+
+    state = tmp_path / "state"
+    for name in ("sftp", "dagster", "pgdata"):
+        (state / name).mkdir(parents=True, mode=0o755)
+        (state / name).chmod(0o755)
+    (state / "stack.env").write_text("X=1\n")
+    (state / "stack.env").chmod(0o644)
+    state.chmod(0o755)
+    protect_state(state)
+    assert (_mode(state / "sftp"), _mode(state / "dagster")) == (0o700, 0o700)
+    assert _mode(state / "stack.env") == 0o600
+    assert (_mode(state), _mode(state / "pgdata")) == (0o755, 0o755)  # left as they were

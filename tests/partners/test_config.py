@@ -69,7 +69,9 @@ def test_the_shipped_partner_configs_are_valid():
             "inbound.csv.columns",
             "'ID' given more than once",
         ),
-        ("inbound:\n  filename_pattern: ''\n", "inbound.filename_pattern", "at least 1"),
+        ("inbound:\n  filename_pattern: ''\n", "inbound.filename_pattern", "should match"),
+        ("inbound:\n  filename_pattern: '  '\n", "inbound.filename_pattern", "should match"),
+        ("inbound:\n  schedule: '0 * * * *'\n", "inbound.schedule", "transport is sftp_push"),
         (
             "inbound:\n  location: {host_env: H, username_env: U, password_env: P}\n",
             "inbound.location",
@@ -370,3 +372,21 @@ def test_a_pull_schedule_that_is_not_cron_is_refused_at_load(tmp_path, schedule)
         load_partner_config(path)
     [problem] = caught.value.problems
     assert problem.key_path == "inbound.schedule" and "not a cron schedule" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("location", "words"),
+    [("port: 70000", "less than or equal to 65535"), ("path: outbound", "absolute path"),
+     ("path: /outbound/../etc", "without '..'")],
+)  # fmt: skip
+def test_a_pull_location_that_cannot_be_reached_is_refused(tmp_path, location, words):
+    text = (REPO / "partner_configs" / "initech.yaml").read_text()
+    key = location.split(":")[0]
+    lines = [line for line in text.splitlines() if not line.strip().startswith(f"{key}:")]
+    at = next(i for i, line in enumerate(lines) if line.strip() == "location:")
+    lines.insert(at + 1, f"    {location}")
+    (tmp_path / "initech.yaml").write_text("\n".join(lines) + "\n")
+    problems = load_partner_configs(tmp_path).problems
+    assert any(p.key_path == f"inbound.location.{key}" and words in p.message for p in problems), (
+        problems
+    )

@@ -280,13 +280,13 @@ def test_header_names_match_whatever_their_case_and_spacing_unless_ambiguous(tmp
     assert batch.columns["employee_id"].to_pylist() == ["EMP00001"]
     assert batch.columns["first_name"].to_pylist() == ["Ann"]
     assert batch.columns["date_of_birth"].to_pylist() == ["01/02/1980"]
-    # two cells that could each be "First Name": neither is taken
-    path.write_text(
-        "Employee ID,FIRST NAME,first name,Last Name,Date of Birth\nEMP00001,A,B,Lee,01/02/1980\n"
-    )
-    with pytest.raises(UnreadableFileError) as caught:
-        _read_all(path, ACME.inbound, arrow)
-    assert "missing required column(s) 'First Name' (for first_name)" in caught.value.reason
+    # two cells that could each be "First Name" (even if one matches exactly): neither is
+    # taken, the file is refused
+    for header in ("Employee ID,FIRST NAME,first name", "Employee ID,First Name,FIRST NAME"):
+        path.write_text(f"{header},Last Name,Date of Birth\nEMP00001,A,B,Lee,01/02/1980\n")
+        with pytest.raises(UnreadableFileError) as caught:
+            _read_all(path, ACME.inbound, arrow)
+        assert "'First Name' (2 cells) appear more than once" in caught.value.reason
 
 
 @pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])

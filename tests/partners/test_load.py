@@ -254,3 +254,34 @@ def test_two_loads_of_one_partner_at_once_take_turns_instead_of_failing(platform
     assert not errors, errors  # before: UniqueViolation on (partner_id, employee_id)
     loaded = {k: v[0] for k, v in _loaded(platform).items() if k.startswith("T")}
     assert loaded == {"T1": "first", "T2": "second", "T3": "second"}
+
+
+def test_set_up_waits_for_another_process_setting_up(tmp_path):
+    """Every `mdp run` creates the raw tables; two at once shared the dlt pipelines' folder,
+    and the second crashed on a load package the first had just finished."""
+    import threading
+
+    import psycopg2
+
+    from ingestion.partners import SETUP_LOCK, ensure_raw_tables
+    from tests.conftest import fresh_database
+
+    with fresh_database("mdp_setup") as params:
+        other = psycopg2.connect(params.dsn())
+        other.autocommit = True
+        with other.cursor() as cur:
+            cur.execute("select pg_advisory_lock(hashtext(%s))", (SETUP_LOCK,))
+        done = threading.Event()
+        setting_up = threading.Thread(
+            target=lambda: (ensure_raw_tables(params, tmp_path / "dlt"), done.set())
+        )
+        setting_up.start()
+        try:
+            assert not done.wait(1.0), "set-up did not wait for the other one"
+        finally:
+            other.close()  # its session ends: the lock is released
+        setting_up.join(120)
+        assert done.is_set()
+        with psycopg2.connect(params.dsn()) as conn, conn.cursor() as cur:
+            cur.execute("select to_regclass('raw_partners.enrollment_members') is not null")
+            assert cur.fetchone()[0]

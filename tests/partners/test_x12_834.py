@@ -262,6 +262,19 @@ def test_an_envelope_value_out_of_place_is_not_quoted_in_the_reason(config, tmp_
         rows_of(content, config, tmp_path)
     assert "opens a <30 characters> transaction set" in caught.value.reason
     assert "Hildegard" not in caught.value.reason and "8901" not in caught.value.reason
+    for opened, shown in (
+        (b"ST*123456789*0001", "opens a <9 characters>"),
+        (b"ST*834*Ann Lee 345-67-8901", "inside transaction set <19 characters>"),
+    ):
+        cut = interchange(member("00012345", "DOE", "JANE", "19800214")).replace(
+            b"ST*834*0001", opened
+        )
+        if b"Ann" in opened:
+            cut = cut[: cut.index(b"SE*")]  # ends inside the transaction set
+        with pytest.raises(UnreadableFileError) as caught:
+            rows_of(cut, config, tmp_path)
+        assert shown in caught.value.reason and "6789" not in caught.value.reason
+        assert "8901" not in caught.value.reason
 
 
 def test_the_config_refuses_what_an_834_does_not_have(tmp_path):

@@ -604,6 +604,7 @@ def test_a_request_id_that_could_carry_an_ssn_is_replaced(client: TestClient, ke
         ("01ARZ3NDEKTSV4RRFFQ69G5FAV", True),
         ("4bf92f3577b34da6a3ce929d0e0e4736", True),
         ("abc123456789def0", False),
+        ("1234567890000000", False),  # digits only: an SSN and padding
     ):
         headers = {**bearer(keys, "acme_corp"), "X-Request-ID": sent}
         response = client.post(CHECK, json=body, headers=headers)

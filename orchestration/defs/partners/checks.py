@@ -3,6 +3,7 @@
 import dagster as dg
 
 from mdp.database import connect
+from mdp.phi import masked_ssns
 from orchestration.defs.partners.assets import IMPORTS_KEY
 from orchestration.resources import PlatformResource
 
@@ -21,7 +22,11 @@ def no_stuck_imports(platform: PlatformResource) -> dg.AssetCheckResult:
         stuck = cur.fetchall()
     return dg.AssetCheckResult(
         passed=not stuck,
-        metadata={"stuck_files": dg.MetadataValue.json([list(row) for row in stuck][:20])},
+        metadata={
+            "stuck_files": dg.MetadataValue.json(
+                [[file_id, masked_ssns(name), status] for file_id, name, status in stuck][:20]
+            )
+        },
     )
 
 
