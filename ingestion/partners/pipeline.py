@@ -275,15 +275,6 @@ def _load_file(
 ) -> tuple[ParsedFile, MemberLoad]:
     """One attempt at the file: every chunk merged in one transaction, committed at the end."""
     kept = absent_fields(path, config.inbound)
-    if kept:
-        # config names only (no PHI): a renamed or dropped column is the partner's to fix
-        note = (
-            f"no column for {', '.join(kept)} (configured: "
-            + ", ".join(repr(s) for s, t in config.inbound.column_mappings.items() if t in kept)
-            + "): the stored values of those fields were kept"
-        )
-        _note(record, note)
-        log.warning("%s: %s: %s", config.partner_id, record.shown_name, note)
     with MemberLoad(
         params,
         config.partner_id,
@@ -301,6 +292,15 @@ def _load_file(
                 _record_left_out(load, parsed, config, record, hold)
         before_commit(parsed)  # the error report goes out while the last chunk merges
         load.commit()
+    if kept:  # said once the file loaded: a file quarantined after all kept nothing
+        # config names only (no PHI): a renamed or dropped column is the partner's to fix
+        note = (
+            f"no column for {', '.join(kept)} (configured: "
+            + ", ".join(repr(s) for s, t in config.inbound.column_mappings.items() if t in kept)
+            + "): the stored values of those fields were kept"
+        )
+        _note(record, note)
+        log.warning("%s: %s: %s", config.partner_id, record.shown_name, note)
     if load.superseded:
         _note(
             record,

@@ -326,7 +326,7 @@ def test_a_blank_line_met_after_the_first_chunk_merged_reloads_the_file_once_by_
     assert reported == {line + (line >= blank_at) for line in generated.bad_rows}
 
 
-def test_a_file_without_an_optional_column_keeps_its_members_stored_values(platform):
+def test_a_file_without_an_optional_column_keeps_its_members_stored_values(platform, caplog):
     # the merge replaces whole rows: a renamed header (Email -> E-mail) used to null every
     # stored email of the file's members, with no word anywhere
     acme = platform.configs["acme_corp"]
@@ -355,6 +355,16 @@ def test_a_file_without_an_optional_column_keeps_its_members_stored_values(platf
         " where partner_id = 'acme_corp' and employee_id = 'DRIFT001'"
     )
     assert stored == [("ann@x.example", "P2")]
+    # a file that lacks the column and is quarantined kept nothing: its reason says only why
+    # it was not read
+    third = renamed + [["DRIFT001", "Ann", "Lee", "01/02/1980", "x", "P3", "", "", "extra"]]
+    third[0] = third[0] + ["Employee ID"]  # the id column twice: unreadable
+    platform.upload("acme_corp", "enrollment_drift_3.csv", content(third))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ingestion.partners.pipeline"):
+        [record] = _import(platform, "acme_corp")
+    assert record.status == "quarantined" and "kept" not in (record.reason or "")
+    assert not [r for r in caplog.records if "were kept" in r.getMessage()]
 
 
 def test_a_re_enrollment_in_a_file_without_an_end_column_does_not_inherit_the_old_end(
