@@ -1,6 +1,9 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
 SHELL := /bin/bash
-PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do command -v $$p >/dev/null && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && echo $$p && break; done)
+# found once (`:=`), quietly: a pyenv shim answers `command -v` for versions it cannot run
+ifndef PYTHON
+PYTHON := $(shell for p in python3.13 python3.12 python3.11 python3; do command -v $$p >/dev/null && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo $$p && break; done)
+endif
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
@@ -33,8 +36,8 @@ down: $(STAMP)  ## stop the local stack
 status: $(STAMP)
 	$(BIN)/mdp stack status
 
-bench: $(STAMP)  ## benchmarks: figures and ratios against baselines
-	$(BIN)/python -m bench
+bench: $(STAMP)  ## benchmarks: figures and ratios against baselines (BENCH_ARGS="--quick" etc.)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -31,7 +31,8 @@ def _settings() -> Settings:
     from mdp.stack import load_stack_env
 
     settings = _load_settings()
-    load_stack_env(settings)
+    if load_stack_env(settings):
+        settings = _load_settings()  # the stack's ports, when this shell did not set them
     return settings
 
 

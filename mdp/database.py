@@ -109,10 +109,16 @@ class ConnectionParams:
 
 def start_embedded(settings: Settings) -> ConnectionParams:
     """Start (or find running) the embedded Postgres; it keeps running after we exit."""
-    import pgserver
+    import warnings
 
     settings.pgdata_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(settings.pgdata_dir, cleanup_mode=None)
+    with warnings.catch_warnings():
+        # pgserver keeps a lock file in the user's runtime folder; without XDG_RUNTIME_DIR
+        # (a container, a cron job) it uses /tmp, and says so on every command
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import pgserver
+
+        server = pgserver.get_server(settings.pgdata_dir, cleanup_mode=None)
     params = ConnectionParams.from_url(server.get_uri())
     ensure_database(params, EMBEDDED_DATABASE)
     return ConnectionParams(

@@ -246,9 +246,20 @@ def device_env(settings: Settings) -> dict[str, str]:
     }
 
 
+def port_env(settings: Settings) -> dict[str, str]:
+    """The ports the stack was started on: a shell without the exports that chose them
+    (`mdp stack status`, `mdp run`) finds the stack where it is, not on the defaults."""
+    return {
+        "MDP_SFTP_PORT": str(settings.sftp_port),
+        "MDP_PULL_SFTP_PORT": str(settings.pull_sftp_port),
+        "MDP_API_PORT": str(settings.api_port),
+        "MDP_FITBIT_EMULATOR_PORT": str(settings.fitbit_emulator_port),
+    }
+
+
 def write_stack_env(settings: Settings) -> Path:
     path = settings.state_dir / STACK_ENV
-    env = {**pull_partner_env(settings), **device_env(settings)}
+    env = {**port_env(settings), **pull_partner_env(settings), **device_env(settings)}
     lines = [f"{k}={v}" for k, v in sorted(env.items())]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -261,16 +272,20 @@ def write_stack_env(settings: Settings) -> Path:
 _loaded_from_stack_env: set[str] = set()
 
 
-def load_stack_env(settings: Settings) -> None:
-    """Fill in env vars the local stack provides, never overriding ones the user set."""
+def load_stack_env(settings: Settings) -> bool:
+    """Fill in env vars the local stack provides, never overriding ones the user set;
+    whether any changed (settings read before then are stale)."""
     path = settings.state_dir / STACK_ENV
     if not path.exists():
-        return
+        return False
+    changed = False
     for line in path.read_text().splitlines():
         name, sep, value = line.partition("=")
         if sep and name and (not os.environ.get(name) or name in _loaded_from_stack_env):
+            changed |= os.environ.get(name) != value
             os.environ[name] = value
             _loaded_from_stack_env.add(name)
+    return changed
 
 
 def stack_up(settings: Settings, with_api: bool = True) -> dict[str, object]:

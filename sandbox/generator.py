@@ -1119,3 +1119,33 @@ def write_demo_world(
         (folder / generated.filename).write_bytes(generated.content)
         files[partner_id] = generated
     return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m sandbox.generator PARTNER [--rows N] [--bad-share S] [--seed K] [--out DIR]`:
+    one file as the partner would send it, named by its filename pattern, to upload by hand."""
+    import argparse
+
+    from ingestion.partners.config import load_partner_configs
+    from mdp.settings import load_settings
+
+    parser = argparse.ArgumentParser(prog="python -m sandbox.generator", description=main.__doc__)
+    parser.add_argument("partner", help="a partner_id from partner_configs/")
+    parser.add_argument("--rows", type=int, default=100)
+    parser.add_argument("--bad-share", type=float, default=0.1, help="share of bad rows (0-1)")
+    parser.add_argument("--seed", type=int, default=0, help="same seed, same members")
+    parser.add_argument("--out", type=Path, default=Path("."), help="folder to write it in")
+    args = parser.parse_args(argv)
+    configs = load_partner_configs(load_settings().partner_config_dir).configs
+    if args.partner not in configs:
+        parser.error(f"unknown partner {args.partner!r}; configured: {', '.join(sorted(configs))}")
+    config = configs[args.partner]
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / partner_filename(config, dt.date.today(), 1 + args.seed % 999)
+    written = write_partner_file(config, path, args.rows, bad_share=args.bad_share, seed=args.seed)
+    print(f"{written.path}: {args.rows} rows, {len(written.bad_rows)} bad")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -263,7 +263,7 @@ def test_a_rewritten_stack_env_replaces_what_the_old_one_set_but_not_the_users_o
     monkeypatch.delenv("CLI_TEST_PORT", raising=False)
     monkeypatch.setenv("CLI_TEST_USER_SET", "mine")
     settings = load_settings()
-    settings.state_dir.mkdir(parents=True)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
     stack_env = settings.state_dir / STACK_ENV
     stack_env.write_text("CLI_TEST_PORT=2223\nCLI_TEST_USER_SET=stack\n")
     load_stack_env(settings)
@@ -357,3 +357,26 @@ def test_the_sandbox_fitbit_secret_is_passed_in_the_environment_not_on_the_comma
     monkeypatch.setenv("FITBIT_CLIENT_SECRET", secret)
     _add_arguments(parser)
     assert parser.parse_args([]).client_secret == secret
+
+
+def test_a_shell_without_the_port_exports_finds_the_stack_where_it_was_started(
+    cli_env, monkeypatch
+):
+    """`MDP_API_PORT=48000 ... mdp stack up`, then in a new shell `mdp stack status`: it
+    showed the default ports (and "up", for whatever else listened there)."""
+    from mdp.cli import _settings
+    from mdp.stack import write_stack_env
+
+    monkeypatch.setenv("MDP_SFTP_PORT", "42222")
+    monkeypatch.setenv("MDP_API_PORT", "48000")
+    started = load_settings()
+    started.state_dir.mkdir(parents=True, exist_ok=True)
+    write_stack_env(started)
+    for name in ("MDP_SFTP_PORT", "MDP_PULL_SFTP_PORT", "MDP_API_PORT", "MDP_FITBIT_EMULATOR_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    settings = _settings()
+    assert (settings.sftp_port, settings.api_port) == (42222, 48000)
+    # another shell (a new process) that sets the port itself: its own wins
+    monkeypatch.setattr("mdp.stack._loaded_from_stack_env", set())
+    monkeypatch.setenv("MDP_API_PORT", "49000")
+    assert _settings().api_port == 49000

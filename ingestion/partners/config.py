@@ -423,13 +423,20 @@ class Inbound(_Strict):
                 problem = f"options for format {wanted}, but this partner's format is {self.format}"
                 raise _problems("Inbound", [((section,), problem, section)])
         if self.transport != "sftp_pull":
+            # as given (a config dumped whole and read again holds every default)
             pull_only = {
-                "location": "a location is where a pull partner's own server is",
-                "schedule": "a schedule is when a pull partner is polled (push files are"
-                " picked up by the inbox sensor)",
+                "location": (
+                    self.location is not None,
+                    "a location is where a pull partner's own server is",
+                ),
+                "schedule": (
+                    self.schedule != type(self).model_fields["schedule"].default,
+                    "a schedule is when a pull partner is polled (push files are picked up"
+                    " by the inbox sensor)",
+                ),
             }
-            for key, meaning in pull_only.items():
-                if key in self.model_fields_set:
+            for key, (given, meaning) in pull_only.items():
+                if given:
                     problem = f"{meaning}: transport is sftp_push"
                     raise _problems("Inbound", [((key,), problem, key)])
         if self.format == "x12_834":

@@ -71,7 +71,7 @@ def test_the_shipped_partner_configs_are_valid():
         ),
         ("inbound:\n  filename_pattern: ''\n", "inbound.filename_pattern", "should match"),
         ("inbound:\n  filename_pattern: '  '\n", "inbound.filename_pattern", "should match"),
-        ("inbound:\n  schedule: '0 * * * *'\n", "inbound.schedule", "transport is sftp_push"),
+        ("inbound:\n  schedule: '*/5 * * * *'\n", "inbound.schedule", "transport is sftp_push"),
         (
             "inbound:\n  location: {host_env: H, username_env: U, password_env: P}\n",
             "inbound.location",

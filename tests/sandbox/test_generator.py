@@ -470,3 +470,12 @@ def test_contact_fields_are_filled_when_a_partner_sends_them() -> None:
 def test_overrides_for_fields_the_file_does_not_carry_are_refused() -> None:
     with pytest.raises(ValueError, match="does not carry"):
         generate_partner_file(CONFIGS["acme_corp"], 5, overrides={"E0000001": {"phone": "1"}})
+
+
+def test_the_command_line_writes_one_file_named_as_the_partner_names_them(tmp_path, capsys):
+    from sandbox.generator import main
+
+    assert main(["acme_corp", "--rows", "40", "--bad-share", "0.25", "--out", str(tmp_path)]) == 0
+    [written] = list(tmp_path.iterdir())
+    assert written.name.startswith("enrollment_") and written.suffix == ".csv"
+    assert "40 rows, 10 bad" in capsys.readouterr().out
