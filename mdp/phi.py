@@ -32,12 +32,14 @@ def normalize_ssn(value: str) -> str | None:
     return digits if len(digits) == 9 and digits.isascii() and digits.isdigit() else None
 
 
-# nine digits shaped like an SSN (123-45-6789, 123_45_6789, 123456789), not inside a longer
-# run of digits (a date stamp such as 20261129 is not one)
+# nine digits shaped like an SSN (123-45-6789, 123 45 6789, 123_45_6789, 123456789), not
+# inside a longer run of digits (a date stamp such as 20261129 is not one); 3-2-4 with the same
+# separator twice (a ZIP+4, 62701-1234, is not one)
 _SSN_SHAPED = re.compile(r"(?<![0-9])[0-9]{3}([-. _]?)[0-9]{2}\1([0-9]{4})(?![0-9])")
 
 
 def masked_ssns(text: str) -> str:
-    """Text a partner chose (a file name) as logs and Dagster show it: an SSN-shaped run of
-    digits kept to its last 4. The import ledger keeps the name as it is."""
+    """Text a partner or caller chose (a file name, a quoted value, a request id) as logs,
+    reasons and Dagster show it: an SSN-shaped run of digits kept to its last 4. The import
+    ledger keeps a file's name as it is."""
     return _SSN_SHAPED.sub(r"***-**-\2", text)

@@ -10,7 +10,6 @@ bounds), then the SSN's digits, then a missing or repeated member identifier.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -23,7 +22,7 @@ from ingestion.partners.column_checks import parse_dates, positions, regex_match
 from ingestion.partners.config import FieldRule, PartnerConfig
 from ingestion.partners.fields import CANONICAL_FIELDS, DATE_FIELDS, STORED_MEMBER_FIELDS
 from ingestion.partners.formats import NOT_IN_ROSTER, mapped_fields
-from mdp.phi import keyed_hash, normalize_ssn
+from mdp.phi import keyed_hash, masked_ssns, normalize_ssn
 
 MEMBER_ARROW_SCHEMA = pa_arrow.schema(
     [pa_arrow.field("partner_id", pa_arrow.string(), nullable=False)]
@@ -43,9 +42,6 @@ MEMBER_ARROW_SCHEMA = pa_arrow.schema(
 )
 
 ISO_DATE = "%Y-%m-%d"
-# 9 digits, as 123-45-6789, 123 45 6789 or 123456789, not inside a longer run of digits
-# nine digits, or 3-2-4 with the same separator twice (a ZIP+4, 62701-1234, is not one)
-_SSN_SHAPED = re.compile(r"(?<!\d)\d{3}([-. ]?)\d{2}\1(\d{4})(?!\d)")
 # the same shapes for Arrow's RE2 (no look-behind, no back-references)
 _SSN_SHAPED_RE2 = (
     r"(^|[^0-9])([0-9]{9}|[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3}\.[0-9]{2}\.[0-9]{4}"
@@ -274,7 +270,7 @@ class RowValidator:
     def _shown(self, value: object) -> str:
         """A value as a message quotes it. A partner may put an SSN in the wrong column: an
         SSN-shaped run of digits is masked to its last 4."""
-        return _SSN_SHAPED.sub(r"***-**-\2", repr(value))
+        return masked_ssns(repr(value))
 
     def _flag_repeated_ids(
         self, lines: pa_arrow.Array, keys: pa_arrow.Array, errors: Errors
