@@ -33,7 +33,12 @@ from mdp.settings import Settings, load_settings
 from serving.api_keys import KEYS_CHANGED_CHANNEL
 from serving.apple_upload import UPLOAD_PATH, AppleUploads
 from serving.audit import AuditWriter, check_event
-from serving.auth import Authenticator, Unauthorized
+from serving.auth import (
+    AUTH_FAILURES_PER_MINUTE,
+    Authenticator,
+    KeyLookupWithheld,
+    Unauthorized,
+)
 from serving.bodies import declared_too_large
 from serving.cache import MISSING, LookupCache, cache_entry, from_cache_entry
 from serving.device_connect import AUTHORIZE_PATH, CALLBACK_PATH, DeviceConnect
@@ -98,6 +103,7 @@ class Runtime:
         audit_flush_interval: float,
         pool_min_size: int,
         pool_max_size: int,
+        auth_failures_per_minute: int,
     ) -> None:
         self.settings = settings
         self.params = params
@@ -113,6 +119,10 @@ class Runtime:
         self.member_lookups = MemberLookups()
         self.authenticator = Authenticator(ttl_seconds=auth_cache_ttl)
         self.rate_limiter = RateLimiter()
+        # failed authentications per client address: past the limit, only keys already
+        # known good are accepted, and nothing the client sends reaches the database
+        self.auth_failures = RateLimiter()
+        self.auth_failures_per_minute = auth_failures_per_minute
         self.audit = self._new_audit_writer()
         self.pool: asyncpg.Pool | None = None
         self._listener: asyncpg.Connection | None = None
@@ -395,12 +405,24 @@ async def check_eligibility(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     metrics = runtime.metrics
     headers = {"X-Request-ID": _request_id(request.headers.get("x-request-id"))}
+    client = request.client.host if request.client else "unknown"
+    failures_allowed = runtime.auth_failures_per_minute
+    throttled = runtime.auth_failures.wait(client, failures_allowed)
     try:
         principal = await runtime.authenticator.authenticate(
-            request.headers.get("authorization"), runtime.pool
+            request.headers.get("authorization"), runtime.pool, lookup=not throttled
         )
+    except KeyLookupWithheld:
+        metrics.auth_failures.labels("throttled").inc()
+        headers["Retry-After"] = retry_after_header(throttled)
+        detail = (
+            f"more than {failures_allowed} failed authentications a minute from this address;"
+            " keys it has not used successfully are not checked until then"
+        )
+        return _error(429, "rate_limited", detail, headers)
     except Unauthorized as exc:
         metrics.auth_failures.labels(exc.reason).inc()
+        runtime.auth_failures.acquire(client, failures_allowed)
         headers["WWW-Authenticate"] = "Bearer"
         return _error(401, "unauthorized", exc.detail, headers)
     except DatabaseUnavailable as exc:
@@ -500,6 +522,7 @@ def create_app(
     audit_flush_interval: float = 0.2,
     pool_min_size: int = 2,
     pool_max_size: int = 10,
+    auth_failures_per_minute: int = AUTH_FAILURES_PER_MINUTE,
     fitbit_client_secret: str | None = None,
     fitbit_verification_code: str | None = None,
     garmin_client_id: str | None = None,
@@ -519,6 +542,7 @@ def create_app(
         audit_flush_interval=audit_flush_interval,
         pool_min_size=pool_min_size,
         pool_max_size=pool_max_size,
+        auth_failures_per_minute=auth_failures_per_minute,
     )
 
     webhooks = Webhooks(

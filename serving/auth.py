@@ -21,6 +21,9 @@ KEY_SQL = (
 MAX_KEY_CHARS = 256
 _NOT_CACHED = object()
 QUERY_TIMEOUT_SECONDS = 2.0
+# per client address. A partner's integration with a wrong key fails a few times a minute; a
+# key guesser, or a flood of made-up keys each costing a database look-up, far more
+AUTH_FAILURES_PER_MINUTE = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +60,11 @@ def bearer_token(header: str | None) -> str:
     return token
 
 
+class KeyLookupWithheld(Exception):
+    """The key is not in the cache, and the caller may not have it looked up (see
+    `authenticate(lookup=False)`): a client that failed too often is not let near the database."""
+
+
 class Authenticator:
     """Looks keys up in `serving.api_keys`; remembers answers (also "unknown") for `ttl` s.
     Unknown keys are remembered apart, so a flood of random keys only ever evicts its own
@@ -82,10 +90,16 @@ class Authenticator:
         self._known.clear()
         self._unknown.clear()
 
-    async def authenticate(self, header: str | None, pool: asyncpg.Pool | None) -> Principal:
+    async def authenticate(
+        self, header: str | None, pool: asyncpg.Pool | None, lookup: bool = True
+    ) -> Principal:
+        """The key's principal, or Unauthorized; with `lookup` false, a key not cached raises
+        KeyLookupWithheld instead of being looked up."""
         key_hash = hash_key(bearer_token(header))
         principal = self._cached(key_hash, self._clock())
         if principal is _NOT_CACHED:
+            if not lookup:
+                raise KeyLookupWithheld()
             generation = self._generation
             principal = await self._fetch(key_hash, pool)
             if generation == self._generation:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from mdp.phi import keyed_hash, normalize_ssn
+from serving.auth import AUTH_FAILURES_PER_MINUTE
 
 CHECK_PATH = "/api/v1/eligibility/check"
 MAX_BODY_BYTES = 8 * 1024
@@ -326,7 +327,9 @@ def openapi_document() -> dict[str, Any]:
             "Malformed request: each problem names its field.", {"$ref": ref + "InvalidRequest"}
         ),
         "429": _response(
-            "The partner's rate limit is exceeded.",
+            "The partner's rate limit is exceeded, or the client's address failed"
+            f" authentication more than {AUTH_FAILURES_PER_MINUTE} times in the last minute"
+            " (then only keys it has used successfully are accepted).",
             _error_schema({"error": "rate_limited", "detail": "rate limit exceeded"}),
             **{"Retry-After": "Seconds to wait before retrying."},
         ),

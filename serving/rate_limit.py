@@ -21,26 +21,52 @@ class _Bucket:
 
 
 class RateLimiter:
-    """A bucket of `per_minute` tokens per key, refilled continuously at per_minute/60 a second."""
+    """A bucket of `per_minute` tokens per key, refilled continuously at per_minute/60 a second.
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    Keys that come from outside (client addresses) are unbounded: past `max_keys` buckets, the
+    ones untouched for a minute (full again by then, so nothing is forgotten) are dropped."""
+
+    def __init__(
+        self, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000
+    ) -> None:
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
+        self.max_keys = max_keys
 
     def acquire(self, key: str, per_minute: int) -> float:
         """Take a token: 0.0 when allowed, else the seconds until one will be available."""
-        now = self._clock()
+        bucket = self._refilled(key, per_minute, self._clock())
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        return (1.0 - bucket.tokens) * 60.0 / per_minute
+
+    def wait(self, key: str, per_minute: int) -> float:
+        """Without taking one: 0.0 while a token is left, else the seconds until one is."""
         bucket = self._buckets.get(key)
         if bucket is None:
+            return 0.0
+        bucket = self._refilled(key, per_minute, self._clock())
+        return 0.0 if bucket.tokens >= 1.0 else (1.0 - bucket.tokens) * 60.0 / per_minute
+
+    def _refilled(self, key: str, per_minute: int, now: float) -> _Bucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self._forget_idle(now)
             bucket = self._buckets[key] = _Bucket(float(per_minute), now)
         else:
             refill = (now - bucket.updated) * per_minute / 60.0
             bucket.tokens = min(float(per_minute), bucket.tokens + refill)
             bucket.updated = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
-            return 0.0
-        return (1.0 - bucket.tokens) * 60.0 / per_minute
+        return bucket
+
+    def _forget_idle(self, now: float) -> None:
+        idle = [key for key, bucket in self._buckets.items() if now - bucket.updated >= 60.0]
+        for key in idle:
+            del self._buckets[key]
+        if len(self._buckets) >= self.max_keys:  # all busy: a flood of addresses
+            self._buckets.clear()
 
 
 def retry_after_header(wait_seconds: float) -> str:

@@ -178,6 +178,44 @@ def test_token_bucket_refills_and_reports_whole_seconds() -> None:
     assert limiter.acquire("p", 5) == 0.0
 
 
+def test_an_address_failing_authentication_too_often_is_held_off(
+    mart: ConnectionParams, partner_configs, keys: Keys
+) -> None:
+    """Past the limit of failed keys a minute, a client gets 429 for keys it has not used
+    successfully (they are not looked up); a key it already used keeps working."""
+    app = create_app(params=mart, partner_configs=partner_configs, auth_failures_per_minute=3)
+    body = {"employee_id": "A100001", "date_of_birth": "1980-05-17"}
+    made_up = [{"Authorization": f"Bearer mdp_{i:016d}_guess"} for i in range(5)]
+    with TestClient(app) as client:
+        assert check(client, keys, body).status_code == 200  # acme_corp's key, now known
+        failed = [client.post(CHECK, json=body, headers=h).status_code for h in made_up[:3]]
+        assert failed == [401, 401, 401]
+        held = client.post(CHECK, json=body, headers=made_up[3])
+        assert held.status_code == 429
+        assert held.json()["error"] == "rate_limited"
+        assert 1 <= int(held.headers["retry-after"]) <= 20
+        # a real key this client has not used yet waits too: it is not looked up either
+        assert check(client, keys, body, partner="umbrella_plan").status_code == 429
+        assert check(client, keys, body).status_code == 200
+        metrics = client.get("/metrics").text
+    assert 'mdp_auth_failures_total{reason="throttled"} 2.0' in metrics
+    assert 'mdp_auth_failures_total{reason="unknown_key"} 3.0' in metrics
+
+
+def test_failure_buckets_of_idle_addresses_are_forgotten() -> None:
+    now = [0.0]
+    limiter = RateLimiter(clock=lambda: now[0], max_keys=2)
+    assert limiter.wait("10.0.0.1", 2) == 0.0  # a peek makes no bucket
+    limiter.acquire("10.0.0.1", 2)
+    limiter.acquire("10.0.0.1", 2)
+    assert limiter.wait("10.0.0.1", 2) == pytest.approx(30.0)
+    now[0] += 61
+    limiter.acquire("10.0.0.2", 2)
+    limiter.acquire("10.0.0.3", 2)  # past max_keys: the idle (refilled) bucket goes
+    assert len(limiter._buckets) == 2 and "10.0.0.1" not in limiter._buckets
+    assert limiter.wait("10.0.0.1", 2) == 0.0
+
+
 # --- malformed input ------------------------------------------------------------------------
 
 VALID = {"employee_id": "A100001", "date_of_birth": "1980-05-17"}
