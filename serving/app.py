@@ -61,6 +61,7 @@ from serving.member_lookup import MemberLookups
 from serving.metrics import MetricsMiddleware, ServingMetrics, metrics_endpoint
 from serving.rate_limit import RateLimiter, retry_after_header
 from serving.request_ids import callers_request_id
+from serving.service_paths import MEMBER_TOKEN, MEMBER_TOKEN_SCHEME, service_paths
 from serving.webhooks import WEBHOOK_ROUTES, Webhooks
 
 log = logging.getLogger(__name__)
@@ -509,7 +510,15 @@ async def check_eligibility(request: Request) -> Response:
 
 
 async def openapi_endpoint(request: Request) -> JSONResponse:
-    return JSONResponse(openapi_document())
+    return JSONResponse(request.app.state.openapi)
+
+
+def _openapi() -> dict[str, Any]:
+    """The eligibility check's contract, plus every other route the service answers."""
+    document = openapi_document()
+    document["paths"].update(service_paths())
+    document["components"]["securitySchemes"][MEMBER_TOKEN] = MEMBER_TOKEN_SCHEME
+    return document
 
 
 def create_app(
@@ -578,6 +587,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.runtime = runtime
+    app.state.openapi = _openapi()
     app.state.webhooks = webhooks
     app.state.apple_uploads = apple_uploads
     return app

@@ -514,6 +514,22 @@ def test_openapi_document_describes_the_check(client: TestClient) -> None:
     assert operation["security"] == [{"bearerAuth": []}]
 
 
+def test_openapi_document_names_every_route_the_service_answers(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    served = {
+        (route.path, method.lower())
+        for route in client.app.routes
+        for method in route.methods - {"HEAD"}
+    }
+    described = {(path, method) for path, item in document["paths"].items() for method in item}
+    assert served == described
+    schemes = document["components"]["securitySchemes"]
+    for item in document["paths"].values():
+        for operation in item.values():
+            assert operation["summary"] and operation["responses"]
+            assert all(name in schemes for need in operation["security"] for name in need)
+
+
 def test_healthz_reports_database_and_mart(client: TestClient) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200
