@@ -26,6 +26,9 @@ def positions(mask: pa.Array) -> list[int]:
     return pc.indices_nonzero(pc.fill_null(mask, False)).to_pylist()
 
 
+_HAS_DIGIT = re.compile(r"\d")
+
+
 def parse_dates(text: pa.Array, date_format: str) -> pa.Array:
     """date32 values of `text` read with `date_format`, null where it is blank or not a date,
     as `pd.to_datetime(format=date_format, errors="coerce")` reads them."""
@@ -148,9 +151,10 @@ def _days_from_civil(year: np.ndarray, month: np.ndarray, day: np.ndarray) -> np
 
 
 def _parse_like_pandas(text: pa.Array, date_format: str) -> pa.Array:
-    stamps = pd.to_datetime(
-        pd.Series(text.to_pylist(), dtype=object), format=date_format, errors="coerce"
-    )
+    # pandas reads "now" and "today" as the clock's date in any format: a date always has a
+    # digit, so a value without one is no date (a replay another day would store another)
+    values = [v if v is not None and _HAS_DIGIT.search(v) else None for v in text.to_pylist()]
+    stamps = pd.to_datetime(pd.Series(values, dtype=object), format=date_format, errors="coerce")
     return pa.array([None if pd.isna(s) else s.date() for s in stamps], pa.date32())
 
 

@@ -199,6 +199,15 @@ def test_dates_parse_as_pandas_parses_them(date_format):
     assert parse_dates(pa.array(texts, pa.string()), date_format).to_pylist() == expected
 
 
+@pytest.mark.parametrize("date_format", ["%m/%d/%Y", "%Y-%m-%d", "%d %b %Y", "%m/%d/%y"])
+def test_words_pandas_reads_as_the_clocks_date_are_no_dates(date_format):
+    # pd.to_datetime("today", format=...) is today: a member born "today", a coverage ending
+    # "now", and a replay on another day storing another date
+    texts = ["today", "now", " today ", "now ", "01/02/1980", None]
+    parsed = parse_dates(pa.array(texts, pa.string()), date_format).to_pylist()
+    assert parsed[:4] == [None] * 4 and parsed[5] is None
+
+
 def _as_pandas_reads(texts: list[str | None], date_format: str) -> list[dt.date | None]:
     """As pandas reads them, except that a compact layout (%Y%m%d) is a date only at its full
     width: pandas reads 1980115 as 1980-11-05, a guess."""
