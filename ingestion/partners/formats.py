@@ -24,6 +24,7 @@ from ingestion.partners.fields import DATE_FIELDS
 from mdp.phi import masked_ssns
 
 EXCEL_EPOCH = dt.date(1899, 12, 30)  # serial 1 = 1900-01-01 with Excel's 1900 leap-year bug
+MAC_1904_EPOCH = dt.date(1904, 1, 1)  # a workbook in the 1904 date system: serial 0
 
 
 # a row problem that says the record is not one of the partner's members for this program
@@ -354,11 +355,14 @@ def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
             header = [_header_cell(c.value) for c in header_cells]
             columns = _check_columns(inbound, header)
             fields = mapped_fields(inbound)
+            # Excel for Mac's workbooks may count dates from 1904 (openpyxl reads date cells
+            # right either way; a serial stored as a plain number is ours to count)
+            mac_1904 = workbook.epoch.date() == MAC_1904_EPOCH
             for offset, cells in enumerate(rows, start=1):
                 if all(c.value is None or str(c.value).strip() == "" for c in cells):
                     continue
                 values = [
-                    _cell_text(cells[i].value, target, _number_format(cells[i]))
+                    _cell_text(cells[i].value, target, _number_format(cells[i]), mac_1904)
                     if i is not None and i < len(cells)
                     else None
                     for i, target in zip(columns, fields, strict=True)
@@ -381,9 +385,12 @@ def _described(exc: Exception) -> str:
     return type(exc).__name__
 
 
-def excel_serial_date(serial: int) -> dt.date | None:
+def excel_serial_date(serial: int, mac_1904: bool = False) -> dt.date | None:
     """The date of an Excel serial. Excel counts a 29 February 1900 that never was (serial
-    60, None here): serials after it count from 1899-12-30, those before from 1899-12-31."""
+    60, None here): serials after it count from 1899-12-30, those before from 1899-12-31.
+    In the 1904 date system (`mac_1904`) serial 0 is 1904-01-01, with no such day."""
+    if mac_1904:
+        return MAC_1904_EPOCH + dt.timedelta(days=serial)
     if serial == 60:
         return None
     return EXCEL_EPOCH + dt.timedelta(days=serial if serial > 60 else serial + 1)
@@ -401,7 +408,9 @@ _ZERO_PADDED = re.compile(r"0+")
 LAST_SERIAL = 109_574  # 2200-01-01: a larger number in a date field is not a date cell
 
 
-def _cell_text(cell: object, target: str, number_format: str = "General") -> str | None:
+def _cell_text(
+    cell: object, target: str, number_format: str = "General", mac_1904: bool = False
+) -> str | None:
     """A cell as text. A date cell in a date field becomes ISO text (which the validator
     reads in workbooks beside the partner's format): written out in a format with a
     two-digit year, a 1960 birth date would read back as 2060. A number shown zero-padded
@@ -414,7 +423,7 @@ def _cell_text(cell: object, target: str, number_format: str = "General") -> str
         return cell.isoformat()
     if isinstance(cell, (int, float)) and not isinstance(cell, bool):
         if target in DATE_FIELDS and 1 <= cell < LAST_SERIAL:  # a date saved as a serial
-            date = excel_serial_date(int(cell))
+            date = excel_serial_date(int(cell), mac_1904)
             if date is not None:
                 return date.isoformat()
         if isinstance(cell, float) and cell.is_integer():

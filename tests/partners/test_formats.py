@@ -161,10 +161,12 @@ def test_undecodable_bytes_in_a_fixed_width_file_name_their_line(tmp_path):
     assert "on line 4" in caught.value.reason
 
 
-def _workbook(tmp_path: Path, rows: list[list[object]]) -> Path:
+def _workbook(tmp_path: Path, rows: list[list[object]], epoch: dt.datetime | None = None) -> Path:
     import openpyxl
 
     book = openpyxl.Workbook()
+    if epoch is not None:
+        book.epoch = epoch
     sheet = book.active
     sheet.title = "Members"
     sheet.append(list(GLOBEX.inbound.column_mappings))
@@ -234,6 +236,23 @@ def test_workbook_date_cells_keep_their_century_under_a_two_digit_year_format(tm
         "GX000002": dt.date(1961, 5, 1),
         "GX000003": dt.date(1961, 5, 1),
     }
+
+
+def test_serials_in_a_1904_workbook_count_from_1904(tmp_path):
+    # Excel for Mac's date system: the same serial is 4 years and a day later. Counted from
+    # 1900, a member born 1980-01-15 was stored born 1976-01-14 (and found by no check)
+    from openpyxl.utils.datetime import CALENDAR_MAC_1904
+
+    rows = [
+        ["GX000001", "Ann", "Lee", 27773, "F", "P", 43830, None],  # serials, 1904 system
+        ["GX000002", "Bob", "Lee", dt.date(1980, 1, 15), "M", "P", None, None],  # a date cell
+    ]
+    path = _workbook(tmp_path, rows, epoch=CALENDAR_MAC_1904)
+    (batch,) = _read_all(path, GLOBEX.inbound, arrow=False)
+    validator = RowValidator(GLOBEX, "f", dt.datetime(2025, 6, 1, tzinfo=dt.UTC))
+    valid = validator.validate(batch).valid
+    assert valid["date_of_birth"].to_pylist() == [dt.date(1980, 1, 15)] * 2
+    assert valid["eligibility_start_date"].to_pylist()[0] == dt.date(2024, 1, 1)
 
 
 def test_an_ssn_typed_into_another_column_is_masked_in_messages(tmp_path):
