@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import TypedDict
@@ -29,6 +29,69 @@ import asyncssh
 logger = logging.getLogger("sandbox.sftp_server")  # not __main__ under -m
 
 PARTNER_FOLDERS = ("inbound", "errors", "reports")
+_WRITING = asyncssh.FXF_WRITE | asyncssh.FXF_APPEND
+
+
+class _Uploads:
+    """The files some session holds open for writing, shared by one server's sessions."""
+
+    def __init__(self) -> None:
+        self._writers: dict[bytes, set[int]] = {}
+
+    def begin(self, local: bytes, session: int) -> None:
+        self._writers.setdefault(local, set()).add(session)
+
+    def end(self, local: bytes, session: int) -> None:
+        writers = self._writers.get(local)
+        if writers is not None:
+            writers.discard(session)
+            if not writers:
+                del self._writers[local]
+
+    def written_by_another(self, local: bytes, session: int) -> bool:
+        return bool(self._writers.get(local, set()) - {session})
+
+
+class _UploadAwareSftp(asyncssh.SFTPServer):
+    """A file open for writing is not listed to the other sessions until it is closed.
+
+    An inbox reader that saw a stalled upload (the same size across its two polls) imported
+    half a file, then deleted it under the writer, whose remaining bytes went nowhere. Real
+    inboxes do the same with a temporary name renamed on close; hiding the open file keeps
+    the name the partner's client uses for everything else (stat, setstat, resume)."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel, chroot: bytes, uploads: _Uploads):
+        super().__init__(chan, chroot=chroot)
+        self._uploads = uploads
+        self._open_for_writing: dict[int, bytes] = {}  # id(file object) -> local path
+
+    def _local(self, path: bytes) -> bytes:
+        return os.path.normpath(self.map_path(path))
+
+    def open(self, path: bytes, pflags: int, attrs: asyncssh.SFTPAttrs) -> object:
+        file_obj = super().open(path, pflags, attrs)
+        if pflags & _WRITING:
+            local = self._local(path)
+            self._uploads.begin(local, id(self))
+            self._open_for_writing[id(file_obj)] = local
+        return file_obj
+
+    def close(self, file_obj: object) -> None:
+        try:
+            super().close(file_obj)
+        finally:  # also for the handles a vanished client left: the session closes them
+            local = self._open_for_writing.pop(id(file_obj), None)
+            if local is not None:
+                self._uploads.end(local, id(self))
+
+    async def scandir(self, path: bytes) -> AsyncIterator[asyncssh.SFTPName]:
+        folder = self._local(path)
+        async for entry in super().scandir(path):
+            name = (
+                entry.filename if isinstance(entry.filename, bytes) else os.fsencode(entry.filename)
+            )
+            if not self._uploads.written_by_another(os.path.join(folder, name), id(self)):
+                yield entry
 
 
 class SftpUser(TypedDict):
@@ -162,6 +225,7 @@ class SftpServer:
         self._host_key_path = host_key_path
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._connections: set[asyncssh.SSHServerConnection] = set()
+        self._uploads = _Uploads()
 
     def _use_users(self, users: Mapping[str, Mapping[str, str]]) -> None:
         checked = {name: _checked_user("users", name, spec) for name, spec in users.items()}
@@ -216,7 +280,7 @@ class SftpServer:
         username = chan.get_extra_info("username")
         home = self._homes[username]
         logger.info("sftp session for %r chrooted to %s", username, home)
-        return asyncssh.SFTPServer(chan, chroot=os.fsencode(home))
+        return _UploadAwareSftp(chan, os.fsencode(home), self._uploads)
 
     async def stop(self) -> None:
         if self._acceptor is not None:

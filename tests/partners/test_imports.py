@@ -53,6 +53,32 @@ def test_half_invalid_ten_thousand_rows_load_half_and_report_the_rest_to_the_par
     assert all(r[2] for r in rows[1:])
 
 
+def test_an_upload_still_open_is_not_imported_however_long_it_stalls(platform):
+    # a stalled upload (the same size across the two polls) was imported half, then removed
+    # under the partner's client, whose remaining bytes went nowhere while it said "done"
+    config = platform.configs["acme_corp"]
+    generated = generate_partner_file(config, rows=2_000, seed=9, id_offset=900_000)
+    cut = generated.content.index(b"\n", len(generated.content) // 2) + 5  # mid-row
+    before = _member_count(platform, "acme_corp")
+    partner = platform.sftp("acme_corp")
+    try:
+        handle = partner.open("/inbound/enrollment_stalled.csv", "wb")
+        handle.write(generated.content[:cut])
+        handle.flush()
+        assert _import(platform, "acme_corp") == []  # past the settle window: still open
+        assert _member_count(platform, "acme_corp") == before
+        handle.write(generated.content[cut:])
+        handle.close()
+        # the partner's own listing shows its upload throughout
+        assert "enrollment_stalled.csv" in partner.listdir("/inbound")
+    finally:
+        partner._owner.close()
+
+    [record] = _import(platform, "acme_corp")
+    assert (record.status, record.rows_loaded, record.rows_rejected) == ("loaded", 2_000, 0)
+    assert _member_count(platform, "acme_corp") - before == 2_000
+
+
 def test_each_unreadable_file_is_quarantined_with_its_reason_while_good_files_load(platform):
     acme = platform.configs["acme_corp"]
     good = generate_partner_file(acme, rows=20, seed=5, id_offset=700_000)
