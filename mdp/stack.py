@@ -116,6 +116,14 @@ def partner_sftp_password(settings: Settings, partner_id: str) -> str:
     return local_secret(settings.state_dir, f"SFTP_PASSWORD_{partner_id}")
 
 
+def _read_users(path: Path) -> dict[str, dict[str, str]]:
+    try:
+        users = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return users if isinstance(users, dict) else {}
+
+
 def _write_users(path: Path, users: dict[str, dict[str, str]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -144,9 +152,18 @@ def pull_partner_env(settings: Settings) -> dict[str, str]:
 def sftp_services(settings: Settings) -> list[Service]:
     from sandbox.sftp_server import ensure_partner_home
 
-    configs = load_partner_configs(settings.partner_config_dir).configs
+    loaded = load_partner_configs(settings.partner_config_dir)
+    configs = loaded.configs
     platform_users = {settings.sftp_username: {"password": settings.sftp_password, "home": ""}}
     pull_users: dict[str, dict[str, str]] = {}
+    sandbox_dir = settings.state_dir / "sandbox"
+    # a partner whose file stopped validating keeps its logins (as the API keeps its last
+    # good config): a typo in, say, its rate limit must not stop its file deliveries
+    broken = {problem.file.stem for problem in loaded.problems} - set(configs)
+    for users, name in ((platform_users, "platform_users.json"), (pull_users, "pull_users.json")):
+        users.update(
+            {p: spec for p, spec in _read_users(sandbox_dir / name).items() if p in broken}
+        )
     for partner_id, config in configs.items():
         ensure_partner_home(settings.sftp_root, partner_id)
         platform_users[partner_id] = {
@@ -160,7 +177,6 @@ def sftp_services(settings: Settings) -> list[Service]:
                 "password": partner_sftp_password(settings, partner_id),
                 "home": partner_id,
             }
-    sandbox_dir = settings.state_dir / "sandbox"
     _write_users(sandbox_dir / "platform_users.json", platform_users)
     _write_users(sandbox_dir / "pull_users.json", pull_users)
     settings.pull_sftp_root.mkdir(parents=True, exist_ok=True)

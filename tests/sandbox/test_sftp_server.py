@@ -258,3 +258,33 @@ def test_a_user_added_to_the_users_file_can_log_in_without_a_restart(tmp_path):
             assert client.open_sftp().listdir("/") == []
         finally:
             client.close()
+
+
+def test_a_partner_whose_config_breaks_keeps_its_sftp_login(tmp_path, monkeypatch):
+    # a typo in an API-only setting took the partner out of the users file at the next
+    # `mdp run`: its file deliveries were refused while the API kept its last good config
+    import shutil
+
+    from mdp.settings import load_settings
+    from mdp.stack import sftp_services
+
+    configs = tmp_path / "partner_configs"
+    shutil.copytree(REPO / "partner_configs", configs)
+    monkeypatch.setenv("MDP_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("MDP_PARTNER_CONFIG_DIR", str(configs))
+    settings = load_settings()
+    users_file = settings.state_dir / "sandbox" / "platform_users.json"
+
+    sftp_services(settings)
+    before = json.loads(users_file.read_text())
+    assert {"acme_corp", "globex_health"} <= set(before)
+
+    globex = configs / "globex_health.yaml"
+    globex.write_text(
+        globex.read_text().replace("rate_limit_per_minute:", "rate_limit_per_minute: many #")
+    )
+    (configs / "acme_corp.yaml").unlink()  # a partner removed loses its login
+    sftp_services(settings)
+    after = json.loads(users_file.read_text())
+    assert after["globex_health"] == before["globex_health"]
+    assert "acme_corp" not in after
