@@ -142,6 +142,11 @@ class FixedWidthOptions(_Strict):
     fields: Annotated[list[FixedWidthField], Field(min_length=1)]
     encoding: Encoding = "utf-8"
     has_header: bool = False
+    # a line shorter than the record length is rejected: cut in transit, it would load the
+    # field it ends in cut short and the fields after it blank (an end date lost: coverage
+    # that never ends). A partner whose system trims trailing blanks says so here; its short
+    # lines then read as if padded, unless they end before a required field does.
+    trailing_blanks_trimmed: bool = False
 
     @model_validator(mode="after")
     def _fields_are_distinct(self) -> FixedWidthOptions:

@@ -296,8 +296,10 @@ def read_fixed_width(path: Path, inbound: Inbound) -> Iterator[RawRow]:
         if f.name in inbound.column_mappings
     }
     slices = [(target, *by_target[target]) for target in mapped_fields(inbound)]
-    required_end = max(
-        (end for target, _, end in slices if target in inbound.required_fields), default=0
+    shortest = (
+        max((end for target, _, end in slices if target in inbound.required_fields), default=0)
+        if layout.trailing_blanks_trimmed
+        else record_length
     )
     with open(path, "rb") as raw:
         if not raw.read(1):
@@ -314,7 +316,7 @@ def read_fixed_width(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                     continue
                 values = [line[start:end].strip() or None for _, start, end in slices]
                 problem = None
-                if len(line) < required_end:
+                if len(line) < shortest:
                     problem = f"line is {len(line)} characters, shorter than the record length {record_length}"
                 elif len(line) > record_length and line[record_length:].strip():
                     problem = f"line is {len(line)} characters, longer than the record length {record_length}"

@@ -77,6 +77,32 @@ def test_fixed_width_short_and_long_lines_are_row_problems_not_file_failures(tmp
     assert row_dict(INITECH.inbound, rows[0])["last_name"] == "SMITH"
 
 
+def test_a_fixed_width_line_cut_in_an_optional_field_is_rejected_unless_trimming_is_said(
+    tmp_path,
+):
+    # cut after 'DIABE', a line loaded program DIABE with no coverage dates (eligible, for
+    # ever); cut inside the end date, a coverage that never ends
+    good = "IN000001  SMITH               JOHN           19800102DIABETESPLUS2024010120241231"
+    path = tmp_path / "f.txt"
+    path.write_text("\n".join([good[:58], good[:77], good, good.rstrip("1") + "\n"]))
+    problems = [r.problem for r in read_rows(path, INITECH.inbound)]
+    assert problems[2] is None
+    assert problems[:2] == [
+        f"line is {n} characters, shorter than the record length 81" for n in (58, 77)
+    ]
+    assert "shorter" in problems[3]
+
+    # a partner whose system trims trailing blanks: a line ending in blanks is whole
+    options = INITECH.inbound.fixed_width.model_copy(update={"trailing_blanks_trimmed": True})
+    trimming = INITECH.inbound.model_copy(update={"fixed_width": options})
+    blank_end = "IN000002  JONES               ANN            19750304DIABETESPLUS20240101"
+    path.write_text(blank_end + "\n" + good[:40] + "\n")
+    first, cut_before_required = read_rows(path, trimming)
+    assert first.problem is None
+    assert row_dict(trimming, first)["eligibility_end_date"] is None
+    assert "shorter" in cut_before_required.problem
+
+
 @pytest.mark.parametrize(
     ("content", "reason"),
     [
