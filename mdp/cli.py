@@ -454,11 +454,16 @@ def imports() -> None:
 def imports_list(partner_id: str | None, limit: int, as_json: bool) -> None:
     from ingestion.partners.imports import list_imports
     from mdp.database import connection_params
+    from mdp.phi import masked_ssns
     from mdp.schema import ensure_schema
 
     params = connection_params(_settings())
     ensure_schema(params)
     rows = list_imports(params, partner_id=partner_id, limit=limit)
+    for row in rows:  # printed, as in logs: an SSN a partner put in a file name is masked
+        for key in ("filename", "source_path", "archive_path"):
+            if row.get(key):
+                row[key] = masked_ssns(row[key])
     if partner_id and not rows:
         from ingestion.partners.config import load_partner_configs
 

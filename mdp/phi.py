@@ -40,6 +40,7 @@ _SSN_SHAPED = re.compile(r"(?<![0-9])[0-9]{3}([-. _]?)[0-9]{2}\1([0-9]{4})(?![0-
 
 def masked_ssns(text: str) -> str:
     """Text a partner or caller chose (a file name, a quoted value, a request id) as logs,
-    reasons and Dagster show it: an SSN-shaped run of digits kept to its last 4. The import
-    ledger keeps a file's name as it is."""
+    reasons, Dagster and `mdp imports list` show it: an SSN-shaped run of digits kept to its
+    last 4. The import ledger's table keeps a file's name as it is (the name the partner's
+    server has, needed to find the file there)."""
     return _SSN_SHAPED.sub(r"***-**-\2", text)

@@ -77,6 +77,21 @@ def test_imports_list_json_and_replay_reimports_an_archived_file(platform):
     assert metadata["replayed_file_id"].value == record.file_id
 
 
+def test_imports_list_masks_an_ssn_in_a_file_name(platform):
+    from ingestion.partners.pipeline import import_partner_files
+
+    config = platform.configs["acme_corp"]
+    generated = generate_partner_file(config, rows=3, seed=43, id_offset=960_000)
+    platform.upload("acme_corp", "enrollment_531278846.csv", generated.content)
+    import_partner_files(config, platform.settings, platform.params)
+
+    runner = CliRunner()
+    for args in (["imports", "list"], ["imports", "list", "--json"]):
+        listed = runner.invoke(main, args)
+        assert listed.exit_code == 0
+        assert "531278846" not in listed.stdout and "***-**-8846" in listed.stdout
+
+
 def test_stack_status_json_names_addresses_and_sftp_credentials(platform):
     result = CliRunner().invoke(main, ["stack", "status", "--json"])
     assert result.exit_code == 0
