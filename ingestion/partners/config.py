@@ -7,6 +7,7 @@ other partners from loading.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import datetime as dt
 import itertools
 import re
@@ -22,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidatorFunctionWrapHandler,
     field_validator,
     model_validator,
 )
@@ -301,6 +303,24 @@ def _rule_problems(name: str, rule: FieldRule) -> Iterator[tuple[Loc, str, objec
             )
 
 
+def _fit_problems(rules: dict[str, FieldRule]) -> list[tuple[Loc, str, object]]:
+    return [
+        ((name, *loc), message, bad)
+        for name, rule in rules.items()
+        for loc, message, bad in _rule_problems(name, rule)
+    ]
+
+
+def _rules_that_validate(value: object) -> dict[str, FieldRule]:
+    """The rules of a `validations` mapping that are valid on their own."""
+    rules: dict[str, FieldRule] = {}
+    if isinstance(value, dict):
+        for name, raw in value.items():
+            with contextlib.suppress(ValidationError):
+                rules[str(name)] = FieldRule.model_validate(raw)
+    return rules
+
+
 _SAMPLE_DATE = dt.date(1987, 11, 23)  # day > 12: a swapped day and month cannot read back
 _DATE_DIRECTIVES = frozenset("aAwdbBmyYHIpMSfzZjUWcxXGuV%")  # those strptime can read
 _NEEDED_DIRECTIVES = {
@@ -388,19 +408,28 @@ class Inbound(_Strict):
             raise ValueError(problem)
         return value
 
-    @field_validator("validations")
+    @field_validator("validations", mode="wrap")
     @classmethod
-    def _rules_fit_their_fields(cls, value: dict[str, FieldRule]) -> dict[str, FieldRule]:
+    def _rules_fit_their_fields(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler
+    ) -> dict[str, FieldRule]:
         # a rule for a field no column maps to is allowed: one set of rules may serve
-        # several layouts of a partner's files
-        found = [
-            ((name, *loc), message, bad)
-            for name, rule in value.items()
-            for loc, message, bad in _rule_problems(name, rule)
-        ]
+        # several layouts of a partner's files. Rules that fail on their own are judged too,
+        # so every problem is listed at once (one bad regex hid an unknown field's name)
+        try:
+            rules = handler(value)
+        except ValidationError as invalid:
+            found = _fit_problems(_rules_that_validate(value))
+            if not found:
+                raise
+            raise _problems(
+                "Inbound",
+                [(tuple(e["loc"]), _message(e), e.get("input")) for e in invalid.errors()] + found,
+            ) from None
+        found = _fit_problems(rules)
         if found:
             raise _problems("Inbound", found)
-        return value
+        return rules
 
     @model_validator(mode="before")
     @classmethod

@@ -238,6 +238,16 @@ def test_a_rule_that_does_not_fit_its_field_is_refused_at_load(tmp_path, rules, 
     _reported(problems, f"inbound.validations.{key_path}", words)
 
 
+def test_every_rule_problem_is_listed_at_once(tmp_path):
+    # a bad regex hid the rules that did not fit their fields until it was fixed: the
+    # partner's config was corrected in rounds
+    rules = "{program: {pattern: '(('}, email: {type: date}, nonexistent: {type: string}}"
+    problems = _problems_beside_the_shipped_configs(tmp_path, f"inbound: {{validations: {rules}}}")
+    _reported(problems, "inbound.validations.program.pattern", "not a valid regular expression")
+    _reported(problems, "inbound.validations.email.type", "type 'date' contradicts it")
+    _reported(problems, "inbound.validations.nonexistent", "unknown field 'nonexistent'")
+
+
 @pytest.mark.parametrize(
     ("csv", "key_path"),
     [("{delimiter: '|', quotechar: '|'}", "quotechar"), ("{delimiter: '\"'}", "delimiter")],
