@@ -48,8 +48,8 @@ TABLE = f"{DATASET}.{MEMBERS_TABLE}"
 ABSENT_TABLE = f"{DATASET}.{ABSENT_MEMBERS}"
 IMPORTS = f"{DATASET}.{IMPORTS_TABLE}"
 # when a file was made, as far as we can tell: its SFTP mtime, else when it arrived (a replay
-# has no mtime: it is the newest)
-_FILE_TIME = "coalesce(to_timestamp({f}.remote_mtime), {f}.received_at)"
+# has no mtime: it is the newest); never after it arrived (least() skips a null mtime)
+_FILE_TIME = "least(to_timestamp({f}.remote_mtime), {f}.received_at)"
 # the chunk's members (%(ids)s) whose stored row a file made after this one (%(as_of)s) wrote,
 # or left out: newer file wins, whatever order the files arrive in
 _NEWER = (

@@ -311,10 +311,14 @@ def _load_file(
 
 
 def _made_at(record: ImportRecord) -> dt.datetime | None:
-    """When the file was made, as far as we can tell: its SFTP mtime, else its arrival."""
+    """When the file was made, as far as we can tell: its SFTP mtime, else its arrival. An
+    mtime after the arrival is a wrong clock (or a client setting it), not the truth: taken
+    as is, a file dated next month beat every correction sent until then."""
+    made = record.received_at
     if record.remote_mtime is not None:
-        return dt.datetime.fromtimestamp(record.remote_mtime, dt.UTC)
-    return record.received_at
+        mtime = dt.datetime.fromtimestamp(record.remote_mtime, dt.UTC)
+        made = mtime if made is None else min(mtime, made)
+    return made
 
 
 def _note(record: ImportRecord, note: str) -> None:

@@ -430,6 +430,33 @@ def test_a_re_enrollment_in_a_file_without_an_end_column_does_not_inherit_the_ol
     ]
 
 
+def test_a_file_dated_in_the_future_does_not_beat_the_corrections_after_it(platform):
+    # an mtime a month ahead (a wrong clock, a client setting it) made every correction sent
+    # before that date "older": not applied, and the member stayed covered
+    header = list(platform.configs["acme_corp"].inbound.column_mappings)
+    member = ["FUTR0001", "Ann", "Lee", "01/02/1980", "ann@x.example", "P1", "01/01/2025"]
+    for name, end, mtime in (
+        ("enrollment_future.csv", "", time.time() + 30 * 86_400),
+        ("enrollment_after.csv", "11/15/2025", None),
+    ):
+        out = io.StringIO()
+        csv.writer(out).writerows([header, [*member, end]])
+        platform.upload("acme_corp", name, out.getvalue().encode())
+        if mtime is not None:
+            sftp = platform.sftp("acme_corp")
+            try:
+                sftp.utime(f"/inbound/{name}", (mtime, mtime))
+            finally:
+                sftp._owner.close()
+        [record] = _import(platform, "acme_corp")
+        assert (record.status, record.rows_loaded) == ("loaded", 1), record.reason
+
+    assert platform.query(
+        "select eligibility_end_date::text from raw_partners.enrollment_members"
+        " where partner_id = 'acme_corp' and employee_id = 'FUTR0001'"
+    ) == [("2025-11-15",)]
+
+
 def test_a_file_made_before_one_loaded_already_does_not_undo_it(platform):
     # a partner's client that keeps file times (sftp put -p, WinSCP) delivers last week's
     # file after this week's: its rows must not put back what the newer file changed
