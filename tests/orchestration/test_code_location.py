@@ -103,3 +103,17 @@ def test_every_table_asset_names_the_table_it_is_stored_in(defs, platform):
             if key.path[0].startswith("raw_") or key.path[0] == "devices":
                 cur.execute("select to_regclass(%s)", (name.split(".", 1)[1],))
                 assert cur.fetchone()[0] is not None, f"{name} is no table"
+
+
+def test_every_step_that_reads_the_database_retries_an_outage(defs):
+    # an asset check without a policy failed the run on a Postgres restart, though the
+    # assets it checks retried and loaded everything
+    job = defs.resolve_implicit_global_asset_job_def()
+    ours = {"no_stuck_imports", "partner_file_quality", "device_data_lag"}
+    found = {}
+    for node in job.graph.node_defs:
+        for check in ours:
+            if node.name.endswith(check):
+                found[check] = node.retry_policy
+    assert set(found) == ours
+    assert all(policy is not None and policy.max_retries >= 3 for policy in found.values())

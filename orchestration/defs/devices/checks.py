@@ -11,6 +11,7 @@ from mdp.database import connect
 from orchestration.defs.devices.assets import CONNECTIONS_KEY, GARMIN_KEYS
 from orchestration.plots import freshness_chart
 from orchestration.resources import PlatformResource
+from orchestration.retries import DATABASE_READ_RETRY
 
 MAX_LAG_MINUTES = 60
 
@@ -22,6 +23,7 @@ def _rows(platform: PlatformResource, sql: str) -> list[tuple]:
 
 
 @dg.asset_check(
+    retry_policy=DATABASE_READ_RETRY,
     asset=CONNECTIONS_KEY,
     description=f"Webhook connections notified more than {MAX_LAG_MINUTES} min ago have been "
     "synced since (data visible within the hour).",
@@ -59,7 +61,9 @@ def device_data_lag(platform: PlatformResource) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(
-    asset=CONNECTIONS_KEY, description="Circuit breakers per provider (open = waiting)."
+    retry_policy=DATABASE_READ_RETRY,
+    asset=CONNECTIONS_KEY,
+    description="Circuit breakers per provider (open = waiting).",
 )
 def provider_breakers_closed(platform: PlatformResource) -> dg.AssetCheckResult:
     rows = _rows(
@@ -82,7 +86,11 @@ def provider_breakers_closed(platform: PlatformResource) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(asset=CONNECTIONS_KEY, description="Provider quota left (per user and global).")
+@dg.asset_check(
+    retry_policy=DATABASE_READ_RETRY,
+    asset=CONNECTIONS_KEY,
+    description="Provider quota left (per user and global).",
+)
 def provider_quota(platform: PlatformResource) -> dg.AssetCheckResult:
     rows = _rows(
         platform,
@@ -102,6 +110,7 @@ def provider_quota(platform: PlatformResource) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(
+    retry_policy=DATABASE_READ_RETRY,
     asset=CONNECTIONS_KEY,
     description="No active connection has gone 24 hours without a successful sync while "
     "notifications keep arriving (retrying without loading is not health).",
@@ -125,6 +134,7 @@ GARMIN_BUDGET_WARN_SHARE = 0.8
 
 
 @dg.asset_check(
+    retry_policy=DATABASE_READ_RETRY,
     asset=GARMIN_KEYS["dailies"],
     description="Garmin's global daily request budget (GARMIN_DAILY_BUDGET, shared by every run): "
     f"warns when more than {GARMIN_BUDGET_WARN_SHARE:.0%} of today's is used.",

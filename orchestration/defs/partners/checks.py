@@ -6,11 +6,16 @@ from mdp.database import connect
 from mdp.phi import masked_ssns
 from orchestration.defs.partners.assets import IMPORTS_KEY
 from orchestration.resources import PlatformResource
+from orchestration.retries import DATABASE_READ_RETRY
 
 REJECT_RATE_LIMIT = 0.2
 
 
-@dg.asset_check(asset=IMPORTS_KEY, description="No file is stuck half-imported for over an hour.")
+@dg.asset_check(
+    retry_policy=DATABASE_READ_RETRY,
+    asset=IMPORTS_KEY,
+    description="No file is stuck half-imported for over an hour.",
+)
 def no_stuck_imports(platform: PlatformResource) -> dg.AssetCheckResult:
     with connect(platform.params) as conn, conn.cursor() as cur:
         cur.execute(
@@ -31,6 +36,7 @@ def no_stuck_imports(platform: PlatformResource) -> dg.AssetCheckResult:
 
 
 @dg.asset_check(
+    retry_policy=DATABASE_READ_RETRY,
     asset=IMPORTS_KEY,
     description=f"Per partner, under {REJECT_RATE_LIMIT:.0%} of rows rejected and no quarantined "
     "file in the last 24 hours (a warning: the partner needs a call, not the pipeline).",
