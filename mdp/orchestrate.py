@@ -6,6 +6,7 @@ import os
 import re
 from pathlib import Path
 
+from mdp.cli_runs import cli_run_tags, fail_abandoned_cli_runs
 from mdp.database import connection_params
 from mdp.settings import Settings
 
@@ -134,8 +135,10 @@ def run_assets(settings: Settings, select=None, run_config: dict | None = None, 
     job = defs.resolve_job_def(job_name)
     quiet_console = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
     with dg.DagsterInstance.get() as instance:
+        fail_abandoned_cli_runs(instance)
         return job.execute_in_process(
             instance=instance,
             run_config={**quiet_console, **(run_config or {})},
             raise_on_error=False,
+            tags=cli_run_tags(),
         )

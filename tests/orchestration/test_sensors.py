@@ -12,8 +12,11 @@ from sandbox.generator import generate_partner_file
 
 
 def _tick(cursor: str | None):
-    context = dg.build_sensor_context(cursor=cursor, resources={"platform": PlatformResource()})
-    return push_inbox_sensor(context), context.cursor
+    with dg.DagsterInstance.ephemeral() as instance:
+        context = dg.build_sensor_context(
+            cursor=cursor, resources={"platform": PlatformResource()}, instance=instance
+        )
+        return push_inbox_sensor(context), context.cursor
 
 
 def test_a_file_is_requested_on_the_second_unchanged_poll_and_a_marker_needs_none(platform):

@@ -14,6 +14,7 @@ import time
 import dagster as dg
 
 from ingestion.partners.transport import list_inbox, platform_endpoint, sftp_session
+from mdp.cli_runs import fail_abandoned_cli_runs
 from orchestration.defs.partners.jobs import partner_import_job
 from orchestration.resources import PlatformResource
 
@@ -28,6 +29,9 @@ RETRY_AFTER_SECONDS = 15 * 60  # longer than a run with all its retries takes
     "or the same size and mtime on two polls.",
 )
 def push_inbox_sensor(context: dg.SensorEvaluationContext, platform: PlatformResource):
+    # runs a killed `mdp run` left STARTED would hold the run queue's places for ever
+    for run_id in fail_abandoned_cli_runs(context.instance):
+        context.log.warning(f"run {run_id} of an `mdp run` process that is gone: marked failed")
     state = json.loads(context.cursor) if context.cursor else {}
     previous: dict[str, list[float]] = state.get("files", {})
     requested: dict[str, list[float]] = state.get("requested", {})  # key -> [at, attempt]
