@@ -44,6 +44,8 @@ create table if not exists raw_partners.file_imports (
     load_seconds       double precision
 );
 create index if not exists file_imports_partner_sha on raw_partners.file_imports (partner_id, sha256);
+-- the partner's copy (error report or quarantine note): false until an upload succeeds
+alter table raw_partners.file_imports add column if not exists report_delivered boolean;
 
 -- members a partner's full file left out (inbound.full_file): terminated as of that file,
 -- unless a later file has them again; written with the file's rows, in one transaction

@@ -30,6 +30,7 @@ class ImportRecord:
     rows_rejected: int | None = None
     archive_path: str | None = None
     error_report_path: str | None = None
+    report_delivered: bool | None = None  # the partner's copy uploaded (None: nothing to send)
     remote_mtime: float | None = None
     received_at: dt.datetime | None = None
     started_at: dt.datetime | None = None
@@ -160,6 +161,27 @@ def list_imports(
         )
         names = [d.name for d in cur.description]
         return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def undelivered_reports(params: ConnectionParams, partner_id: str) -> list[ImportRecord]:
+    """Finished imports whose error report or quarantine note the partner has not received."""
+    names = list(ImportRecord.__dataclass_fields__)
+    names.remove("preview")
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"select {', '.join(names)} from raw_partners.file_imports where partner_id = %s"
+            " and report_delivered = false and status = any(%s) order by received_at",
+            (partner_id, list(FINISHED)),
+        )
+        return [ImportRecord(**dict(zip(names, row, strict=True))) for row in cur.fetchall()]
+
+
+def mark_report_delivered(params: ConnectionParams, file_id: str) -> None:
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            "update raw_partners.file_imports set report_delivered = true where file_id = %s",
+            (file_id,),
+        )
 
 
 def name_sent_before(params: ConnectionParams, record: ImportRecord, quarantined: bool) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import tempfile
 import time
@@ -40,7 +41,7 @@ from ingestion.partners.transport import (
     upload_file,
 )
 from ingestion.partners.validation import Reject, RowValidator
-from mdp.access_log import record_export
+from mdp.access_log import member_refs, record_export_of_refs
 from mdp.database import ConnectionParams, connect
 from mdp.gc_pauses import startup_objects_frozen
 from mdp.settings import Settings
@@ -80,6 +81,7 @@ def import_partner_files(
                 config.partner_id,
                 interrupted,
             )
+        redeliver_reports(config, settings, params)
         with sftp_session(location.endpoint) as sftp:
             ready = complete_files(
                 sftp, location.inbox_dir, config.inbound.filename_pattern, settings.settle_seconds
@@ -188,15 +190,12 @@ def process_archived_file(
         if parsed.rejects:
             report = deliver_error_report(record, path, config, settings, parsed.rejects, params)
             record.error_report_path = str(report)
+            record.report_delivered = report.delivered
+            refs = member_refs(config.partner_id, parsed.reported_keys)
             if report.delivered:
-                record_export(
-                    params,
-                    "error_report_export",
-                    config.partner_id,
-                    parsed.reported_keys,
-                    "partner_error_report",
-                    {"file_id": record.file_id, "rows": len(parsed.rejects), "to": "errors/"},
-                )
+                _audit_report_export(params, record, refs, len(parsed.rejects))
+            else:  # for the re-send (`redeliver_reports`), which audits it then
+                _refs_path(report.path).write_text(json.dumps(refs))
         reporting = time.perf_counter() - started
 
     def attempt(arrow: bool) -> tuple[ParsedFile, MemberLoad]:
@@ -238,7 +237,7 @@ def process_archived_file(
         except UnreadableFileError as exc:
             record.status, record.reason = "quarantined", exc.reason
             log.warning("%s: %s quarantined: %s", config.partner_id, record.shown_name, exc.reason)
-            deliver_quarantine_note(record, config, settings, params)
+            record.report_delivered = deliver_quarantine_note(record, config, settings, params)
         except TRANSIENT_ERRORS as exc:
             record.status, record.reason = "failed", f"{type(exc).__name__}: {exc}"[:500]
             record.finished_at = dt.datetime.now(dt.UTC)
@@ -451,7 +450,7 @@ def deliver_quarantine_note(
     config: PartnerConfig,
     settings: Settings,
     params: ConnectionParams | None = None,
-) -> None:
+) -> bool:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as note:
         note.write(
             f"File {record.filename} (sha256 {record.sha256}) could not be read and was not loaded.\n"
@@ -461,9 +460,62 @@ def deliver_quarantine_note(
         name = _partner_copy_name(
             params, record, record.filename, ".quarantined.txt", quarantined=True
         )
-        _upload_to_partner(settings, config, Path(note.name), name)
+        return _upload_to_partner(settings, config, Path(note.name), name)
     finally:
         Path(note.name).unlink(missing_ok=True)
+
+
+def redeliver_reports(config: PartnerConfig, settings: Settings, params: ConnectionParams) -> int:
+    """Send the error reports and quarantine notes an earlier upload failed to deliver (the
+    SFTP server was down): archived, they go out now, under the names they would have had.
+    Returns how many were delivered; the rest wait for the next run."""
+    delivered = 0
+    for record in ledger.undelivered_reports(params, config.partner_id):
+        if record.status == "quarantined":
+            sent = deliver_quarantine_note(record, config, settings, params)
+        elif record.error_report_path and Path(record.error_report_path).exists():
+            report = Path(record.error_report_path)
+            stem = record.filename.rsplit(".", 1)[0]
+            name = _partner_copy_name(params, record, stem, ".errors.csv", quarantined=False)
+            sent = _upload_to_partner(settings, config, report, name)
+            if sent:
+                refs_file = _refs_path(report)
+                refs = json.loads(refs_file.read_text()) if refs_file.exists() else []
+                _audit_report_export(params, record, refs, record.rows_rejected)
+                refs_file.unlink(missing_ok=True)
+        else:  # its archived report is gone: nothing to send
+            log.error(
+                "%s: the error report of %s is not in the archive",
+                config.partner_id,
+                record.file_id,
+            )
+            continue
+        if sent:
+            ledger.mark_report_delivered(params, record.file_id)
+            delivered += 1
+            log.info(
+                "%s: %s: its report to errors/ is delivered now",
+                config.partner_id,
+                record.shown_name,
+            )
+    return delivered
+
+
+def _refs_path(report: Path) -> Path:
+    return report.with_name(report.name.removesuffix(".csv") + ".member_refs.json")
+
+
+def _audit_report_export(
+    params: ConnectionParams, record: ImportRecord, refs: list[str], rows: int | None
+) -> None:
+    record_export_of_refs(
+        params,
+        "error_report_export",
+        record.partner_id,
+        refs,
+        "partner_error_report",
+        {"file_id": record.file_id, "rows": rows, "to": "errors/"},
+    )
 
 
 def _upload_to_partner(settings: Settings, config: PartnerConfig, local: Path, name: str) -> bool:

@@ -680,3 +680,46 @@ def test_an_error_report_sent_to_the_partner_is_audited_with_its_members(platfor
     expected = sorted(log_ref("acme_corp", key) for key in ("AUDIT0001", "AUDIT0002"))
     assert audited == [("mdp:partner-import", "partner_error_report", expected, 2)]
     assert platform.query("select audit.verify_chain()") == [(None,)]
+
+
+def test_reports_the_partner_did_not_receive_are_sent_by_the_next_run(platform):
+    # the SFTP server down while a report went out: the file loaded, the report stayed in
+    # the archive, and nothing sent it (the ledger showed no sign of it)
+    from mdp.phi import log_ref
+
+    errors = platform.sftp_root / "acme_corp" / "errors"
+    header = "Employee ID,First Name,Last Name,Date of Birth,Email,Program,Eligibility Start,Eligibility End"
+    rows = ["RESND0001,Ann,Lee,13/45/1980,a@x.example,P,01/01/2024,"]
+    rows.append("RESND0002,Bob,Lee,01/02/1980,b@x.example,P,01/01/2024,")
+    errors.rename(errors.with_name("errors.away"))
+    errors.write_text("not a folder: uploads into errors/ fail")
+    try:
+        platform.upload(
+            "acme_corp", "enrollment_resend.csv", ("\n".join([header, *rows]) + "\n").encode()
+        )
+        platform.upload("acme_corp", "enrollment_resend_empty.csv", b"")
+        records = {r.filename: r for r in _import(platform, "acme_corp")}
+    finally:
+        errors.unlink()
+        errors.with_name("errors.away").rename(errors)
+    loaded, empty = records["enrollment_resend.csv"], records["enrollment_resend_empty.csv"]
+    assert (loaded.status, loaded.rows_loaded, loaded.report_delivered) == ("loaded", 1, False)
+    assert (empty.status, empty.report_delivered) == ("quarantined", False)
+    audit = (
+        "select detail->'member_refs' from audit.access_log"
+        " where action = 'error_report_export' and detail->>'file_id' = %s"
+    )
+    assert platform.query(audit, (loaded.file_id,)) == []  # not sent, not audited
+
+    assert _import(platform, "acme_corp") == []  # an empty inbox; the reports go out
+
+    assert (errors / "enrollment_resend.errors.csv").read_text().count("RESND0001") == 1
+    assert (errors / "enrollment_resend_empty.csv.quarantined.txt").exists()
+    delivered = platform.query(
+        "select file_id, report_delivered from raw_partners.file_imports where file_id = any(%s)",
+        ([loaded.file_id, empty.file_id],),
+    )
+    assert sorted(delivered) == sorted([(loaded.file_id, True), (empty.file_id, True)])
+    assert platform.query(audit, (loaded.file_id,)) == [([log_ref("acme_corp", "RESND0001")],)]
+    assert _import(platform, "acme_corp") == []  # once
+    assert len(platform.query(audit, (loaded.file_id,))) == 1
