@@ -48,8 +48,12 @@ TABLE = f"{DATASET}.{MEMBERS_TABLE}"
 ABSENT_TABLE = f"{DATASET}.{ABSENT_MEMBERS}"
 IMPORTS = f"{DATASET}.{IMPORTS_TABLE}"
 # when a file was made, as far as we can tell: its SFTP mtime, else when it arrived (a replay
-# has no mtime: it is the newest); never after it arrived (least() skips a null mtime)
-_FILE_TIME = "least(to_timestamp({f}.remote_mtime), {f}.received_at)"
+# has no mtime: it is the newest); never after the second it arrived in (SFTP times are whole
+# seconds: against the exact arrival, a file sent in the same second would count older)
+_FILE_TIME = (
+    "case when {f}.remote_mtime is null then {f}.received_at else least("
+    "to_timestamp({f}.remote_mtime), date_trunc('second', {f}.received_at)) end"
+)
 # the chunk's members (%(ids)s) whose stored row a file made after this one (%(as_of)s) wrote,
 # or left out: newer file wins, whatever order the files arrive in
 _NEWER = (

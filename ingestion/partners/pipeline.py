@@ -316,7 +316,8 @@ def _made_at(record: ImportRecord) -> dt.datetime | None:
     made = record.received_at
     if record.remote_mtime is not None:
         mtime = dt.datetime.fromtimestamp(record.remote_mtime, dt.UTC)
-        made = mtime if made is None else min(mtime, made)
+        # whole seconds, as SFTP times are (see load._FILE_TIME)
+        made = mtime if made is None else min(mtime, made.replace(microsecond=0))
     return made
 
 

@@ -697,12 +697,13 @@ def test_reports_the_partner_did_not_receive_are_sent_by_the_next_run(platform):
         platform.upload(
             "acme_corp", "enrollment_resend.csv", ("\n".join([header, *rows]) + "\n").encode()
         )
-        platform.upload("acme_corp", "enrollment_resend_empty.csv", b"")
+        unreadable = b"Employee ID,First Name\n\xff\xfe not this test's text\n"
+        platform.upload("acme_corp", "enrollment_resend_bad.csv", unreadable)
         records = {r.filename: r for r in _import(platform, "acme_corp")}
     finally:
         errors.unlink()
         errors.with_name("errors.away").rename(errors)
-    loaded, empty = records["enrollment_resend.csv"], records["enrollment_resend_empty.csv"]
+    loaded, empty = records["enrollment_resend.csv"], records["enrollment_resend_bad.csv"]
     assert (loaded.status, loaded.rows_loaded, loaded.report_delivered) == ("loaded", 1, False)
     assert (empty.status, empty.report_delivered) == ("quarantined", False)
     audit = (
@@ -714,7 +715,7 @@ def test_reports_the_partner_did_not_receive_are_sent_by_the_next_run(platform):
     assert _import(platform, "acme_corp") == []  # an empty inbox; the reports go out
 
     assert (errors / "enrollment_resend.errors.csv").read_text().count("RESND0001") == 1
-    assert (errors / "enrollment_resend_empty.csv.quarantined.txt").exists()
+    assert (errors / "enrollment_resend_bad.csv.quarantined.txt").exists()
     delivered = platform.query(
         "select file_id, report_delivered from raw_partners.file_imports where file_id = any(%s)",
         ([loaded.file_id, empty.file_id],),
