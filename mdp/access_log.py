@@ -21,26 +21,12 @@ from mdp.phi import log_ref
 EXPORT_ACTOR = "mdp:partner-import"
 
 
-def record_export(
-    params: ConnectionParams,
-    action: str,
-    partner_id: str,
-    member_keys: Iterable[str],
-    purpose: str,
-    detail: dict[str, object],
-) -> None:
-    """The audit row of one export of the given members' data (by their stored keys)."""
-    record_export_of_refs(
-        params, action, partner_id, member_refs(partner_id, member_keys), purpose, detail
-    )
-
-
 def member_refs(partner_id: str, member_keys: Iterable[str]) -> list[str]:
     """The members' `log_ref` references, sorted and once each (no PHI: keyed hashes)."""
     return sorted({log_ref(partner_id, key) for key in member_keys})
 
 
-def record_export_of_refs(
+def record_export(
     params: ConnectionParams,
     action: str,
     partner_id: str,
@@ -48,6 +34,7 @@ def record_export_of_refs(
     purpose: str,
     detail: dict[str, object],
 ) -> None:
+    """The audit row of one export of members' data, by their references (`member_refs`)."""
     with connect(params) as conn, conn.cursor() as cur:
         cur.execute(
             "insert into audit.access_log"

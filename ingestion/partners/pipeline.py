@@ -41,7 +41,7 @@ from ingestion.partners.transport import (
     upload_file,
 )
 from ingestion.partners.validation import Reject, RowValidator
-from mdp.access_log import member_refs, record_export_of_refs
+from mdp.access_log import member_refs, record_export
 from mdp.database import ConnectionParams, connect
 from mdp.gc_pauses import startup_objects_frozen
 from mdp.settings import Settings
@@ -509,7 +509,7 @@ def _refs_path(report: Path) -> Path:
 def _audit_report_export(
     params: ConnectionParams, record: ImportRecord, refs: list[str], rows: int | None
 ) -> None:
-    record_export_of_refs(
+    record_export(
         params,
         "error_report_export",
         record.partner_id,

@@ -430,6 +430,21 @@ def test_a_re_enrollment_in_a_file_without_an_end_column_does_not_inherit_the_ol
     ]
 
 
+def _send_dated(platform, name: str, rows: list[list[str]], mtime: float | None):
+    """Upload an acme_corp CSV, set its SFTP time (as `sftp put -p` keeps one), import it."""
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    platform.upload("acme_corp", name, out.getvalue().encode())
+    if mtime is not None:
+        sftp = platform.sftp("acme_corp")
+        try:
+            sftp.utime(f"/inbound/{name}", (mtime, mtime))
+        finally:
+            sftp._owner.close()
+    [record] = _import(platform, "acme_corp")
+    return record
+
+
 def test_a_file_dated_in_the_future_does_not_beat_the_corrections_after_it(platform):
     # an mtime a month ahead (a wrong clock, a client setting it) made every correction sent
     # before that date "older": not applied, and the member stayed covered
@@ -439,16 +454,7 @@ def test_a_file_dated_in_the_future_does_not_beat_the_corrections_after_it(platf
         ("enrollment_future.csv", "", time.time() + 30 * 86_400),
         ("enrollment_after.csv", "11/15/2025", None),
     ):
-        out = io.StringIO()
-        csv.writer(out).writerows([header, [*member, end]])
-        platform.upload("acme_corp", name, out.getvalue().encode())
-        if mtime is not None:
-            sftp = platform.sftp("acme_corp")
-            try:
-                sftp.utime(f"/inbound/{name}", (mtime, mtime))
-            finally:
-                sftp._owner.close()
-        [record] = _import(platform, "acme_corp")
+        record = _send_dated(platform, name, [header, [*member, end]], mtime)
         assert (record.status, record.rows_loaded) == ("loaded", 1), record.reason
 
     assert platform.query(
@@ -475,15 +481,7 @@ def test_a_file_made_before_one_loaded_already_does_not_undo_it(platform):
         ("enrollment_late_newer.csv", newer, made),
         ("enrollment_late_older.csv", older, made - 86_400),
     ):
-        out = io.StringIO()
-        csv.writer(out).writerows(rows)
-        platform.upload("acme_corp", name, out.getvalue().encode())
-        sftp = platform.sftp("acme_corp")
-        try:
-            sftp.utime(f"/inbound/{name}", (mtime, mtime))
-        finally:
-            sftp._owner.close()
-        [record] = _import(platform, "acme_corp")
+        record = _send_dated(platform, name, rows, mtime)
         assert record.status == "loaded"
 
     assert (record.rows_loaded, record.rows_rejected) == (1, 0)
