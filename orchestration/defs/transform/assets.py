@@ -52,8 +52,7 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, platform:
     platform.params  # noqa: B018 -- exports the profile's MDP_PG_* variables for the dbt subprocess
     with one_build_at_a_time(platform.params, context.log):
         build = dbt.cli(["build"], context=context, raise_on_error=False)
-        # each table's row count on its materialization (views are not counted)
-        yield from build.stream().fetch_row_counts()
+        yield from build.stream()
     if not build.is_successful():
         raise _build_failure(build.get_artifact("run_results.json").get("results", []))
 
