@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import dagster as dg
 import pytest
 from starlette.testclient import TestClient
 
@@ -58,6 +59,13 @@ def test_uploaded_file_is_checkable_resubmission_is_duplicate_and_correction_kee
     ) == [(54,)]
     assert (platform.sftp_root / "acme_corp" / "errors").glob("*.errors.csv")
     assert not list((platform.sftp_root / "acme_corp" / "inbound").iterdir())
+    # the marts' materializations say how many rows they hold
+    with dg.DagsterInstance.get() as instance:
+        event = instance.get_latest_materialization_event(
+            dg.AssetKey(["marts", "mart_eligibility"])
+        )
+    mart_rows = platform.query("select count(*) from marts.mart_eligibility")[0][0]
+    assert event.asset_materialization.metadata["dagster/row_count"].value == mart_rows
 
     _, key = create_key(platform.params, "acme_corp")
     member = _eligible(acme_file.valid_members)[0]

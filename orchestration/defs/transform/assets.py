@@ -52,7 +52,8 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, platform:
     platform.params  # noqa: B018 -- exports the profile's MDP_PG_* variables for the dbt subprocess
     with one_build_at_a_time(platform.params, context.log):
         build = dbt.cli(["build"], context=context, raise_on_error=False)
-        yield from build.stream()
+        for event in build.stream():
+            yield with_row_count(event, build.manifest, platform.params, context.log)
     if not build.is_successful():
         raise _build_failure(build.get_artifact("run_results.json").get("results", []))
 
@@ -78,6 +79,30 @@ def one_build_at_a_time(params: ConnectionParams, log: Any) -> Iterator[None]:
 
 
 BUILD_LOCK = "mdp:dbt-build"
+
+
+def with_row_count(
+    event: Any, manifest: Mapping[str, Any], params: ConnectionParams, log: Any
+) -> Any:
+    """A built table's (or snapshot's) materialization with its row count (views are not
+    counted: that would run their query). Counted here rather than by dagster-dbt's
+    `fetch_row_counts`, which names the relation with the database of the manifest's parse
+    (`mdp`), so it counted nothing on any other database."""
+    if not isinstance(event, dg.Output | dg.AssetMaterialization):
+        return event
+    unique_id = event.metadata.get("unique_id")
+    node = manifest["nodes"].get(getattr(unique_id, "text", unique_id)) or {}
+    if not node or node.get("config", {}).get("materialized") == "view":
+        return event
+    relation = f'"{node["schema"]}"."{node.get("alias") or node["name"]}"'
+    try:
+        with connect(params) as conn, conn.cursor() as cur:
+            cur.execute(f"select count(*) from {relation}")
+            rows = cur.fetchone()[0]
+    except psycopg2.Error as exc:
+        log.warning(f"row count of {relation} not fetched ({type(exc).__name__})")
+        return event
+    return event.with_metadata({**event.metadata, "dagster/row_count": dg.MetadataValue.int(rows)})
 
 
 def _build_failure(results: list[dict[str, Any]]) -> dg.Failure:
