@@ -87,6 +87,17 @@ class CsvOptions(_Strict):
     has_header: bool = True
     columns: list[str] | None = None  # names for a headerless file, in order
 
+    @property
+    def reader_options(self) -> dict[str, str | bool]:
+        """The csv module's options for these files. Spaces before a quoted value are skipped
+        (`a, "Smith, Jo" ,b` holds three values, as a person reads it): kept, as RFC 4180 has
+        it, the quote was part of the value and the comma inside it split the value in two."""
+        return {
+            "delimiter": self.delimiter,
+            "quotechar": self.quotechar,
+            "skipinitialspace": self.delimiter != " ",
+        }
+
     @model_validator(mode="after")
     def _headerless_needs_columns(self) -> CsvOptions:
         if not self.has_header and not self.columns:

@@ -77,9 +77,7 @@ def read_csv_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBat
             header_text = header_bytes.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        header = next(
-            csv.reader([header_text], delimiter=options.delimiter, quotechar=options.quotechar)
-        )
+        header = next(csv.reader([header_text], **options.reader_options))
         header = [h.strip() for h in header]
         start = header_end + (2 if data[header_end : header_end + 2] == b"\r\n" else 1)
         first_line = 2
@@ -91,6 +89,10 @@ def read_csv_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBat
         positions = _check_columns(inbound, header)
     except UnreadableFileError:
         return None  # the stdlib reader words it, after any undecodable bytes it meets first
+    if options.reader_options["skipinitialspace"] and _quote_after_spaces(
+        data, start, end, options.delimiter.encode(), options.quotechar.encode()
+    ):
+        return None
     body = pa.py_buffer(data)[start:end]
     fields = mapped_fields(inbound)
     rows = _stream(body, len(header), options.delimiter, options.quotechar)
@@ -110,6 +112,26 @@ def _mapped(path: Path) -> mmap.mmap | None:
             return None
         flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
         return mmap.mmap(handle.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
+
+
+def _quote_after_spaces(
+    data: mmap.mmap, start: int, end: int, delimiter: bytes, quote: bytes
+) -> bool:
+    """Whether a value opens with spaces and then a quote (`a, "Smith, Jo" ,b`): the stdlib
+    reader skips those spaces (CsvOptions.reader_options); pyarrow has no such option and
+    would keep the quotes, or split the value at its comma."""
+    needle = b" " + quote
+    found = data.find(needle, start, end)
+    while found != -1:
+        before = found
+        while before > start and data[before - 1 : before] == b" ":
+            before -= 1
+        if before == start or data[before - len(delimiter) : before] == delimiter:
+            return True
+        if data[before - 1 : before] in (b"\n", b"\r"):
+            return True
+        found = data.find(needle, found + len(needle), end)
+    return False
 
 
 class ArrowPathUnfit(Exception):

@@ -129,7 +129,7 @@ def _header_of(path: Path, inbound: Inbound) -> list[str] | None:
     if inbound.format == "csv" and inbound.csv_options.has_header:
         options = inbound.csv_options
         with open(path, encoding=_codec(options.encoding), newline="") as text:
-            reader = csv.reader(text, delimiter=options.delimiter, quotechar=options.quotechar)
+            reader = csv.reader(text, **options.reader_options)
             return [cell.strip() for cell in next(reader, [])]
     if inbound.format == "xlsx":
         import openpyxl
@@ -177,7 +177,7 @@ def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
             raise UnreadableFileError("file is empty")
         raw.seek(0)
         text = io.TextIOWrapper(raw, encoding=_codec(options.encoding), newline="")
-        reader = csv.reader(text, delimiter=options.delimiter, quotechar=options.quotechar)
+        reader = csv.reader(text, **options.reader_options)
         last_line = 0
         try:
             if options.has_header:
@@ -251,18 +251,20 @@ def unclosed_quote(path: Path, options: CsvOptions, start_line: int) -> int | No
     does. The csv module (not strict) reads such a value to the end of the file and keeps it:
     every row after the quote would vanish into one value. Only the last record can do that,
     so only it is read again, with the csv module's rules for quotes (a quote opens a value
-    only as its first character; a doubled quote inside one is a quote)."""
+    only as its first character, spaces skipped; a doubled quote inside one is a quote)."""
     with open(path, "rb") as raw:
         text = io.TextIOWrapper(raw, encoding=_codec(options.encoding), newline="")
         rest = "".join(itertools.islice(text, start_line - 1, None))
     quote = options.quotechar
+    skip_spaces = options.reader_options["skipinitialspace"]
     special = re.compile(f"[{re.escape(quote + options.delimiter)}\r\n]")
     position, at_field_start = 0, True
     while found := special.search(rest, position):
         if found.group() != quote:  # a delimiter or a line break: a new value starts
             position, at_field_start = found.end(), True
             continue
-        if not (at_field_start and found.start() == position):
+        leading = rest[position : found.start()]
+        if not (at_field_start and (not leading or (skip_spaces and not leading.strip(" ")))):
             position, at_field_start = found.end(), False  # a quote inside a plain value
             continue
         opened, position = found.start(), found.end()

@@ -160,6 +160,39 @@ def test_a_last_record_with_closed_quotes_over_lines_still_loads(tmp_path, arrow
     assert programs == ['Gold\n"plus", "x,y"', "Silver\r\nline, two"]
 
 
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
+def test_spaces_before_a_quoted_value_are_skipped_not_read_as_part_of_it(tmp_path, arrow):
+    # as RFC 4180 reads it, `, "Lee, Jr" ,` holds two values with quotes in them: the row
+    # was rejected for its field count, and `, "Ann" ,` stored the name with its quotes
+    header = "Employee ID,First Name,Last Name,Date of Birth,Email,Program"
+    body = [f"EMP{i:05d},Ann,Lee,01/02/1980,a@b.example,Gold" for i in range(1, 1001)]
+    body[0] = 'EMP00001, "Ann" , "Lee, Jr" ,01/02/1980,a@b.example,Gold'
+    body[999] = 'EMP01000,Bo,"Lee",01/02/1980, "x@b.example",  "Gold\nplus"'
+    path = tmp_path / "f.csv"
+    path.write_text(header + "\n" + "\n".join(body) + "\n")
+    batches = _read_all(path, ACME.inbound, arrow)
+    lines = [line for b in batches for line in b.lines.to_pylist()]
+    assert lines == list(range(2, 1002))
+    values = {
+        field: [v for b in batches for v in b.columns[field].to_pylist()]
+        for field in ("first_name", "last_name", "email", "program")
+    }
+    assert [values[f][0] for f in values] == ["Ann", "Lee, Jr", "a@b.example", "Gold"]
+    assert [values[f][999] for f in values] == ["Bo", "Lee", "x@b.example", "Gold\nplus"]
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
+def test_a_quote_after_spaces_never_closed_is_still_found(tmp_path, arrow):
+    header = "Employee ID,First Name,Last Name,Date of Birth,Email,Program"
+    rows = [f"EMP{i:05d},Ann,Lee,01/02/1980,a@b.example,Gold" for i in range(1, 1001)]
+    rows[1] = rows[1].replace(",Gold", ',  "Gold')  # line 3
+    path = tmp_path / "f.csv"
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    with pytest.raises(UnreadableFileError) as caught:
+        _read_all(path, ACME.inbound, arrow)
+    assert "quoted value opened on line 3 is never closed" in caught.value.reason
+
+
 @pytest.mark.parametrize("crlf", [False, True], ids=["lf", "crlf"])
 @pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
 def test_undecodable_bytes_are_reported_on_their_own_line(tmp_path, arrow, crlf):
