@@ -418,7 +418,7 @@ async def check_eligibility(request: Request) -> Response:
         headers["Retry-After"] = retry_after_header(throttled)
         detail = (
             f"more than {failures_allowed} failed authentications a minute from this address;"
-            " keys it has not used successfully are not checked until then"
+            " only active keys are checked until then"
         )
         return _error(429, "rate_limited", detail, headers)
     except Unauthorized as exc:

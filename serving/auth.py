@@ -6,6 +6,7 @@ normally announces revocations is down; with it up, revocation is immediate.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from serving.health import DATABASE_ERRORS, DatabaseUnavailable
 KEY_SQL = (
     "select key_id, partner_id from serving.api_keys where key_hash = $1 and revoked_at is null"
 )
+ACTIVE_KEYS_SQL = "select key_hash from serving.api_keys where revoked_at is null"
 MAX_KEY_CHARS = 256
 _NOT_CACHED = object()
 QUERY_TIMEOUT_SECONDS = 2.0
@@ -61,7 +63,7 @@ def bearer_token(header: str | None) -> str:
 
 
 class KeyLookupWithheld(Exception):
-    """The key is not in the cache, and the caller may not have it looked up (see
+    """The key is no active key's, and the caller may not have it looked up (see
     `authenticate(lookup=False)`): a client that failed too often is not let near the database."""
 
 
@@ -84,21 +86,28 @@ class Authenticator:
         # bumped by every invalidation: a lookup that was in flight across one does not
         # store what it read (it may predate the revocation that caused it)
         self._generation = 0
+        # the hashes of all active keys, read at most once per `ttl` (see `_is_active`)
+        self._active: frozenset[str] | None = None
+        self._active_until = 0.0
+        self._active_reading: asyncio.Lock | None = None
 
     def invalidate(self) -> None:
         self._generation += 1
         self._known.clear()
         self._unknown.clear()
+        self._active = None
 
     async def authenticate(
         self, header: str | None, pool: asyncpg.Pool | None, lookup: bool = True
     ) -> Principal:
-        """The key's principal, or Unauthorized; with `lookup` false, a key not cached raises
-        KeyLookupWithheld instead of being looked up."""
+        """The key's principal, or Unauthorized. With `lookup` false (a client that failed too
+        often), a key not cached is looked up only if it is among the active keys, read all at
+        once at most every `ttl` s: made-up keys cost no query each (KeyLookupWithheld), and a
+        real key works whatever else its address sends."""
         key_hash = hash_key(bearer_token(header))
         principal = self._cached(key_hash, self._clock())
         if principal is _NOT_CACHED:
-            if not lookup:
+            if not lookup and not await self._is_active(key_hash, pool):
                 raise KeyLookupWithheld()
             generation = self._generation
             principal = await self._fetch(key_hash, pool)
@@ -108,6 +117,19 @@ class Authenticator:
             raise Unauthorized("unknown_key", "unknown or revoked API key")
         assert isinstance(principal, Principal)
         return principal
+
+    async def _is_active(self, key_hash: str, pool: asyncpg.Pool | None) -> bool:
+        if self._active is None or self._active_until <= self._clock():
+            self._active_reading = self._active_reading or asyncio.Lock()
+            async with self._active_reading:  # one read, however many requests wait on it
+                if self._active is None or self._active_until <= self._clock():
+                    generation = self._generation
+                    rows = await self._query(pool, ACTIVE_KEYS_SQL)
+                    active = frozenset(row[0] for row in rows)
+                    if generation != self._generation:
+                        return key_hash in active  # read before a revocation: not kept
+                    self._active, self._active_until = active, self._clock() + self.ttl_seconds
+        return key_hash in self._active
 
     def _cached(self, key_hash: str, now: float) -> Principal | None | object:
         known = self._known.get(key_hash)
@@ -125,13 +147,17 @@ class Authenticator:
         entries[key_hash] = expires if principal is None else (principal, expires)
 
     async def _fetch(self, key_hash: str, pool: asyncpg.Pool | None) -> Principal | None:
+        rows = await self._query(pool, KEY_SQL, key_hash)
+        return Principal(partner_id=rows[0][1], key_id=rows[0][0]) if rows else None
+
+    @staticmethod
+    async def _query(pool: asyncpg.Pool | None, sql: str, *args: object) -> list[asyncpg.Record]:
         if pool is None:
             raise DatabaseUnavailable("the database is not reachable")
         try:
             async with pool.acquire(timeout=QUERY_TIMEOUT_SECONDS) as conn:
-                row = await conn.fetchrow(KEY_SQL, key_hash, timeout=QUERY_TIMEOUT_SECONDS)
+                return await conn.fetch(sql, *args, timeout=QUERY_TIMEOUT_SECONDS)
         except asyncpg.UndefinedTableError:
             raise DatabaseUnavailable("serving.api_keys does not exist yet") from None
         except DATABASE_ERRORS:
             raise DatabaseUnavailable("the database is not reachable") from None
-        return None if row is None else Principal(partner_id=row[1], key_id=row[0])

@@ -329,7 +329,8 @@ def openapi_document() -> dict[str, Any]:
         "429": _response(
             "The partner's rate limit is exceeded, or the client's address failed"
             f" authentication more than {AUTH_FAILURES_PER_MINUTE} times in the last minute"
-            " (then only keys it has used successfully are accepted).",
+            " (then a key that is not an active key gets 429 without being looked up; active"
+            " keys keep working).",
             _error_schema({"error": "rate_limited", "detail": "rate limit exceeded"}),
             **{"Retry-After": "Seconds to wait before retrying."},
         ),
