@@ -36,9 +36,13 @@ def replay_import(settings: Settings, file_id: str, rebuild: bool = True, force:
     archive = Path(original["archive_path"] or "")
     if not archive.is_file():
         raise ReplayError(f"archived bytes for {file_id} are missing at {archive}")
-    later = ledger.later_load(
-        params, original["partner_id"], original["received_at"], original["sha256"]
-    )
+    partner_id, sha256 = original["partner_id"], original["sha256"]
+    since = original["received_at"]
+    if original["status"] == "duplicate":
+        # its rows are those of the load it repeated: a file loaded after that one is later
+        # (a partner re-sending an old file is not undoing its correction: see README)
+        since = ledger.last_load_of(params, partner_id, sha256, since) or since
+    later = ledger.later_load(params, partner_id, since, sha256)
     if later is not None and not force:
         raise ReplayError(
             f"{later['filename']} ({later['file_id']}) was loaded after {file_id}: replaying"

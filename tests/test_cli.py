@@ -311,6 +311,22 @@ def test_replay_of_a_file_a_later_file_followed_is_refused_unless_forced(platfor
         (f"replay of {first.file_id}",),
     ) == [(0,)]
 
+    # the older bytes sent again are a duplicate; replaying that entry loaded them over the
+    # newer file without --force (the guard looked for loads after the duplicate's arrival)
+    platform.upload("acme_corp", "enrollment_older_again.csv", older.content)
+    [again] = import_partner_files(config, platform.settings, platform.params)
+    assert again.status == "duplicate"
+    refused = CliRunner().invoke(main, ["imports", "replay", again.file_id])
+    assert refused.exit_code == 1
+    assert f"enrollment_newer.csv ({second.file_id}) was loaded after" in refused.output
+    # an empty id (an unset shell variable) is no id: it replayed the newest import
+    empty = CliRunner().invoke(main, ["imports", "replay", ""])
+    assert empty.exit_code == 1 and "no import with file id ''" in empty.output
+    assert platform.query(
+        "select count(*) from raw_partners.file_imports where reason in (%s, %s)",
+        (f"replay of {again.file_id}", "replay of "),
+    ) == [(0,)]
+
 
 def test_a_selection_splitting_what_one_step_makes_says_what_to_select():
     # it passed the check, then failed building the job with a DagsterInvalidSubsetError

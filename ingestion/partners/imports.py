@@ -135,6 +135,17 @@ def later_load(
     )
 
 
+def last_load_of(params: ConnectionParams, partner_id: str, sha256: str, before: Any) -> Any | None:
+    """When these bytes were last loaded, no later than `before` (a duplicate's original)."""
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select max(received_at) from raw_partners.file_imports where partner_id = %s"
+            " and sha256 = %s and status = 'loaded' and received_at <= %s",
+            (partner_id, sha256, before),
+        )
+        return cur.fetchone()[0]
+
+
 def get(params: ConnectionParams, file_id: str) -> dict[str, Any] | None:
     rows = list_imports(params, file_id=file_id)
     return rows[0] if rows else None
@@ -147,10 +158,11 @@ def list_imports(
     limit: int = 100,
 ) -> list[dict[str, Any]]:
     clauses, args = [], []
-    if partner_id:
+    # `is not None`: an empty id (an unset shell variable) matches nothing, not everything
+    if partner_id is not None:
         clauses.append("partner_id = %s")
         args.append(partner_id)
-    if file_id:
+    if file_id is not None:
         clauses.append("file_id = %s")
         args.append(file_id)
     where = f"where {' and '.join(clauses)}" if clauses else ""
