@@ -84,19 +84,27 @@ def stack() -> None:
 
 @stack.command("up")
 @click.option("--no-api", is_flag=True, help="Do not start the eligibility API.")
-def stack_up_cmd(no_api: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="The status, machine-readable.")
+def stack_up_cmd(no_api: bool, as_json: bool) -> None:
     from mdp.stack import stack_up
 
     status = stack_up(_settings(), with_api=not no_api)
-    _print_status(status)
+    if as_json:
+        _print_json(status)
+    else:
+        _print_status(status)
 
 
 @stack.command("down")
-def stack_down_cmd() -> None:
+@click.option("--json", "as_json", is_flag=True, help='Machine-readable: {"stopped": [...]}.')
+def stack_down_cmd(as_json: bool) -> None:
     from mdp.stack import stack_down
 
     stopped = stack_down(_settings())
-    click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    if as_json:
+        _print_json({"stopped": stopped})
+    else:
+        click.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
 
 @stack.command("status")

@@ -101,15 +101,28 @@ def stop_service(settings: Settings, name: str, timeout: float = 15) -> bool:
     os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _exited(pid):
             break
         time.sleep(0.1)
     else:
         os.killpg(pid, signal.SIGKILL)
     _pid_file(settings, name).unlink(missing_ok=True)
     return True
+
+
+def _exited(pid: int) -> bool:
+    """Whether the process is gone. One this process started (`stack up`, then `stack down` in
+    the same process) stays a zombie, which signal 0 still reaches, until it is reaped."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return True
+    except ChildProcessError:
+        pass  # not our child: another process started it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def partner_sftp_password(settings: Settings, partner_id: str) -> str:

@@ -411,3 +411,27 @@ def test_a_shell_without_the_port_exports_finds_the_stack_where_it_was_started(
     monkeypatch.setattr("mdp.stack._loaded_from_stack_env", set())
     monkeypatch.setenv("MDP_API_PORT", "49000")
     assert _settings().api_port == 49000
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_stack_up_and_down_answer_in_json_too(platform, cli_env, monkeypatch):
+    for name in ("MDP_SFTP_PORT", "MDP_PULL_SFTP_PORT", "MDP_FITBIT_EMULATOR_PORT"):
+        monkeypatch.setenv(name, str(_free_port()))
+    runner = CliRunner()
+    try:
+        up = runner.invoke(main, ["stack", "up", "--no-api", "--json"])
+        assert up.exit_code == 0, up.output
+        status = json.loads(up.stdout)
+        assert status["sftp"]["running"] and status["partner_sftp"]["running"]
+        assert status["sftp"]["port"] == int(os.environ["MDP_SFTP_PORT"])
+    finally:
+        down = runner.invoke(main, ["stack", "down", "--json"])
+    assert down.exit_code == 0, down.output
+    assert {"sftp", "partner_sftp"} <= set(json.loads(down.stdout)["stopped"])
+    again = runner.invoke(main, ["stack", "down", "--json"])
+    assert json.loads(again.stdout) == {"stopped": []}
