@@ -11,7 +11,7 @@ import click
 import httpx
 
 from ingestion.partners.config import load_partner_configs
-from mdp.database import connect, connection_params
+from mdp.database import ConnectionParams, connect, connection_params
 from mdp.settings import Settings
 
 DEMO_PARTNER = "acme_corp"
@@ -25,7 +25,6 @@ def run_demo(settings: Settings) -> int:
     from mdp.orchestrate import run_assets
     from mdp.stack import stack_up
     from sandbox.generator import write_demo_world
-    from serving.api_keys import create_key
 
     click.echo(
         "1/5 starting the stack (embedded Postgres, sandbox SFTP servers, eligibility API)..."
@@ -61,7 +60,7 @@ def run_demo(settings: Settings) -> int:
 
     click.echo("4/5 creating a demo API key and picking a demo member...")
     params = connection_params(settings)
-    _, api_key = create_key(params, DEMO_PARTNER, label="demo")
+    _, api_key = fresh_demo_key(params)
     member = _eligible_member(settings, world[DEMO_PARTNER].valid_members)
 
     click.echo("5/5 checking the eligibility API answers...")
@@ -102,6 +101,19 @@ def run_demo(settings: Settings) -> int:
         f"Device data: {days} member-days of steps for {members} members in marts.fct_daily_steps"
     )
     return 0 if status == 200 else 1
+
+
+def fresh_demo_key(params: ConnectionParams) -> tuple[str, str]:
+    """A new demo key, the previous demo's revoked: each `make demo` left one more key open."""
+    from serving.api_keys import create_key, list_keys, revoke_key
+
+    for key in list_keys(params, DEMO_PARTNER):
+        if key.label == DEMO_KEY_LABEL and key.revoked_at is None:
+            revoke_key(params, DEMO_PARTNER, key.key_id)
+    return create_key(params, DEMO_PARTNER, label=DEMO_KEY_LABEL)
+
+
+DEMO_KEY_LABEL = "demo"
 
 
 def _eligible_today(member: dict) -> bool:
