@@ -197,7 +197,10 @@ def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                 last_line = reader.line_num
                 if not record or (len(record) == 1 and not record[0].strip()):
                     continue  # blank line
-                if len(record) != width:
+                # empty values past the header's width (a trailing delimiter) are no data
+                if len(record) != width and not (
+                    len(record) > width and not any(v.strip() for v in record[width:])
+                ):
                     yield RawRow(
                         line,
                         _values_from(record, columns),

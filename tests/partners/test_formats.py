@@ -602,3 +602,22 @@ def test_a_missing_sheet_names_the_others_with_ssn_shaped_digits_masked(tmp_path
         list(read_rows(path, GLOBEX.inbound))
     assert "no sheet named 'Members'" in caught.value.reason
     assert "***-**-9123" in caught.value.reason and "456-78" not in caught.value.reason
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
+def test_empty_values_past_the_header_are_no_data_but_a_value_there_rejects_the_row(
+    tmp_path, arrow
+):
+    # a trailing delimiter on every row rejected every row ("has 9 fields, the header has 8")
+    header = "Employee ID,First Name,Last Name,Date of Birth,Email,Program"
+    rows = [f"EMP{i:05d},Ann,Lee,01/02/1980,a@b.example,Gold,," for i in range(1, 1001)]
+    rows[4] = "EMP00005,Ann,Lee,01/02/1980,a@b.example,Gold,,stray"
+    path = tmp_path / "f.csv"
+    path.write_text(header + "\r\n" + "\r\n".join(rows) + "\r\n")
+    batches = _read_all(path, ACME.inbound, arrow)
+    problems = {
+        b.lines[pos].as_py(): problem for b in batches for pos, problem in b.problems.items()
+    }
+    assert problems == {6: "has 8 fields, the header has 6"}
+    assert sum(len(b) for b in batches) == 1000
+    assert {v for b in batches for v in b.columns["program"].to_pylist()} == {"Gold"}

@@ -722,3 +722,28 @@ def test_reports_the_partner_did_not_receive_are_sent_by_the_next_run(platform):
     assert platform.query(audit, (loaded.file_id,)) == [([log_ref("acme_corp", "RESND0001")],)]
     assert _import(platform, "acme_corp") == []  # once
     assert len(platform.query(audit, (loaded.file_id,))) == 1
+
+
+def test_a_nul_character_in_a_value_rejects_its_row_and_the_rest_load(platform):
+    # Postgres text cannot hold one: the load failed, and with it the file's good rows, and
+    # the partner was told nothing
+    header = b"Employee ID,First Name,Last Name,Date of Birth,Email,Program,Eligibility Start\r\n"
+    rows = [
+        b"NUL0001,Ann,Lee,01/02/1980,,diabetes_prevention,01/01/2026\r\n",
+        b"NUL0002,Nu\x00l,Bad,01/01/1970,,diabetes_prevention,01/01/2026\r\n",
+        b"NUL0003,Bo,Lee,03/04/1975,,diabetes_prevention,01/01/2026\r\n",
+    ]
+    platform.upload("acme_corp", "enrollment_nul.csv", header + b"".join(rows))
+
+    [record] = _import(platform, "acme_corp")
+
+    assert (record.status, record.rows_loaded, record.rows_rejected) == ("loaded", 2, 1)
+    stored = platform.query(
+        "select employee_id from raw_partners.enrollment_members"
+        " where partner_id = 'acme_corp' and employee_id like 'NUL%%' order by 1"
+    )
+    assert stored == [("NUL0001",), ("NUL0003",)]
+    report = platform.sftp_root / "acme_corp" / "errors" / "enrollment_nul.errors.csv"
+    [reported] = list(csv.reader(io.StringIO(report.read_text())))[1:]
+    assert reported[:2] == ["3", "NUL0002"]
+    assert "first_name: holds a NUL character" in reported[2]
