@@ -131,7 +131,7 @@ class RowValidator:
         keys = ssn_hash if self.inbound.identifier == "ssn" else text["employee_id"]
         self._flag_repeated_ids(batch.lines, keys, errors)
 
-        shown = self._shown_keys(text, ssn_last4, sorted(errors))
+        shown = self._shown_keys(text, ssn_last4, errors)
         lines = batch.lines.to_numpy(zero_copy_only=False)
         rejects = [
             Reject(int(lines[pos]), shown[pos], messages)
@@ -319,11 +319,20 @@ class RowValidator:
         )
 
     def _shown_keys(
-        self, text: dict[str, pa_arrow.Array], last4: pa_arrow.Array, rejected: list[int]
+        self, text: dict[str, pa_arrow.Array], last4: pa_arrow.Array, errors: Errors
     ) -> dict[int, str | None]:
+        """Each rejected row's key as its error report shows it. An employee id its own check
+        refused is masked as the message quoting it is (an SSN sent as the id: 834 files'
+        REF*0F often carries one); an id that passed is the partner's, shown as sent."""
+        rejected = sorted(errors)
         if self.inbound.identifier == "ssn":
             return {pos: f"***-**-{v}" if v else None for pos, v in _at(last4, rejected)}
-        return dict(_at(text["employee_id"], rejected))
+        return {
+            pos: masked_ssns(v)
+            if v and any(m.startswith("employee_id:") for m in errors[pos])
+            else v
+            for pos, v in _at(text["employee_id"], rejected)
+        }
 
     def _to_arrow(
         self, columns: dict[str, pa_arrow.Array], lines: pa_arrow.Array, valid: pa_arrow.Array

@@ -621,3 +621,12 @@ def test_empty_values_past_the_header_are_no_data_but_a_value_there_rejects_the_
     assert problems == {6: "has 8 fields, the header has 6"}
     assert sum(len(b) for b in batches) == 1000
     assert {v for b in batches for v in b.columns["program"].to_pylist()} == {"Gold"}
+
+
+def test_an_ssn_sent_as_the_employee_id_is_masked_in_the_reports_key_column_too(tmp_path):
+    # the message quoted it masked while the report's key column showed it in clear
+    rows = ["123-45-6789,Ann,Lee,01/02/1980,a@b.c,P,,", "E0000002,Bo,Lee,13/45/1980,b@b.c,P,,"]
+    path = _acme_csv(tmp_path, "ssn_as_id.csv", rows)
+    _, rejects = _validated(ACME, path, arrow=False)
+    assert [(r.line, r.key) for r in rejects] == [(2, "***-**-6789"), (3, "E0000002")]
+    assert "6789" in " ".join(rejects[0].errors) and "123" not in " ".join(rejects[0].errors)
