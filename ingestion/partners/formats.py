@@ -21,6 +21,7 @@ from pathlib import Path
 from ingestion.partners.config import CsvOptions, Inbound
 from ingestion.partners.errors import UnreadableFileError
 from ingestion.partners.fields import DATE_FIELDS
+from ingestion.partners.xlsx_formulas import formulas_without_results
 from mdp.phi import masked_ssns
 
 EXCEL_EPOCH = dt.date(1899, 12, 30)  # serial 1 = 1900-01-01 with Excel's 1900 leap-year bug
@@ -365,8 +366,13 @@ def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
             # Excel for Mac's workbooks may count dates from 1904 (openpyxl reads date cells
             # right either way; a serial stored as a plain number is ours to count)
             mac_1904 = workbook.epoch.date() == MAC_1904_EPOCH
+            uncalculated = formulas_without_results(path, getattr(sheet, "_worksheet_path", None))
             for offset, cells in enumerate(rows, start=1):
-                if all(c.value is None or str(c.value).strip() == "" for c in cells):
+                line = options.header_row + offset
+                problem = _uncalculated_problem(line, columns, fields, uncalculated)
+                if not problem and all(
+                    c.value is None or str(c.value).strip() == "" for c in cells
+                ):
                     continue
                 values = [
                     _cell_text(cells[i].value, target, _number_format(cells[i]), mac_1904)
@@ -374,7 +380,7 @@ def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                     else None
                     for i, target in zip(columns, fields, strict=True)
                 ]
-                yield RawRow(options.header_row + offset, values)
+                yield RawRow(line, values, problem)
         except UnreadableFileError:
             raise
         except Exception as exc:  # a sheet's XML or its compressed bytes are broken
@@ -383,6 +389,22 @@ def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
             ) from None
     finally:
         workbook.close()
+
+
+def _uncalculated_problem(
+    line: int, columns: list[int | None], fields: list[str], uncalculated: set[tuple[int, int]]
+) -> str | None:
+    """The row's problem when a mapped cell is a formula with no stored result (read as
+    empty, it would load as a blank: no program, or coverage without an end)."""
+    if not uncalculated:
+        return None
+    named = [f for i, f in zip(columns, fields, strict=True) if (line, i) in uncalculated]
+    if not named:
+        return None
+    return (
+        f"{', '.join(named)}: a formula without its computed value (the workbook was saved"
+        " by a program that does not calculate: open and save it in Excel, or export values)"
+    )
 
 
 def _described(exc: Exception) -> str:

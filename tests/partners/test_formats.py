@@ -630,3 +630,41 @@ def test_an_ssn_sent_as_the_employee_id_is_masked_in_the_reports_key_column_too(
     _, rejects = _validated(ACME, path, arrow=False)
     assert [(r.line, r.key) for r in rejects] == [(2, "***-**-6789"), (3, "E0000002")]
     assert "6789" in " ".join(rejects[0].errors) and "123" not in " ".join(rejects[0].errors)
+
+
+def test_a_formula_saved_without_its_result_rejects_its_row_rather_than_read_blank(tmp_path):
+    # openpyxl (and HR systems' exports) store formulas uncalculated: read as empty, a
+    # coverage end given by =DATE(...) loaded as no end, eligible for ever, with no error
+    path = _workbook(
+        tmp_path,
+        [
+            ["GX000001", "Ann", "Lee", "1980-01-02", "F", '="Gold"&"Plus"', None, None],
+            ["GX000002", "Bo", "Lee", "1981-01-02", "M", "P", "2026-01-01", "=DATE(2026,12,31)"],
+            ["GX000003", "Cy", "Lee", "1982-01-02", "F", "P", "2026-01-01", None],
+        ],
+    )
+
+    # an Excel-saved workbook's formula with its result, and one whose text result is empty
+    def calculated_by_excel(xml: bytes) -> bytes:
+        name = b'<c r="C4" t="inlineStr"><is><t>Lee</t></is></c>'
+        assert name in xml and b'r="H4"' not in xml
+        xml = xml.replace(name, b'<c r="C4" t="str"><f>"Lee"</f><v>Lee</v></c>')
+        empty_end = b'<c r="H4" t="str"><f>""</f><v></v></c>'
+        return xml.replace(b"</row></sheetData>", empty_end + b"</row></sheetData>")
+
+    _with_sheet_xml(path, calculated_by_excel)
+    rows = list(read_rows(path, GLOBEX.inbound))
+    assert [(r.line, r.problem) for r in rows] == [
+        (
+            2,
+            "program: a formula without its computed value (the workbook was saved by a"
+            " program that does not calculate: open and save it in Excel, or export values)",
+        ),
+        (
+            3,
+            "eligibility_end_date: a formula without its computed value (the workbook was saved"
+            " by a program that does not calculate: open and save it in Excel, or export values)",
+        ),
+        (4, None),
+    ]
+    assert row_dict(GLOBEX.inbound, rows[2])["last_name"] == "Lee"

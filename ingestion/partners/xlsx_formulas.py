@@ -1,0 +1,67 @@
+"""Formula cells a workbook holds without their results.
+
+A workbook written by a program rather than by Excel (openpyxl, many HR systems' exports)
+stores a formula such as `=DATE(2026,12,31)` with no computed value: nothing has calculated
+it. openpyxl (values only) reads such a cell as empty, so a coverage end given by a formula
+loaded as "no end", eligible for ever, and nobody was told. The sheet's XML is read once for
+them, without parsing it: a workbook with no formula at all costs one decompression.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from pathlib import Path
+
+_BLOCK = 1 << 20
+_CARRY = 1 << 16  # more than any one cell element of a roster
+# one cell element, any namespace prefix (`<x:c>` from .NET's SDK); a self-closing cell holds
+# nothing, so `(?<!/)>` keeps the match from running on into the next cells
+_CELL = re.compile(rb"<(?:\w+:)?c\b([^>]*)(?<!/)>(.*?)</(?:\w+:)?c>", re.DOTALL)
+_REFERENCE = re.compile(rb"\br=\"([A-Z]{1,3})([0-9]+)\"")
+_TEXT_RESULT = re.compile(rb"\bt=\"str\"")  # a formula's text result, possibly empty
+_FORMULA = re.compile(rb"<(?:\w+:)?f\b")
+_VALUE = re.compile(rb"<(?:\w+:)?v\b")
+_FILLED_VALUE = re.compile(rb"<(?:\w+:)?v>\s*[^<\s]")
+
+
+def formulas_without_results(path: Path, sheet_xml: str | None) -> set[tuple[int, int]]:
+    """(row, 0-based column) of every formula cell of the sheet with no stored result; empty
+    when the sheet's part is unknown or unreadable (openpyxl then says what is wrong)."""
+    found: set[tuple[int, int]] = set()
+    if not sheet_xml:
+        return found
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(sheet_xml) as xml:
+            carry = b""
+            while block := xml.read(_BLOCK):
+                text = carry + block
+                if _FORMULA.search(text):
+                    for cell in _CELL.finditer(text):
+                        attributes, inner = cell.groups()
+                        reference = _REFERENCE.search(attributes)
+                        if (
+                            reference
+                            and _FORMULA.search(inner)
+                            and not _has_result(attributes, inner)
+                        ):
+                            column = _column_index(reference.group(1))
+                            found.add((int(reference.group(2)), column))
+                carry = text[-_CARRY:]
+    except (OSError, KeyError, zipfile.BadZipFile, EOFError):
+        return set()
+    return found
+
+
+def _has_result(attributes: bytes, inner: bytes) -> bool:
+    if _TEXT_RESULT.search(attributes):  # Excel stores an empty text result as `<v></v>`
+        return bool(_VALUE.search(inner))
+    return bool(_FILLED_VALUE.search(inner))
+
+
+def _column_index(letters: bytes) -> int:
+    """0-based: A is 0, Z 25, AA 26."""
+    index = 0
+    for letter in letters:
+        index = index * 26 + letter - ord("A") + 1
+    return index - 1
