@@ -223,6 +223,15 @@ def undecodable(path: Path, encoding: str) -> UnreadableFileError:
     """The error for a file with bytes `encoding` cannot decode, naming the first such byte's
     line. Counted from the raw bytes: the text reader decodes ahead of the rows it hands out,
     so its line count is behind when the error surfaces."""
+    with open(path, "rb") as raw:
+        start = raw.read(4)
+    for bom, name in _FOREIGN_BOMS:
+        if start.startswith(bom) and codecs.lookup(_codec(encoding)).name != name:
+            return UnreadableFileError(
+                f"bytes that are not valid {encoding}: the file starts with a {name.upper()}"
+                f" byte order mark, so it is {name.upper()} text (the partner's config says"
+                f" {encoding}: set its encoding to {name}, or ask for {encoding})"
+            )
     decoder = codecs.getincrementaldecoder(_codec(encoding))()
     consumed = 0  # bytes handed to the decoder before the current block
     with open(path, "rb") as raw:
@@ -241,6 +250,16 @@ def undecodable(path: Path, encoding: str) -> UnreadableFileError:
                 )
             consumed += len(block)
     return UnreadableFileError(f"bytes that are not valid {encoding}")
+
+
+# byte order marks of encodings other than the configured one (UTF-32's before UTF-16's: the
+# little-endian UTF-32 mark starts with UTF-16's)
+_FOREIGN_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
 
 
 def unclosed_quote_error(line: int) -> UnreadableFileError:

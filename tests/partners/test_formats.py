@@ -668,3 +668,15 @@ def test_a_formula_saved_without_its_result_rejects_its_row_rather_than_read_bla
         (4, None),
     ]
     assert row_dict(GLOBEX.inbound, rows[2])["last_name"] == "Lee"
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
+def test_a_utf16_file_for_a_utf8_partner_is_quarantined_saying_it_is_utf16(tmp_path, arrow):
+    # it said "byte 0xff at offset 0", which tells a partner nothing
+    text = "Employee ID,First Name,Last Name,Date of Birth\r\nEMP00001,Ann,Lee,01/02/1980\r\n"
+    path = tmp_path / "f.csv"
+    path.write_bytes(text.encode("utf-16"))  # with its byte order mark
+    with pytest.raises(UnreadableFileError) as caught:
+        _read_all(path, ACME.inbound, arrow)
+    assert "starts with a UTF-16 byte order mark, so it is UTF-16 text" in caught.value.reason
+    assert "set its encoding to utf-16" in caught.value.reason
