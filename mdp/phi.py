@@ -32,6 +32,19 @@ def normalize_ssn(value: str) -> str | None:
     return digits if len(digits) == 9 and digits.isascii() and digits.isdigit() else None
 
 
+def never_issued(digits: str) -> str | None:
+    """Why nine digits are no SSN (nor ITIN) ever issued, or None: the SSA issues no area 000
+    or 666, no group 00 and no serial 0000 (a placeholder such as 000-00-0000 or 123-45-0000).
+    Areas 900-999 are ITINs, which plans take in the SSN field, so they pass."""
+    if digits[:3] in ("000", "666"):
+        return f"area {digits[:3]} is never issued"
+    if digits[3:5] == "00":
+        return "group 00 is never issued"
+    if digits[5:] == "0000":
+        return "serial 0000 is never issued"
+    return None
+
+
 # nine digits shaped like an SSN (123-45-6789, 123 45 6789, 123_45_6789, 123456789), not
 # inside a longer run of digits (a date stamp such as 20261129 is not one); 3-2-4 with the same
 # separator twice (a ZIP+4, 62701-1234, is not one)

@@ -22,7 +22,7 @@ from ingestion.partners.column_checks import parse_dates, positions, regex_match
 from ingestion.partners.config import FieldRule, PartnerConfig
 from ingestion.partners.fields import CANONICAL_FIELDS, DATE_FIELDS, STORED_MEMBER_FIELDS
 from ingestion.partners.formats import NOT_IN_ROSTER, mapped_fields
-from mdp.phi import keyed_hash, masked_ssns, normalize_ssn
+from mdp.phi import keyed_hash, masked_ssns, never_issued, normalize_ssn
 
 MEMBER_ARROW_SCHEMA = pa_arrow.schema(
     [pa_arrow.field("partner_id", pa_arrow.string(), nullable=False)]
@@ -251,6 +251,9 @@ class RowValidator:
             if value is not None and clean is None:
                 if not any(m.startswith("ssn:") for m in errors.get(pos, [])):
                     errors[pos].append("ssn: must have 9 digits")
+            elif clean is not None and (why := never_issued(clean)):
+                errors[pos].append(f"ssn: ***-**-{clean[-4:]} is no SSN: {why}")
+                digits[pos] = None
         hashed = pa_arrow.array([keyed_hash(d) if d else None for d in digits], pa_arrow.string())
         last4 = pa_arrow.array([d[-4:] if d else None for d in digits], pa_arrow.string())
         text["ssn"] = pa_arrow.nulls(count, pa_arrow.string())  # the clear SSN goes no further

@@ -680,3 +680,23 @@ def test_a_utf16_file_for_a_utf8_partner_is_quarantined_saying_it_is_utf16(tmp_p
         _read_all(path, ACME.inbound, arrow)
     assert "starts with a UTF-16 byte order mark, so it is UTF-16 text" in caught.value.reason
     assert "set its encoding to utf-16" in caught.value.reason
+
+
+def test_a_placeholder_ssn_never_issued_is_rejected_not_taken_for_a_member(tmp_path):
+    # 000-00-0000 loaded as a member (last 4 "0000"): every placeholder row one member
+    path = tmp_path / "umbrella_2.csv"
+    body = ["000-00-0000", "666-12-3456", "123-00-4567", "123-45-0000", "912-70-1234"]
+    path.write_text(
+        "SSN|FIRST_NAME|LAST_NAME|BIRTH_DATE|PLAN_CODE|COVERAGE_BEGIN|COVERAGE_END\n"
+        + "".join(f"{ssn}|Ann|Lee|1980-01-02|P|2024-01-01|\n" for ssn in body)
+    )
+    validator = RowValidator(UMBRELLA, "f", dt.datetime(2025, 6, 1, tzinfo=dt.UTC))
+    results = [validator.validate(b) for b in _read_all(path, UMBRELLA.inbound, True)]
+    rejects = [r for result in results for r in result.rejects]
+    assert [(r.line, r.key, r.errors) for r in rejects] == [
+        (2, None, ["ssn: ***-**-0000 is no SSN: area 000 is never issued"]),
+        (3, None, ["ssn: ***-**-3456 is no SSN: area 666 is never issued"]),
+        (4, None, ["ssn: ***-**-4567 is no SSN: group 00 is never issued"]),
+        (5, None, ["ssn: ***-**-0000 is no SSN: serial 0000 is never issued"]),
+    ]
+    assert [row["ssn_last4"] for r in results for row in r.valid.to_pylist()] == ["1234"]
