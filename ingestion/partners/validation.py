@@ -122,6 +122,10 @@ class RowValidator:
         for pos, problem in sorted(batch.problems.items()):
             errors[pos].append(problem)
         text = dict(batch.columns)
+        for name in self.fields:
+            allowed = self.rules[name].allowed if name in self.rules else None
+            if allowed:
+                text[name] = as_allowed_spelling(text[name], allowed)
         dates, unparsed = self._parse_dates(text, errors)
         for name in self.fields:
             self._check_field(name, text[name], dates.get(name), unparsed.get(name, set()), errors)
@@ -355,6 +359,17 @@ class RowValidator:
             pa_arrow.scalar(self.received_at, pa_arrow.timestamp("us", tz="UTC")), count
         )
         return pa_arrow.table(kept, schema=MEMBER_ARROW_SCHEMA)
+
+
+def as_allowed_spelling(values: pa_arrow.Array, allowed: list[str]) -> pa_arrow.Array:
+    """Values that are an allowed value in another case (`m` for `M`) as the config spells
+    it; the rest as they are. Left alone when two allowed values differ only in case."""
+    folded = [value.lower() for value in allowed]  # as utf8_lower folds the values
+    if len(set(folded)) < len(folded):
+        return values
+    index = pc.index_in(pc.utf8_lower(values), value_set=pa_arrow.array(folded, pa_arrow.string()))
+    spelled = pa_arrow.array(allowed, pa_arrow.string()).take(index)
+    return pc.coalesce(spelled, values)
 
 
 def _values(values: pa_arrow.Array, where: list[int]) -> list[object]:

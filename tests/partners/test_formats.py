@@ -700,3 +700,20 @@ def test_a_placeholder_ssn_never_issued_is_rejected_not_taken_for_a_member(tmp_p
         (5, None, ["ssn: ***-**-0000 is no SSN: serial 0000 is never issued"]),
     ]
     assert [row["ssn_last4"] for r in results for row in r.valid.to_pylist()] == ["1234"]
+
+
+def test_an_allowed_value_in_another_case_is_taken_as_the_config_spells_it(tmp_path):
+    # `m` was rejected as not one of [M, F, U, X], though staging upper-cases gender anyway
+    path = _workbook(
+        tmp_path,
+        [
+            ["GX000001", "Ann", "Lee", "1980-01-02", "f", "P", None, None],
+            ["GX000002", "Bo", "Lee", "1981-01-02", "M", "P", None, None],
+            ["GX000003", "Cy", "Lee", "1982-01-02", "q", "P", None, None],
+        ],
+    )
+    validator = RowValidator(GLOBEX, "f", dt.datetime(2025, 6, 1, tzinfo=dt.UTC))
+    results = [validator.validate(b) for b in _read_all(path, GLOBEX.inbound, False)]
+    assert [row["gender"] for r in results for row in r.valid.to_pylist()] == ["F", "M"]
+    [reject] = [reject for r in results for reject in r.rejects]
+    assert reject.line == 4 and "gender: 'q' must be one of ['M', 'F', 'U', 'X']" in reject.errors
