@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
@@ -445,6 +446,58 @@ def audit_verify() -> None:
         click.echo(f"audit chain broken at chain_seq {broken} ({rows} rows)", err=True)
         sys.exit(1)
     click.echo(f"audit chain intact ({rows} rows)")
+
+
+@audit.command("member")
+@click.argument("partner_id")
+@click.argument("member")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="From this day (YYYY-MM-DD).")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="To this day, included.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def audit_member(
+    partner_id: str,
+    member: str,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    as_json: bool,
+) -> None:
+    """Every access to one member's data: API checks, member-app uploads, exports.
+
+    MEMBER is the partner's id for the member (its employee id; for a partner that
+    identifies members by SSN, the SSN). The log holds only keyed references, so the
+    member is found by computing theirs; nothing of the member is printed back."""
+    from ingestion.partners.config import load_partner_configs
+    from mdp.access_log import member_events
+    from mdp.database import connection_params
+    from mdp.schema import ensure_schema
+    from serving.eligibility import InvalidRequest, lookup_id
+
+    settings = _settings()
+    config = load_partner_configs(settings.partner_config_dir).configs.get(partner_id)
+    if config is None:
+        raise click.ClickException(f"no valid partner config for {partner_id!r}")
+    try:
+        member_key = lookup_id(member.strip(), config.inbound.identifier)
+    except InvalidRequest as exc:
+        raise click.ClickException(exc.problems[0].problem) from None
+    params = connection_params(settings)
+    ensure_schema(params)
+    events = member_events(
+        params, partner_id, member_key, since and since.date(), until and until.date()
+    )
+    if as_json:
+        _print_json(events)
+        return
+    if not events:
+        click.echo("no access to this member's data in the audit log for that period")
+        return
+    for event in events:
+        click.echo(
+            f"{event['occurred_at']:%Y-%m-%d %H:%M:%S%z}  {event['action']:<22}"
+            f" {event['outcome'] or '':<12} {event['actor']}"
+            + (f"  purpose: {event['purpose']}" if event["purpose"] else "")
+        )
+    click.echo(f"{len(events)} access(es)")
 
 
 # --- imports -------------------------------------------------------------------------------

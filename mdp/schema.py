@@ -163,6 +163,9 @@ create table if not exists audit.access_log (
     detail       jsonb
 );
 create index if not exists access_log_member on audit.access_log (member_ref, occurred_at);
+-- the exports that carried a member (mdp.access_log.member_events)
+create index if not exists access_log_export_members on audit.access_log
+    using gin ((detail -> 'member_refs')) where detail ? 'member_refs';
 create or replace function audit.refuse_change() returns trigger language plpgsql as $$
 begin
     raise exception 'audit.access_log is append-only';
