@@ -35,7 +35,30 @@ def batch_from_rows(rows: list[RawRow], fields: list[str]) -> RowBatch:
         problems={pos: row.problem for pos, row in enumerate(rows) if row.problem},
     )
     _reject_nul_characters(batch)
+    _reject_overlong_values(batch)
     return batch
+
+
+def _reject_overlong_values(batch: RowBatch) -> None:
+    """A value longer than any member field holds (a quote opened by mistake, a pasted
+    document) rejects its row, and is cut to MAX_VALUE_CHARS for the report. The csv module
+    refused it outright (over its field limit), and the whole file was quarantined."""
+    for name, column in batch.columns.items():
+        lengths = pc.utf8_length(column)
+        if (pc.max(lengths).as_py() or 0) <= MAX_VALUE_CHARS:
+            continue
+        flagged = pc.fill_null(pc.greater(lengths, MAX_VALUE_CHARS), False)
+        for pos, length in zip(
+            pc.indices_nonzero(flagged).to_pylist(),
+            lengths.filter(flagged).to_pylist(),
+            strict=True,
+        ):
+            problem = (
+                f"{name}: {length:,} characters, longer than a value can be ({MAX_VALUE_CHARS:,})"
+            )
+            known = batch.problems.get(pos)
+            batch.problems[pos] = f"{known}; {problem}" if known else problem
+        batch.columns[name] = pc.utf8_slice_codeunits(column, 0, MAX_VALUE_CHARS)
 
 
 def _reject_nul_characters(batch: RowBatch) -> None:
@@ -54,6 +77,9 @@ def _reject_nul_characters(batch: RowBatch) -> None:
 
 
 NUL = "\x00"
+# far past any name, email, id or program; the csv module's own limit is raised well above it
+# (ingestion.partners.formats) so such a row is read, then rejected here
+MAX_VALUE_CHARS = 10_000
 
 
 def batches_from_rows(rows: Iterable[RawRow], fields: list[str], size: int) -> Iterator[RowBatch]:

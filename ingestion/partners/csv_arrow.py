@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 
-from ingestion.partners.batches import RowBatch
+from ingestion.partners.batches import MAX_VALUE_CHARS, RowBatch
 from ingestion.partners.config import Inbound
 from ingestion.partners.errors import UnreadableFileError
 from ingestion.partners.formats import (
@@ -165,9 +165,9 @@ def _batches(
             table = pa.Table.from_batches(pending)
             pending, held = [], 0
             lengths = [pc.binary_length(column) for column in table.columns]
-            if _longest(lengths) > csv.field_size_limit():
-                # the stdlib reader refuses such a field: so must this path
-                raise ArrowPathUnfit("a value is longer than the csv module accepts")
+            if _longest(lengths) > MAX_VALUE_CHARS:  # bytes: at least as many as characters
+                # the streaming readers reject such a row (batches._reject_overlong_values)
+                raise ArrowPathUnfit("a value is longer than any field holds")
             if _any_blank_row(lengths):
                 raise ArrowPathUnfit("a blank line, or a row of empty fields")
             spans = _record_spans(table, has_cr)

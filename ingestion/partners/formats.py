@@ -171,6 +171,12 @@ def _loosely(name: str) -> str:
     return " ".join(name.split()).casefold()
 
 
+# the csv module refuses a field over 128 KiB, and a file with one was quarantined whole; read
+# it, and its row is rejected (batches.MAX_VALUE_CHARS). A quote never closed still reads to
+# the end of the file, which the unclosed-quote check then names.
+csv.field_size_limit(max(csv.field_size_limit(), 1 << 28))
+
+
 def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
     options = inbound.csv_options
     with open(path, "rb") as raw:

@@ -717,3 +717,18 @@ def test_an_allowed_value_in_another_case_is_taken_as_the_config_spells_it(tmp_p
     assert [row["gender"] for r in results for row in r.valid.to_pylist()] == ["F", "M"]
     [reject] = [reject for r in results for reject in r.rejects]
     assert reject.line == 4 and "gender: 'q' must be one of ['M', 'F', 'U', 'X']" in reject.errors
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
+def test_an_overlong_value_rejects_its_row_and_the_rest_of_the_file_reads(tmp_path, arrow):
+    # over the csv module's field limit (128 KiB), the whole file was quarantined
+    header = "Employee ID,First Name,Last Name,Date of Birth,Email,Program"
+    rows = [f"EMP{i:05d},Ann,Lee,01/02/1980,a@b.example,Gold" for i in range(1, 1001)]
+    rows[1] = rows[1].replace(",Ann,", f',"{"x" * 200_000}",')  # line 3
+    path = tmp_path / "f.csv"
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    batches = _read_all(path, ACME.inbound, arrow)
+    problems = {b.lines[p].as_py(): problem for b in batches for p, problem in b.problems.items()}
+    assert problems == {3: "first_name: 200,000 characters, longer than a value can be (10,000)"}
+    assert sum(len(b) for b in batches) == 1000
+    assert max(len(v or "") for b in batches for v in b.columns["first_name"].to_pylist()) == 10_000
