@@ -40,6 +40,7 @@ from serving.auth import (
     Unauthorized,
 )
 from serving.bodies import declared_too_large
+from serving.body_timeout import BODY_IDLE_SECONDS, BodyTimeout
 from serving.cache import MISSING, LookupCache, cache_entry, from_cache_entry
 from serving.device_connect import AUTHORIZE_PATH, CALLBACK_PATH, DeviceConnect
 from serving.eligibility import (
@@ -536,6 +537,7 @@ def create_app(
     fitbit_verification_code: str | None = None,
     garmin_client_id: str | None = None,
     fitbit_app: FitbitApp | None = None,
+    body_idle_seconds: float = BODY_IDLE_SECONDS,
 ) -> Starlette:
     """Build the app. Unset arguments are resolved at startup from the environment
     (`load_settings()`, `connection_params()`, the partner config folder); unset webhook
@@ -582,7 +584,10 @@ def create_app(
             *apple_uploads.routes(),
             *device_connect.routes(),
         ],
-        middleware=[Middleware(MetricsMiddleware, metrics=runtime.metrics, routes=ROUTES)],
+        middleware=[
+            Middleware(MetricsMiddleware, metrics=runtime.metrics, routes=ROUTES),
+            Middleware(BodyTimeout, seconds=body_idle_seconds),
+        ],
         exception_handlers={HTTPException: _http_error, 500: _internal_error},
         lifespan=lifespan,
     )

@@ -319,6 +319,12 @@ def openapi_document() -> dict[str, Any]:
             "No such member for this partner, or the date of birth does not match (one answer).",
             {"$ref": ref + "NotFound"},
         ),
+        "408": _response(
+            "The body stopped arriving (nothing for 10 s); the connection is closed.",
+            _error_schema(
+                {"error": "request_timeout", "detail": "the request body stopped arriving"}
+            ),
+        ),
         "413": _response(
             f"Body larger than {MAX_BODY_BYTES} bytes.",
             _error_schema({"error": "payload_too_large", "detail": "request body is too large"}),

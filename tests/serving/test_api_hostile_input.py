@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import pytest
@@ -503,7 +504,9 @@ def wire(mart, partner_configs):
 
     from serving.app import create_app
 
-    app = create_app(params=mart, partner_configs=partner_configs, poll_interval=0.5)
+    app = create_app(
+        params=mart, partner_configs=partner_configs, poll_interval=0.5, body_idle_seconds=1.0
+    )
     sock = _socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
@@ -661,3 +664,28 @@ def test_spaces_around_the_employee_id_are_ignored_as_the_import_ignores_them(cl
     response = post_raw(client, keys, body)
     assert response.status_code == 200
     assert response.json()["eligible"] is True
+
+
+def test_a_body_that_stops_arriving_gets_408_and_the_connection_closes(wire, keys):
+    # uvicorn waited for the declared body for ever: the connection (and the check) hung
+    import socket as _socket
+
+    key = keys["acme_corp"][1].encode()
+    body = json.dumps(VALID).encode()
+    partial = req(key, body[:14], length=str(len(body)).encode())
+    started = time.monotonic()
+    with _socket.create_connection(("127.0.0.1", wire), timeout=10) as s:
+        s.sendall(partial)
+        answer = b""
+        while chunk := s.recv(65536):  # ends when the server closes the connection
+            answer += chunk
+    assert status_of(answer) == 408, answer
+    assert b'"error":"request_timeout"' in answer.replace(b" ", b"")
+    assert time.monotonic() - started < 5
+    # a body sent slowly, but never idle for the timeout, is answered as usual
+    with _socket.create_connection(("127.0.0.1", wire), timeout=10) as s:
+        s.sendall(partial)
+        time.sleep(0.5)
+        s.sendall(body[14:])
+        answer = s.recv(65536)
+    assert status_of(answer) == 200, answer

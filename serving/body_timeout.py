@@ -1,0 +1,74 @@
+"""408 for a request whose body stops arriving.
+
+uvicorn waits for a declared body for ever: a client that sends `Content-Length: 100` and 14
+bytes held its connection, a handler and (for the eligibility check) an authenticated slot
+until it gave up. Each body message must arrive within `seconds` of the previous one; past
+that, the app is told the client left (`http.disconnect`, which every handler already
+handles), its answer is replaced by a 408, and the connection is closed. Once the body is
+complete, `receive` is passed through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+BODY_IDLE_SECONDS = 10.0
+
+
+class BodyTimeout:
+    def __init__(self, app: ASGIApp, seconds: float = BODY_IDLE_SECONDS) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body_done = False
+        timed_out = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done, timed_out
+            if body_done:
+                return await receive()
+            try:
+                async with asyncio.timeout(self.seconds):
+                    message = await receive()
+            except TimeoutError:
+                timed_out = True
+                return {"type": "http.disconnect"}
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            if not timed_out:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await _send_timeout(send, self.seconds)
+
+        await self.app(scope, timed_receive, guarded_send)
+
+
+async def _send_timeout(send: Send, seconds: float) -> None:
+    body = json.dumps(
+        {
+            "error": "request_timeout",
+            "detail": f"the request body stopped arriving (nothing for {seconds:g} s)",
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 408,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
