@@ -20,6 +20,8 @@ class RowBatch:
     lines: pa.Int64Array
     columns: dict[str, pa.StringArray]
     problems: dict[int, str] = field(default_factory=dict)  # position in batch -> problem
+    # position in batch -> fields whose blank keeps the stored value (see RawRow.keeps)
+    keeps: dict[int, tuple[str, ...]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -33,6 +35,7 @@ def batch_from_rows(rows: list[RawRow], fields: list[str]) -> RowBatch:
             name: pa.array(column, pa.string()) for name, column in zip(fields, values, strict=True)
         },
         problems={pos: row.problem for pos, row in enumerate(rows) if row.problem},
+        keeps={pos: row.keeps for pos, row in enumerate(rows) if row.keeps},
     )
     _reject_nul_characters(batch)
     _reject_overlong_values(batch)

@@ -39,6 +39,8 @@ class RawRow:
     line: int
     values: list[str | None]  # stripped text (None when blank), in `mapped_fields` order
     problem: str | None = None
+    # fields whose blank means "not sent: keep the stored value" (an 834 termination's begin)
+    keeps: tuple[str, ...] = ()
 
 
 def mapped_fields(inbound: Inbound) -> list[str]:

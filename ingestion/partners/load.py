@@ -110,6 +110,7 @@ class MemberLoad:
         kept_fields: list[str] | None = None,
         full_file: bool = False,
         as_of: dt.datetime | None = None,
+        blank_start_keeps_stored: bool = False,
     ):
         self.partner_id = partner_id
         self.schema_name = schema_name
@@ -130,6 +131,8 @@ class MemberLoad:
         self._stored: pa.Array | None = None  # read when a chunk first needs them
         self._stored_range: tuple[str | None, str | None] = (None, None)
         self._full_file = full_file
+        # an 834's blank begin date is one not sent (a termination's): the stored one stands
+        self._blank_start_keeps_stored = blank_start_keeps_stored
         self.active_before = 0  # a full file's: active members before it (see left_out)
         self._as_of = as_of  # when the file was made (see _FILE_TIME)
         # a file older than one loaded already (late, or re-sent): its rows replace only the
@@ -153,6 +156,10 @@ class MemberLoad:
             "select pg_advisory_xact_lock(hashtext(%s))", (f"{LOAD_LOCK}:{self.partner_id}",)
         )
         self._cur.execute("create temp table incoming_keys (employee_id text) on commit drop")
+        if self._blank_start_keeps_stored:
+            self._cur.execute(
+                "create temp table kept_starts (employee_id text, stored_start date) on commit drop"
+            )
         if self.kept_columns:
             self._cur.execute(
                 "create temp table kept_values on commit drop as"
@@ -217,12 +224,24 @@ class MemberLoad:
         if not count:
             return
         replaced = self._replaced(ids)
+        keep_starts = (
+            self._blank_start_keeps_stored
+            and len(replaced) > 0
+            and pc.any(pc.is_null(rows["eligibility_start_date"])).as_py()
+        )
         if len(replaced):
             copy_binary(
                 self._cur,
                 "incoming_keys (employee_id)",
                 binary_copy_data(pa.table({"employee_id": replaced})),
             )
+            if keep_starts:
+                self._cur.execute(
+                    "insert into kept_starts select employee_id, eligibility_start_date"
+                    f" from {TABLE} where partner_id = %s"
+                    " and employee_id = any(array(select employee_id from incoming_keys))",
+                    (self.partner_id,),
+                )
             # an array, not a join: the key's index is probed whatever the planner thinks of
             # a temp table without statistics
             if self.kept_columns:
@@ -251,6 +270,16 @@ class MemberLoad:
                 (self.partner_id,),
             )
             self._cur.execute("truncate kept_values")
+        if keep_starts:
+            self._cur.execute(
+                f"update {TABLE} as member set eligibility_start_date = kept.stored_start"
+                " from kept_starts as kept where member.partner_id = %s"
+                " and member.employee_id = kept.employee_id"
+                " and member.eligibility_start_date is null"
+                " and member.employee_id = any(array(select employee_id from kept_starts))",
+                (self.partner_id,),
+            )
+            self._cur.execute("truncate kept_starts")
         self.rows += count
         self.seconds += time.perf_counter() - started
 

@@ -281,6 +281,7 @@ def _load_file(
         kept_fields=kept,
         full_file=config.inbound.full_file,
         as_of=_made_at(record),
+        blank_start_keeps_stored=config.inbound.format == "x12_834",
     ) as load:
         parsed = parse_and_validate(path, config, record, load.add, progress, arrow)
         if config.inbound.full_file:

@@ -128,7 +128,10 @@ class RowValidator:
                 text[name] = as_allowed_spelling(text[name], allowed)
         dates, unparsed = self._parse_dates(text, errors)
         for name in self.fields:
-            self._check_field(name, text[name], dates.get(name), unparsed.get(name, set()), errors)
+            kept = {pos for pos, fields in batch.keeps.items() if name in fields}
+            self._check_field(
+                name, text[name], dates.get(name), unparsed.get(name, set()), errors, kept
+            )
         _check_coverage_order(dates, errors)
         self._refuse_ssns_out_of_place(text, errors)
         ssn_hash, ssn_last4 = self._hash_ssn(text, errors, len(batch))
@@ -195,10 +198,11 @@ class RowValidator:
         date: pa_arrow.Array | None,
         unparsed: set[int],
         errors: Errors,
+        kept: set[int],
     ) -> None:
         if name in self.inbound.required_fields:
             for pos in positions(pc.is_null(text if date is None else date)):
-                if pos not in unparsed:
+                if pos not in unparsed and pos not in kept:  # kept: the stored value stands
                     errors[pos].append(f"{name}: required but empty")
         rule = self.rules[name]
         if date is not None:

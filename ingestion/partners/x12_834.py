@@ -25,7 +25,8 @@ segment on a line, where the two are the same. A dependent's loop (INS01 = N) is
 with `x12.members: all` (it usually repeats its subscriber's REF*0F, so it needs a per-member
 identifier such as NM109); otherwise it is rejected with that reason, so every loop is
 accounted for. A cancellation or termination (INS03, or the chosen loop's HD01, is 024) needs
-the end date the config maps: without one it is rejected, since it would load as covered. A file that is not an 834, or whose envelope is broken or cut short (no
+the end date the config maps: without one it is rejected, since it would load as covered;
+without a begin date it keeps the stored one (RawRow.keeps), required or not. A file that is not an 834, or whose envelope is broken or cut short (no
 SE/IEA, a segment count that disagrees), is unreadable and quarantined.
 
 Hand-written: the maintained Python X12 library (linuxforhealth-x12) models 5010 only and
@@ -78,8 +79,9 @@ def read_x12_834(path: Path, inbound: Inbound) -> Iterator[RawRow]:
     reader = _Reader(options)
     ssn_from_nm109 = source_of.get("ssn") == "NM109"
     end_source = source_of.get("eligibility_end_date")
+    start_source = source_of.get("eligibility_start_date")
     for member in reader.members(_segments(path, options.encoding)):
-        yield _row(member, sources, options, ssn_from_nm109, end_source)
+        yield _row(member, sources, options, ssn_from_nm109, end_source, start_source)
 
 
 # member-level eligibility dates and coverage-level benefit dates stand in for each other
@@ -101,6 +103,7 @@ def _row(
     options: X12Options,
     ssn_from_nm109: bool = False,
     end_source: str | None = None,
+    start_source: str | None = None,
 ) -> RawRow:
     values = dict(member.values)
     coverage = _chosen_coverage(member.coverages, options.insurance_line)
@@ -136,7 +139,14 @@ def _row(
         qualifier = values.get("NM108") or "none"
         problem = f"NM109 is not an SSN here (NM108 is {qualifier}, not {SSN_QUALIFIER})"
         return RawRow(member.line, row, problem)
-    return RawRow(member.line, [values.get(source) or None for source in sources], problem)
+    row = RawRow(member.line, [values.get(source) or None for source in sources], problem)
+    if problem is None and _is_termination(values, coverage):
+        # a termination often carries only its end (INS03 024 + DTP*349/357): the begin it
+        # leaves out is the stored one, not "none" (required, it was rejected and the member
+        # stayed covered)
+        if start_source is not None and not values.get(start_source):
+            row.keeps = ("eligibility_start_date",)
+    return row
 
 
 def _is_termination(values: dict[str, str], coverage: dict[str, str] | None) -> bool:

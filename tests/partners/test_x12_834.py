@@ -521,3 +521,47 @@ def test_a_member_loop_outside_any_transaction_set_is_a_broken_envelope(config, 
     content = interchange(loop).replace(b"GE*1*1", loop.replace("~", "~\n").encode() + b"~\nGE*1*1")
     with pytest.raises(UnreadableFileError, match=r"outside any 834 transaction set"):
         rows_of(content, config, tmp_path)
+
+
+def test_a_termination_with_only_its_end_date_ends_the_stored_coverage(platform, config):
+    # the begin date is required for additions; a termination sends only its end (INS03 024,
+    # DTP*349): it was rejected as "eligibility_start_date: required but empty", and the
+    # member stayed covered with no end
+    from sandbox.sftp_server import ensure_partner_home
+
+    required = [*config.inbound.required_fields, "eligibility_start_date"]
+    config = config.model_copy(
+        update={"inbound": config.inbound.model_copy(update={"required_fields": required})}
+    )
+    ensure_partner_home(platform.sftp_root, "stark_plan")
+    added = member("00022222", "LANE", "LOIS", "19800101").replace("DTP*356*D8*20260101~", "")
+    terminated = "~".join(
+        [
+            "INS*Y*18*024*07*A***FT",
+            "REF*0F*00022222",
+            "NM1*IL*1*LANE*LOIS",
+            "DMG*D8*19800101*F",
+            "HD*024**HLT*GOLD PPO*EMP",
+            "DTP*349*D8*20261031",
+        ]
+    )
+    never_added = terminated.replace("00022222", "00022223")
+    sftp = platform.sftp("mdp_platform")
+    try:
+        for name, content in [
+            ("add_20260101.834", interchange(added)),
+            ("term_20261031.834", interchange(terminated, never_added)),
+        ]:
+            with sftp.open(f"/stark_plan/inbound/{name}", "wb") as handle:
+                handle.write(content)
+            [record] = import_partner_files(config, platform.settings, platform.params)
+            assert record.status == "loaded" and record.rows_rejected == 0, record
+    finally:
+        sftp._owner.close()
+
+    stored = platform.query(
+        "select employee_id, eligibility_start_date::text, eligibility_end_date::text"
+        " from raw_partners.enrollment_members where partner_id = 'stark_plan'"
+        " and employee_id in ('00022222', '00022223') order by 1"
+    )
+    assert stored == [("00022222", "2026-01-01", "2026-10-31"), ("00022223", None, "2026-10-31")]
