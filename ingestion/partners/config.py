@@ -160,6 +160,9 @@ class FixedWidthOptions(_Strict):
     # that never ends). A partner whose system trims trailing blanks says so here; its short
     # lines then read as if padded, unless they end before a required field does.
     trailing_blanks_trimmed: bool = False
+    # what `start` and `width` count: characters, or bytes of `encoding` (a layout written
+    # for byte-positioned exports: a name with an accent takes two bytes of its field in UTF-8)
+    positions: Literal["characters", "bytes"] = "characters"
 
     @model_validator(mode="after")
     def _fields_are_distinct(self) -> FixedWidthOptions:

@@ -334,6 +334,7 @@ def read_fixed_width(path: Path, inbound: Inbound) -> Iterator[RawRow]:
         if layout.trailing_blanks_trimmed
         else record_length
     )
+    by_bytes = layout.positions == "bytes"
     with open(path, "rb") as raw:
         if not raw.read(1):
             raise UnreadableFileError("file is empty")
@@ -347,15 +348,56 @@ def read_fixed_width(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                     continue
                 if not line.strip():
                     continue
+                if by_bytes:
+                    yield _byte_positioned_row(
+                        line_no, line, layout.encoding, slices, shortest, record_length
+                    )
+                    continue
                 values = [line[start:end].strip() or None for _, start, end in slices]
                 problem = None
                 if len(line) < shortest:
                     problem = f"line is {len(line)} characters, shorter than the record length {record_length}"
                 elif len(line) > record_length and line[record_length:].strip():
                     problem = f"line is {len(line)} characters, longer than the record length {record_length}"
+                if problem and not line.isascii():
+                    size = len(line.encode(layout.encoding, "replace"))
+                    if shortest <= size <= record_length:
+                        problem += (
+                            f" (it is {size} bytes: if the partner's positions count bytes, set"
+                            " fixed_width.positions: bytes)"
+                        )
                 yield RawRow(line_no, values, problem)
         except UnicodeDecodeError:
             raise undecodable(path, layout.encoding) from None
+
+
+def _byte_positioned_row(
+    line_no: int,
+    line: str,
+    encoding: str,
+    slices: list[tuple[str, int, int]],
+    shortest: int,
+    record_length: int,
+) -> RawRow:
+    """A line of a layout whose positions count bytes (`fixed_width.positions: bytes`)."""
+    data = line.encode(encoding)  # not _codec's utf-8-sig: its encoder writes a BOM
+    values: list[str | None] = []
+    problems: list[str] = []
+    for target, start, end in slices:
+        try:
+            values.append(data[start:end].decode(encoding).strip() or None)
+        except UnicodeDecodeError:
+            values.append(None)
+            problems.append(f"{target}: its bytes {start + 1}-{end} cut a character in two")
+    if len(data) < shortest:
+        problems.insert(
+            0, f"line is {len(data)} bytes, shorter than the record length {record_length}"
+        )
+    elif len(data) > record_length and data[record_length:].strip():
+        problems.insert(
+            0, f"line is {len(data)} bytes, longer than the record length {record_length}"
+        )
+    return RawRow(line_no, values, "; ".join(problems) or None)
 
 
 def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:

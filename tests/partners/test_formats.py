@@ -732,3 +732,38 @@ def test_an_overlong_value_rejects_its_row_and_the_rest_of_the_file_reads(tmp_pa
     assert problems == {3: "first_name: 200,000 characters, longer than a value can be (10,000)"}
     assert sum(len(b) for b in batches) == 1000
     assert max(len(v or "") for b in batches for v in b.columns["first_name"].to_pylist()) == 10_000
+
+
+def test_a_byte_positioned_layout_reads_multibyte_names_in_place(tmp_path):
+    # padded by UTF-8 bytes (as byte-positioned exports do), `Muñoz` took a byte more than a
+    # character: the line was "80 characters, shorter than 81", with every field after the
+    # name read one column off
+    def line(last: str, first: str) -> bytes:
+        fields = [("IN000001", 10), (last, 20), (first, 15), ("19800102", 8)]
+        fields += [("DIABETESPLUS", 12), ("20240101", 8), ("20241231", 8)]
+        return b"".join(v.encode().ljust(width) for v, width in fields)
+
+    path = tmp_path / "f.txt"
+    path.write_bytes(line("MUÑOZ", "INÉS") + b"\n" + line("SMITH", "JO") + b"\n")
+    by_characters = list(read_rows(path, INITECH.inbound))
+    assert by_characters[0].problem == (
+        "line is 79 characters, shorter than the record length 81 (it is 81 bytes: if the"
+        " partner's positions count bytes, set fixed_width.positions: bytes)"
+    )
+    options = INITECH.inbound.fixed_width.model_copy(update={"positions": "bytes"})
+    by_bytes = INITECH.inbound.model_copy(update={"fixed_width": options})
+    rows = list(read_rows(path, by_bytes))
+    assert [r.problem for r in rows] == [None, None]
+    first = row_dict(by_bytes, rows[0])
+    assert (first["last_name"], first["first_name"], first["eligibility_end_date"]) == (
+        "MUÑOZ",
+        "INÉS",
+        "20241231",
+    )
+    # a field boundary inside a character names the field
+    whole = line("MUÑOZ", "INÉS")
+    names = "MUÑOZ".encode().ljust(20) + "INÉS".encode().ljust(15)
+    cut = whole.replace(names, b"X" * 19 + "Ñ".encode() + b"NES".ljust(14))  # Ñ spans both
+    path.write_bytes(cut + b"\n")
+    [row] = list(read_rows(path, by_bytes))
+    assert "last_name: its bytes 11-30 cut a character in two" in row.problem
