@@ -133,13 +133,17 @@ def _read_all(path: Path, inbound, arrow: bool) -> list:
         return list(read_batches(path, inbound, 1_000, arrow=False))
 
 
+@pytest.mark.parametrize("opening", [',"Gold', ',  "Gold'], ids=["quote", "spaces-quote"])
 @pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
-def test_a_quote_never_closed_quarantines_the_file_rather_than_swallow_the_rest(tmp_path, arrow):
+def test_a_quote_never_closed_quarantines_the_file_rather_than_swallow_the_rest(
+    tmp_path, arrow, opening
+):
     # the csv module (not strict) and Arrow both read such a value to the end of the file:
-    # 998 rows vanished into one member's program, and the file counted as loaded
+    # 998 rows vanished into one member's program, and the file counted as loaded (a quote
+    # after spaces opens a value too: the spaces before it are skipped)
     header = "Employee ID,First Name,Last Name,Date of Birth,Email,Program"
     rows = [f"EMP{i:05d},Ann,Lee,01/02/1980,a@b.example,Gold" for i in range(1, 1001)]
-    rows[1] = rows[1].replace(",Gold", ',"Gold')  # line 3
+    rows[1] = rows[1].replace(",Gold", opening)  # line 3
     path = tmp_path / "f.csv"
     path.write_text(header + "\n" + "\n".join(rows) + "\n")
     with pytest.raises(UnreadableFileError) as caught:
@@ -179,18 +183,6 @@ def test_spaces_before_a_quoted_value_are_skipped_not_read_as_part_of_it(tmp_pat
     }
     assert [values[f][0] for f in values] == ["Ann", "Lee, Jr", "a@b.example", "Gold"]
     assert [values[f][999] for f in values] == ["Bo", "Lee", "x@b.example", "Gold\nplus"]
-
-
-@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
-def test_a_quote_after_spaces_never_closed_is_still_found(tmp_path, arrow):
-    header = "Employee ID,First Name,Last Name,Date of Birth,Email,Program"
-    rows = [f"EMP{i:05d},Ann,Lee,01/02/1980,a@b.example,Gold" for i in range(1, 1001)]
-    rows[1] = rows[1].replace(",Gold", ',  "Gold')  # line 3
-    path = tmp_path / "f.csv"
-    path.write_text(header + "\n" + "\n".join(rows) + "\n")
-    with pytest.raises(UnreadableFileError) as caught:
-        _read_all(path, ACME.inbound, arrow)
-    assert "quoted value opened on line 3 is never closed" in caught.value.reason
 
 
 @pytest.mark.parametrize("crlf", [False, True], ids=["lf", "crlf"])
