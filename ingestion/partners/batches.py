@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingestion.partners.formats import RawRow
+from ingestion.partners.limits import MAX_VALUE_CHARS
 
 
 @dataclass
@@ -80,9 +81,6 @@ def _reject_nul_characters(batch: RowBatch) -> None:
 
 
 NUL = "\x00"
-# far past any name, email, id or program; the csv module's own limit is raised well above it
-# (ingestion.partners.formats) so such a row is read, then rejected here
-MAX_VALUE_CHARS = 10_000
 
 
 def batches_from_rows(rows: Iterable[RawRow], fields: list[str], size: int) -> Iterator[RowBatch]:

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pv
 
-from ingestion.partners.batches import MAX_VALUE_CHARS, RowBatch
+from ingestion.partners.batches import RowBatch
 from ingestion.partners.config import Inbound
 from ingestion.partners.errors import UnreadableFileError
 from ingestion.partners.formats import (
@@ -38,7 +38,9 @@ from ingestion.partners.formats import (
     mapped_fields,
     unclosed_quote,
     unclosed_quote_error,
+    without_trailing_blanks,
 )
+from ingestion.partners.limits import MAX_VALUE_CHARS
 
 # every character str.strip() removes (the stdlib path strips with it); a test checks the list
 PY_WHITESPACE = (
@@ -78,7 +80,7 @@ def read_csv_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBat
         except UnicodeDecodeError:
             return None
         header = next(csv.reader([header_text], **options.reader_options))
-        header = [h.strip() for h in header]
+        header = without_trailing_blanks([h.strip() for h in header])
         start = header_end + (2 if data[header_end : header_end + 2] == b"\r\n" else 1)
         first_line = 2
     else:

@@ -21,6 +21,7 @@ from pathlib import Path
 from ingestion.partners.config import CsvOptions, Inbound
 from ingestion.partners.errors import UnreadableFileError
 from ingestion.partners.fields import DATE_FIELDS
+from ingestion.partners.limits import MAX_VALUE_CHARS
 from ingestion.partners.xlsx_formulas import formulas_without_results
 from mdp.phi import masked_ssns
 
@@ -173,10 +174,11 @@ def _loosely(name: str) -> str:
     return " ".join(name.split()).casefold()
 
 
-# the csv module refuses a field over 128 KiB, and a file with one was quarantined whole; read
-# it, and its row is rejected (batches.MAX_VALUE_CHARS). A quote never closed still reads to
-# the end of the file, which the unclosed-quote check then names.
-csv.field_size_limit(max(csv.field_size_limit(), 1 << 28))
+# the csv module refuses a field over 128 KiB, and a file with one was quarantined whole; up to
+# this, a one-line value is read and its row rejected (batches.MAX_VALUE_CHARS). A quoted value
+# over many lines and that long is a stray quote: see `_swallowed_lines`.
+FIELD_LIMIT_CHARS = 1 << 20
+csv.field_size_limit(max(csv.field_size_limit(), FIELD_LIMIT_CHARS))
 
 
 def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
@@ -193,7 +195,7 @@ def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                 header = next(reader, None)
                 if header is None:
                     raise UnreadableFileError("file has no header row")
-                header = [h.strip() for h in header]
+                header = without_trailing_blanks([h.strip() for h in header])
                 last_line = reader.line_num
             else:
                 header = list(options.columns or [])
@@ -206,6 +208,8 @@ def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                 last_line = reader.line_num
                 if not record or (len(record) == 1 and not record[0].strip()):
                     continue  # blank line
+                if last_line > line:  # a quoted value over lines: a stray quote may have
+                    _refuse_swallowed_lines(record, line, last_line, path, options)  # rows
                 # empty values past the header's width (a trailing delimiter) are no data
                 if len(record) != width and not (
                     len(record) > width and not any(v.strip() for v in record[width:])
@@ -220,11 +224,41 @@ def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
         except UnicodeDecodeError:
             raise undecodable(path, options.encoding) from None
         except csv.Error as exc:
+            if "field larger than field limit" in str(exc):
+                raise UnreadableFileError(
+                    f"a value from line {last_line + 1} runs past {FIELD_LIMIT_CHARS:,}"
+                    " characters: a quote opened there is closed far later, or never"
+                ) from None
             raise UnreadableFileError(
                 f"CSV structure broken near line {last_line + 1}: {exc}"
             ) from None
         if last_line > line and (opened := unclosed_quote(path, options, line)):
             raise unclosed_quote_error(opened)
+
+
+def without_trailing_blanks(header: list[str]) -> list[str]:
+    """A header without the empty names a trailing delimiter leaves (`...,Program,`): they
+    name no column, and the rows' trailing empty values are no data."""
+    end = len(header)
+    while end > 1 and not header[end - 1]:
+        end -= 1
+    return header[:end]
+
+
+def _refuse_swallowed_lines(
+    record: list[str], first: int, last: int, path: Path, options: CsvOptions
+) -> None:
+    """A record over several lines whose quoted value is longer than any field holds: a stray
+    quote took the rows up to the next quote into one value. Those rows would be neither
+    loaded nor reported, so the file is quarantined."""
+    longest = max(len(value) for value in record)
+    if longest > MAX_VALUE_CHARS:
+        if opened := unclosed_quote(path, options, first):  # it runs to the end of the file
+            raise unclosed_quote_error(opened)
+        raise UnreadableFileError(
+            f"the record on line {first} holds a quoted value running to line {last}"
+            f" ({longest:,} characters): a stray quote took the lines between into one value"
+        )
 
 
 def undecodable(path: Path, encoding: str) -> UnreadableFileError:

@@ -759,3 +759,40 @@ def test_a_byte_positioned_layout_reads_multibyte_names_in_place(tmp_path):
     path.write_bytes(cut + b"\n")
     [row] = list(read_rows(path, by_bytes))
     assert "last_name: its bytes 11-30 cut a character in two" in row.problem
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
+def test_a_stray_quote_swallowing_rows_quarantines_the_file_rather_than_drop_them(tmp_path, arrow):
+    # a quote opened on line 11 and closed on line 3001 made one 218K-character value of the
+    # rows between: one row was rejected, and the ~3,000 others were neither loaded nor told
+    header = "Employee ID,First Name,Last Name,Date of Birth,Email,Program"
+    rows = [f"EMP{i:05d},Ann,Lee,01/02/1980,a@b.example,Gold" for i in range(1, 5001)]
+    rows[9] = rows[9].replace(",Ann,", ',"Ann,')  # line 11
+    rows[2999] = rows[2999].replace(",Lee,", ',Lee",')  # line 3001
+    path = tmp_path / "f.csv"
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    with pytest.raises(UnreadableFileError) as caught:
+        _read_all(path, ACME.inbound, arrow)
+    assert caught.value.reason.startswith(
+        "the record on line 11 holds a quoted value running to line 3001"
+    )
+    # one far longer still: the csv module stops at its field limit, and says where
+    rows = [f"EMP{i:05d},Ann,Lee,01/02/1980,a@b.example,Gold" for i in range(1, 30_001)]
+    rows[1] = rows[1].replace(",Ann,", ',"Ann,')  # line 3, never closed
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    with pytest.raises(UnreadableFileError) as caught:
+        _read_all(path, ACME.inbound, arrow)
+    assert "a value from line 3 runs past 1,048,576 characters" in caught.value.reason
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
+def test_a_trailing_delimiter_on_the_header_names_no_column(tmp_path, arrow):
+    # every row was rejected: "has 8 fields, the header has 9"
+    header = "Employee ID,First Name,Last Name,Date of Birth,Email,Program,,"
+    rows = [f"EMP{i:05d},Ann,Lee,01/02/1980,a@b.example,Gold" for i in range(1, 1001)]
+    rows[5] += ",,"
+    path = tmp_path / "f.csv"
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    batches = _read_all(path, ACME.inbound, arrow)
+    assert sum(len(b) for b in batches) == 1000
+    assert [p for b in batches for p in b.problems.values()] == []
