@@ -111,6 +111,7 @@ class MemberLoad:
         full_file: bool = False,
         as_of: dt.datetime | None = None,
         blank_start_keeps_stored: bool = False,
+        start_required: bool = False,
     ):
         self.partner_id = partner_id
         self.schema_name = schema_name
@@ -131,8 +132,11 @@ class MemberLoad:
         self._stored: pa.Array | None = None  # read when a chunk first needs them
         self._stored_range: tuple[str | None, str | None] = (None, None)
         self._full_file = full_file
-        # an 834's blank begin date is one not sent (a termination's): the stored one stands
+        # an 834's blank begin date is one not sent (a termination's): the stored one stands;
+        # where the begin date is required, a row with none stored is rejected here
         self._blank_start_keeps_stored = blank_start_keeps_stored
+        self._start_required = start_required
+        self.rejects: list[tuple[int, str, str]] = []  # (line, employee id, reason)
         self.active_before = 0  # a full file's: active members before it (see left_out)
         self._as_of = as_of  # when the file was made (see _FILE_TIME)
         # a file older than one loaded already (late, or re-sent): its rows replace only the
@@ -156,10 +160,6 @@ class MemberLoad:
             "select pg_advisory_xact_lock(hashtext(%s))", (f"{LOAD_LOCK}:{self.partner_id}",)
         )
         self._cur.execute("create temp table incoming_keys (employee_id text) on commit drop")
-        if self._blank_start_keeps_stored:
-            self._cur.execute(
-                "create temp table kept_starts (employee_id text, stored_start date) on commit drop"
-            )
         if self.kept_columns:
             self._cur.execute(
                 "create temp table kept_values on commit drop as"
@@ -220,28 +220,18 @@ class MemberLoad:
         started = time.perf_counter()
         if self.stale:
             rows, data = self._without_newer(rows, data)
+        if self._blank_start_keeps_stored:
+            rows, data = self._with_stored_starts(rows, data)
         ids, count = rows["employee_id"], rows.num_rows
         if not count:
             return
         replaced = self._replaced(ids)
-        keep_starts = (
-            self._blank_start_keeps_stored
-            and len(replaced) > 0
-            and pc.any(pc.is_null(rows["eligibility_start_date"])).as_py()
-        )
         if len(replaced):
             copy_binary(
                 self._cur,
                 "incoming_keys (employee_id)",
                 binary_copy_data(pa.table({"employee_id": replaced})),
             )
-            if keep_starts:
-                self._cur.execute(
-                    "insert into kept_starts select employee_id, eligibility_start_date"
-                    f" from {TABLE} where partner_id = %s"
-                    " and employee_id = any(array(select employee_id from incoming_keys))",
-                    (self.partner_id,),
-                )
             # an array, not a join: the key's index is probed whatever the planner thinks of
             # a temp table without statistics
             if self.kept_columns:
@@ -270,16 +260,6 @@ class MemberLoad:
                 (self.partner_id,),
             )
             self._cur.execute("truncate kept_values")
-        if keep_starts:
-            self._cur.execute(
-                f"update {TABLE} as member set eligibility_start_date = kept.stored_start"
-                " from kept_starts as kept where member.partner_id = %s"
-                " and member.employee_id = kept.employee_id"
-                " and member.eligibility_start_date is null"
-                " and member.employee_id = any(array(select employee_id from kept_starts))",
-                (self.partner_id,),
-            )
-            self._cur.execute("truncate kept_starts")
         self.rows += count
         self.seconds += time.perf_counter() - started
 
@@ -299,6 +279,55 @@ class MemberLoad:
         self.superseded += len(newer)
         kept = rows.filter(pc.invert(pc.is_in(rows["employee_id"], pa.array(newer, pa.string()))))
         return kept, binary_copy_data(kept)
+
+    def _with_stored_starts(
+        self, rows: pa.Table, data: list[bytes]
+    ) -> tuple[pa.Table, list[bytes]]:
+        """The chunk with each blank begin date filled from the member's stored row. Where the
+        begin date is required, a row left without one (a termination of a member never
+        enrolled) or ending before it is taken out and kept in `rejects`."""
+        start = rows["eligibility_start_date"]
+        blank = pc.is_null(start)
+        if not pc.any(blank).as_py():
+            return rows, data
+        self._cur.execute(
+            f"select employee_id, eligibility_start_date from {TABLE}"
+            " where partner_id = %s and employee_id = any(%s)",
+            (self.partner_id, rows["employee_id"].filter(blank).to_pylist()),
+        )
+        stored = self._cur.fetchall()
+        stored_ids = pa.array([row[0] for row in stored], pa.string())
+        stored_starts = pa.array([row[1] for row in stored], pa.date32())
+        found = stored_starts.take(pc.index_in(rows["employee_id"], value_set=stored_ids))
+        filled = pc.coalesce(start, found)
+        rows = rows.set_column(
+            rows.schema.get_field_index("eligibility_start_date"), "eligibility_start_date", filled
+        )
+        if self._start_required:
+            end = rows["eligibility_end_date"]
+            unstarted = pc.is_null(filled)
+            backwards = pc.fill_null(pc.less(end, filled), False)
+            bad = pc.or_(unstarted, backwards)
+            if pc.any(bad).as_py():
+                self._reject(rows.filter(bad), pc.filter(unstarted, bad))
+                rows = rows.filter(pc.invert(bad))
+        return rows, binary_copy_data(rows)
+
+    def _reject(self, rows: pa.Table, unstarted: pa.ChunkedArray) -> None:
+        for line, key, end, none in zip(
+            rows["source_line_number"].to_pylist(),
+            rows["employee_id"].to_pylist(),
+            rows["eligibility_end_date"].to_pylist(),
+            unstarted.to_pylist(),
+            strict=True,
+        ):
+            reason = (
+                "eligibility_start_date: required but empty (a termination of a member with no"
+                " stored coverage: nothing to end)"
+                if none
+                else f"eligibility_end_date: {end} is before the stored coverage start"
+            )
+            self.rejects.append((line, key, reason))
 
     def _kept_value(self, column: str) -> str:
         """The value a replaced member keeps for a column its file lacks: the stored one, with

@@ -274,6 +274,7 @@ def _load_file(
 ) -> tuple[ParsedFile, MemberLoad]:
     """One attempt at the file: every chunk merged in one transaction, committed at the end."""
     kept = absent_fields(path, config.inbound)
+    x12 = config.inbound.format == "x12_834"
     with MemberLoad(
         params,
         config.partner_id,
@@ -281,9 +282,13 @@ def _load_file(
         kept_fields=kept,
         full_file=config.inbound.full_file,
         as_of=_made_at(record),
-        blank_start_keeps_stored=config.inbound.format == "x12_834",
+        blank_start_keeps_stored=x12,
+        start_required="eligibility_start_date" in config.inbound.required_fields,
     ) as load:
         parsed = parse_and_validate(path, config, record, load.add, progress, arrow)
+        if x12:  # rows the load itself refuses (see MemberLoad._with_stored_starts)
+            load.wait_for_merges()
+            _add_load_rejects(parsed, load.rejects)
         if config.inbound.full_file:
             load.wait_for_merges()  # `stale` is known once the load has begun
             if load.stale:
@@ -308,6 +313,16 @@ def _load_file(
             " time) has those members already (newer file wins)",
         )
     return parsed, load
+
+
+def _add_load_rejects(parsed: ParsedFile, rejects: list[tuple[int, str, str]]) -> None:
+    if not rejects:
+        return
+    for line, key, reason in rejects:
+        parsed.rejects.append(Reject(line, key, [reason]))
+        parsed.rejected_keys.append(key)
+        parsed.reported_keys.append(key)
+    parsed.rejects.sort(key=lambda reject: reject.line)
 
 
 def _made_at(record: ImportRecord) -> dt.datetime | None:

@@ -534,34 +534,56 @@ def test_a_termination_with_only_its_end_date_ends_the_stored_coverage(platform,
         update={"inbound": config.inbound.model_copy(update={"required_fields": required})}
     )
     ensure_partner_home(platform.sftp_root, "stark_plan")
-    added = member("00022222", "LANE", "LOIS", "19800101").replace("DTP*356*D8*20260101~", "")
-    terminated = "~".join(
-        [
-            "INS*Y*18*024*07*A***FT",
-            "REF*0F*00022222",
-            "NM1*IL*1*LANE*LOIS",
-            "DMG*D8*19800101*F",
-            "HD*024**HLT*GOLD PPO*EMP",
-            "DTP*349*D8*20261031",
-        ]
-    )
-    never_added = terminated.replace("00022222", "00022223")
+
+    def termination(sub_id: str, end: str) -> str:
+        return "~".join(
+            [
+                "INS*Y*18*024*07*A***FT",
+                f"REF*0F*{sub_id}",
+                "NM1*IL*1*LANE*LOIS",
+                "DMG*D8*19800101*F",
+                "HD*024**HLT*GOLD PPO*EMP",
+                f"DTP*349*D8*{end}",
+            ]
+        )
+
+    def added(sub_id: str) -> str:
+        return member(sub_id, "LANE", "LOIS", "19800101").replace("DTP*356*D8*20260101~", "")
+
+    records = []
     sftp = platform.sftp("mdp_platform")
     try:
         for name, content in [
-            ("add_20260101.834", interchange(added)),
-            ("term_20261031.834", interchange(terminated, never_added)),
+            ("add_20260101.834", interchange(added("00022222"), added("00022224"))),
+            (
+                "term_20261031.834",
+                interchange(
+                    termination("00022222", "20261031"),
+                    termination("00022223", "20261031"),  # never enrolled
+                    termination("00022224", "20251231"),  # ends before it started
+                ),
+            ),
         ]:
             with sftp.open(f"/stark_plan/inbound/{name}", "wb") as handle:
                 handle.write(content)
-            [record] = import_partner_files(config, platform.settings, platform.params)
-            assert record.status == "loaded" and record.rows_rejected == 0, record
+            records += import_partner_files(config, platform.settings, platform.params)
     finally:
         sftp._owner.close()
 
+    assert [(r.status, r.rows_loaded, r.rows_rejected) for r in records] == [
+        ("loaded", 2, 0),
+        ("loaded", 1, 2),
+    ]
     stored = platform.query(
         "select employee_id, eligibility_start_date::text, eligibility_end_date::text"
         " from raw_partners.enrollment_members where partner_id = 'stark_plan'"
-        " and employee_id in ('00022222', '00022223') order by 1"
+        " and employee_id like '0002222%%' order by 1"
     )
-    assert stored == [("00022222", "2026-01-01", "2026-10-31"), ("00022223", None, "2026-10-31")]
+    assert stored == [("00022222", "2026-01-01", "2026-10-31"), ("00022224", "2026-01-01", None)]
+    report = platform.sftp_root / "stark_plan" / "errors" / "term_20261031.errors.csv"
+    reasons = {row[1]: row[-1] for row in list(csv.reader(io.StringIO(report.read_text())))[1:]}
+    assert reasons == {
+        "00022223": "eligibility_start_date: required but empty (a termination of a member"
+        " with no stored coverage: nothing to end)",
+        "00022224": "eligibility_end_date: 2025-12-31 is before the stored coverage start",
+    }
