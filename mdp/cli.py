@@ -472,6 +472,8 @@ def audit_member(
     from mdp.schema import ensure_schema
     from serving.eligibility import InvalidRequest, lookup_id
 
+    if since and until and since > until:
+        raise click.UsageError(f"--since {since:%Y-%m-%d} is after --until {until:%Y-%m-%d}")
     settings = _settings()
     config = load_partner_configs(settings.partner_config_dir).configs.get(partner_id)
     if config is None:

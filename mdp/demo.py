@@ -104,16 +104,22 @@ def run_demo(settings: Settings) -> int:
 
 
 def fresh_demo_key(params: ConnectionParams) -> tuple[str, str]:
-    """A new demo key, the previous demo's revoked: each `make demo` left one more key open."""
+    """A new demo key, the previous demo's revoked once it exists: each `make demo` left one
+    more key open. Only keys this function made carry its label."""
     from serving.api_keys import create_key, list_keys, revoke_key
 
-    for key in list_keys(params, DEMO_PARTNER):
-        if key.label == DEMO_KEY_LABEL and key.revoked_at is None:
-            revoke_key(params, DEMO_PARTNER, key.key_id)
-    return create_key(params, DEMO_PARTNER, label=DEMO_KEY_LABEL)
+    previous = [
+        key.key_id
+        for key in list_keys(params, DEMO_PARTNER)
+        if key.label == DEMO_KEY_LABEL and key.revoked_at is None
+    ]
+    made = create_key(params, DEMO_PARTNER, label=DEMO_KEY_LABEL)
+    for key_id in previous:
+        revoke_key(params, DEMO_PARTNER, key_id)
+    return made
 
 
-DEMO_KEY_LABEL = "demo"
+DEMO_KEY_LABEL = "mdp-demo (revoked by the next make demo)"
 
 
 def _eligible_today(member: dict) -> bool:

@@ -37,15 +37,18 @@ def replay_import(settings: Settings, file_id: str, rebuild: bool = True, force:
     if not archive.is_file():
         raise ReplayError(f"archived bytes for {file_id} are missing at {archive}")
     partner_id, sha256 = original["partner_id"], original["sha256"]
-    since = original["received_at"]
+    since, loaded_as = original["received_at"], file_id
     if original["status"] == "duplicate":
         # its rows are those of the load it repeated: a file loaded after that one is later
         # (a partner re-sending an old file is not undoing its correction: see README)
-        since = ledger.last_load_of(params, partner_id, sha256, since) or since
+        repeated = ledger.last_load_of(params, partner_id, sha256, since)
+        if repeated is not None:
+            loaded_as, since = repeated[0], repeated[1]
+            loaded_as = f"{loaded_as}, the load duplicate {file_id} repeats"
     later = ledger.later_load(params, partner_id, since, sha256)
     if later is not None and not force:
         raise ReplayError(
-            f"{later['filename']} ({later['file_id']}) was loaded after {file_id}: replaying"
+            f"{later['filename']} ({later['file_id']}) was loaded after {loaded_as}: replaying"
             " would load this older file's rows over the newer ones for members in both"
             " files. Replay the later file instead, or pass --force to replay this one anyway."
         )

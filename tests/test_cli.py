@@ -318,7 +318,10 @@ def test_replay_of_a_file_a_later_file_followed_is_refused_unless_forced(platfor
     assert again.status == "duplicate"
     refused = CliRunner().invoke(main, ["imports", "replay", again.file_id])
     assert refused.exit_code == 1
-    assert f"enrollment_newer.csv ({second.file_id}) was loaded after" in refused.output
+    assert (
+        f"enrollment_newer.csv ({second.file_id}) was loaded after {first.file_id}, the load"
+        f" duplicate {again.file_id} repeats"
+    ) in " ".join(refused.output.split())
     # an empty id (an unset shell variable) is no id: it replayed the newest import
     empty = CliRunner().invoke(main, ["imports", "replay", ""])
     assert empty.exit_code == 1 and "no import with file id ''" in empty.output

@@ -7,7 +7,7 @@ from serving.api_keys import create_key, list_keys
 
 
 def test_each_demo_revokes_the_previous_demo_key_and_keeps_the_partners_own(platform):
-    own_key_id, _ = create_key(platform.params, DEMO_PARTNER, label="integration")
+    own_key_id, _ = create_key(platform.params, DEMO_PARTNER, label="demo")  # an operator's
     first_id, _ = fresh_demo_key(platform.params)
     second_id, _ = fresh_demo_key(platform.params)
 

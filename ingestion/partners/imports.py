@@ -135,15 +135,20 @@ def later_load(
     )
 
 
-def last_load_of(params: ConnectionParams, partner_id: str, sha256: str, before: Any) -> Any | None:
-    """When these bytes were last loaded, no later than `before` (a duplicate's original)."""
+def last_load_of(
+    params: ConnectionParams, partner_id: str, sha256: str, before: Any
+) -> tuple[str, Any] | None:
+    """(file id, received_at) of the last load of these bytes no later than `before`: the load
+    a duplicate received then repeated."""
     with connect(params) as conn, conn.cursor() as cur:
         cur.execute(
-            "select max(received_at) from raw_partners.file_imports where partner_id = %s"
-            " and sha256 = %s and status = 'loaded' and received_at <= %s",
+            "select file_id, received_at from raw_partners.file_imports where partner_id = %s"
+            " and sha256 = %s and status = 'loaded' and received_at <= %s"
+            " order by received_at desc limit 1",
             (partner_id, sha256, before),
         )
-        return cur.fetchone()[0]
+        row = cur.fetchone()
+    return None if row is None else (row[0], row[1])
 
 
 def get(params: ConnectionParams, file_id: str) -> dict[str, Any] | None:

@@ -261,7 +261,6 @@ class RowValidator:
                     errors[pos].append("ssn: must have 9 digits")
             elif clean is not None and (why := never_issued(clean)):
                 errors[pos].append(f"ssn: ***-**-{clean[-4:]} is no SSN: {why}")
-                digits[pos] = None
         hashed = pa_arrow.array([keyed_hash(d) if d else None for d in digits], pa_arrow.string())
         last4 = pa_arrow.array([d[-4:] if d else None for d in digits], pa_arrow.string())
         text["ssn"] = pa_arrow.nulls(count, pa_arrow.string())  # the clear SSN goes no further
@@ -332,15 +331,15 @@ class RowValidator:
     def _shown_keys(
         self, text: dict[str, pa_arrow.Array], last4: pa_arrow.Array, errors: Errors
     ) -> dict[int, str | None]:
-        """Each rejected row's key as its error report shows it. An employee id its own check
-        refused is masked as the message quoting it is (an SSN sent as the id: 834 files'
-        REF*0F often carries one); an id that passed is the partner's, shown as sent."""
+        """Each rejected row's key as its error report shows it: an employee id that a message
+        of the row quotes masked (an SSN sent as the id, refused by the id's pattern: 834
+        files' REF*0F often carries one) is masked here too; any other as sent."""
         rejected = sorted(errors)
         if self.inbound.identifier == "ssn":
             return {pos: f"***-**-{v}" if v else None for pos, v in _at(last4, rejected)}
         return {
             pos: masked_ssns(v)
-            if v and any(m.startswith("employee_id:") for m in errors[pos])
+            if v and any(m.startswith("employee_id:") and "***-**-" in m for m in errors[pos])
             else v
             for pos, v in _at(text["employee_id"], rejected)
         }

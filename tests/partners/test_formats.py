@@ -617,10 +617,17 @@ def test_empty_values_past_the_header_are_no_data_but_a_value_there_rejects_the_
 
 def test_an_ssn_sent_as_the_employee_id_is_masked_in_the_reports_key_column_too(tmp_path):
     # the message quoted it masked while the report's key column showed it in clear
-    rows = ["123-45-6789,Ann,Lee,01/02/1980,a@b.c,P,,", "E0000002,Bo,Lee,13/45/1980,b@b.c,P,,"]
+    rows = [
+        "123-45-6789,Ann,Lee,01/02/1980,a@b.c,P,,",
+        "E0000002,Bo,Lee,13/45/1980,b@b.c,P,,",
+        "123456781,Cy,Lee,01/02/1980,c@b.c,P,,",  # passes acme's pattern: the partner's id
+        "123456781,Cy,Lee,01/02/1980,c@b.c,P,,",
+    ]
     path = _acme_csv(tmp_path, "ssn_as_id.csv", rows)
     _, rejects = _validated(ACME, path, arrow=False)
-    assert [(r.line, r.key) for r in rejects] == [(2, "***-**-6789"), (3, "E0000002")]
+    keys = [(r.line, r.key) for r in rejects]
+    assert keys == [(2, "***-**-6789"), (3, "E0000002"), (5, "123456781")]
+    assert "'123456781' repeats the record on line 4" in rejects[2].errors[0]
     assert "6789" in " ".join(rejects[0].errors) and "123" not in " ".join(rejects[0].errors)
 
 
@@ -686,10 +693,10 @@ def test_a_placeholder_ssn_never_issued_is_rejected_not_taken_for_a_member(tmp_p
     results = [validator.validate(b) for b in _read_all(path, UMBRELLA.inbound, True)]
     rejects = [r for result in results for r in result.rejects]
     assert [(r.line, r.key, r.errors) for r in rejects] == [
-        (2, None, ["ssn: ***-**-0000 is no SSN: area 000 is never issued"]),
-        (3, None, ["ssn: ***-**-3456 is no SSN: area 666 is never issued"]),
-        (4, None, ["ssn: ***-**-4567 is no SSN: group 00 is never issued"]),
-        (5, None, ["ssn: ***-**-0000 is no SSN: serial 0000 is never issued"]),
+        (2, "***-**-0000", ["ssn: ***-**-0000 is no SSN: area 000 is never issued"]),
+        (3, "***-**-3456", ["ssn: ***-**-3456 is no SSN: area 666 is never issued"]),
+        (4, "***-**-4567", ["ssn: ***-**-4567 is no SSN: group 00 is never issued"]),
+        (5, "***-**-0000", ["ssn: ***-**-0000 is no SSN: serial 0000 is never issued"]),
     ]
     assert [row["ssn_last4"] for r in results for row in r.valid.to_pylist()] == ["1234"]
 

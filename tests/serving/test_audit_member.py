@@ -58,3 +58,14 @@ def test_a_members_checks_and_exports_are_listed_and_no_one_elses(
     assert _events("acme_corp", "A100001", "--until", yesterday) == []
     refused = CliRunner().invoke(main, ["audit", "member", "umbrella_plan", "12-34"])
     assert refused.exit_code == 1 and "not a valid SSN" in refused.output
+
+
+def test_a_period_that_ends_before_it_starts_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("MDP_STATE_DIR", str(tmp_path / "state"))
+    result = CliRunner().invoke(
+        main,
+        ["audit", "member", "acme_corp", "A1", "--since", "2026-02-01", "--until", "2026-01-01"],
+    )
+    assert (
+        result.exit_code == 2 and "--since 2026-02-01 is after --until 2026-01-01" in result.output
+    )
