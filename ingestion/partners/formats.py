@@ -473,6 +473,7 @@ def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
             for offset, cells in enumerate(rows, start=1):
                 line = options.header_row + offset
                 problem = _uncalculated_problem(line, columns, fields, uncalculated)
+                problem = _joined(problem, _error_cells_problem(cells, columns, fields))
                 if not problem and all(
                     c.value is None or str(c.value).strip() == "" for c in cells
                 ):
@@ -508,6 +509,23 @@ def _uncalculated_problem(
         f"{', '.join(named)}: a formula without its computed value (the workbook was saved"
         " by a program that does not calculate: open and save it in Excel, or export values)"
     )
+
+
+def _error_cells_problem(cells: tuple, columns: list[int | None], fields: list[str]) -> str | None:
+    """The row's problem when a mapped cell holds an Excel error (#N/A, #REF!): a formula that
+    failed, read as data it loaded as the member's program ('#N/A')."""
+    failed = [
+        f"{target} ({cells[i].value})"
+        for i, target in zip(columns, fields, strict=True)
+        if i is not None and i < len(cells) and getattr(cells[i], "data_type", None) == "e"
+    ]
+    if not failed:
+        return None
+    return f"{', '.join(failed)}: the cell holds an Excel error, not a value"
+
+
+def _joined(*problems: str | None) -> str | None:
+    return "; ".join(p for p in problems if p) or None
 
 
 def _described(exc: Exception) -> str:

@@ -23,6 +23,10 @@ _TEXT_RESULT = re.compile(rb"\bt=\"str\"")  # a formula's text result, possibly 
 _FORMULA = re.compile(rb"<(?:\w+:)?f\b")
 _VALUE = re.compile(rb"<(?:\w+:)?v\b")
 _FILLED_VALUE = re.compile(rb"<(?:\w+:)?v>\s*[^<\s]")
+_FORMULA_TAG = re.compile(rb"<(?:\w+:)?f\b([^>]*)>")
+_ARRAY = re.compile(rb"\bt=\"array\"")
+_RANGE = re.compile(rb"\bref=\"([A-Z]{1,3})([0-9]+)(?::([A-Z]{1,3})([0-9]+))?\"")
+_MOST_ARRAY_CELLS = 1_000_000
 
 
 def formulas_without_results(path: Path, sheet_xml: str | None) -> set[tuple[int, int]]:
@@ -47,10 +51,31 @@ def formulas_without_results(path: Path, sheet_xml: str | None) -> set[tuple[int
                         ):
                             column = _column_index(reference.group(1))
                             found.add((int(reference.group(2)), column))
+                            found |= _array_cells(inner)
                 carry = text[-_CARRY:]
     except (OSError, KeyError, zipfile.BadZipFile, EOFError):
         return set()
     return found
+
+
+def _array_cells(inner: bytes) -> set[tuple[int, int]]:
+    """An array formula's other cells: only its first cell holds the formula, so when that one
+    has no result, neither have they (they are written empty)."""
+    tag = _FORMULA_TAG.search(inner)
+    if tag is None or not _ARRAY.search(tag.group(1)):
+        return set()
+    area = _RANGE.search(tag.group(1))
+    if area is None or area.group(3) is None:
+        return set()
+    first_row, last_row = int(area.group(2)), int(area.group(4))
+    first_column, last_column = _column_index(area.group(1)), _column_index(area.group(3))
+    if (last_row - first_row + 1) * (last_column - first_column + 1) > _MOST_ARRAY_CELLS:
+        return set()
+    return {
+        (row, column)
+        for row in range(first_row, last_row + 1)
+        for column in range(first_column, last_column + 1)
+    }
 
 
 def _has_result(attributes: bytes, inner: bytes) -> bool:

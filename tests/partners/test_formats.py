@@ -803,3 +803,30 @@ def test_a_trailing_delimiter_on_the_header_names_no_column(tmp_path, arrow):
     batches = _read_all(path, ACME.inbound, arrow)
     assert sum(len(b) for b in batches) == 1000
     assert [p for b in batches for p in b.problems.values()] == []
+
+
+def test_an_array_formula_without_results_and_an_excel_error_reject_their_rows(tmp_path):
+    # only an array formula's first cell holds it: the rows below read blank (no end, eligible
+    # for ever); a failed VLOOKUP's #N/A loaded as the member's program
+    rows = [
+        ["GX000001", "Ann", "Lee", "1980-01-02", "F", "P", "2026-01-01", None],
+        ["GX000002", "Bo", "Lee", "1981-01-02", "M", "P", "2026-01-01", None],
+        ["GX000003", "Cy", "Lee", "1982-01-02", "F", "P", "2026-01-01", "2026-12-31"],
+        ["GX000004", "Di", "Lee", "1983-01-02", "F", "P", "2026-01-01", None],
+    ]
+    path = _workbook(tmp_path, rows)
+
+    def array_and_error(xml: bytes) -> bytes:
+        # H3, the array's other cell, is left out, as writers do with an empty cell
+        array = b'<c r="H2"><f t="array" ref="H2:H3">DATE(2026,12,31)+{0;0}</f></c>'
+        assert b'<c r="G2"' in xml and b'r="H2"' not in xml and b'r="H3"' not in xml
+        xml = re.sub(rb'(<c r="G2"[^>]*>.*?</c>)', lambda m: m.group(1) + array, xml, count=1)
+        plan = re.search(rb'<c r="F5"[^>]*>.*?</c>', xml).group(0)
+        return xml.replace(plan, b'<c r="F5" t="e"><f>VLOOKUP(A5,X:Y,2,0)</f><v>#N/A</v></c>')
+
+    _with_sheet_xml(path, array_and_error)
+    problems = {r.line: r.problem for r in read_rows(path, GLOBEX.inbound)}
+    assert problems[2].startswith("eligibility_end_date: a formula without its computed value")
+    assert problems[3].startswith("eligibility_end_date: a formula without its computed value")
+    assert problems[4] is None
+    assert problems[5] == "program (#N/A): the cell holds an Excel error, not a value"
