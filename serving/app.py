@@ -40,7 +40,13 @@ from serving.auth import (
     Unauthorized,
 )
 from serving.bodies import declared_too_large
-from serving.body_timeout import BODY_IDLE_SECONDS, BodyTimeout
+from serving.body_timeout import (
+    BODY_IDLE_SECONDS,
+    BODY_TOTAL_SECONDS,
+    TIMED_OUT,
+    BodyTimedOut,
+    BodyTimeout,
+)
 from serving.cache import MISSING, LookupCache, cache_entry, from_cache_entry
 from serving.device_connect import AUTHORIZE_PATH, CALLBACK_PATH, DeviceConnect
 from serving.eligibility import (
@@ -388,7 +394,7 @@ async def _read_body(receive: Receive, content_length: str | None, limit: int) -
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
+            raise BodyTimedOut() if message.get(TIMED_OUT) else ClientDisconnect()
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -473,6 +479,10 @@ async def check_eligibility(request: Request) -> Response:
         )
     except ClientDisconnect:
         return Response(status_code=400)
+    except BodyTimedOut:
+        headers["Connection"] = "close"
+        detail = "the request body stopped arriving"
+        return answer(408, {"error": "request_timeout", "detail": detail}, "timeout")
     if body is None:
         detail = f"request body is larger than {MAX_BODY_BYTES} bytes"
         return answer(413, {"error": "payload_too_large", "detail": detail}, "invalid")
@@ -538,6 +548,7 @@ def create_app(
     garmin_client_id: str | None = None,
     fitbit_app: FitbitApp | None = None,
     body_idle_seconds: float = BODY_IDLE_SECONDS,
+    body_total_seconds: float = BODY_TOTAL_SECONDS,
 ) -> Starlette:
     """Build the app. Unset arguments are resolved at startup from the environment
     (`load_settings()`, `connection_params()`, the partner config folder); unset webhook
@@ -586,7 +597,7 @@ def create_app(
         ],
         middleware=[
             Middleware(MetricsMiddleware, metrics=runtime.metrics, routes=ROUTES),
-            Middleware(BodyTimeout, seconds=body_idle_seconds),
+            Middleware(BodyTimeout, seconds=body_idle_seconds, total_seconds=body_total_seconds),
         ],
         exception_handlers={HTTPException: _http_error, 500: _internal_error},
         lifespan=lifespan,

@@ -2,10 +2,11 @@
 
 uvicorn waits for a declared body for ever: a client that sends `Content-Length: 100` and 14
 bytes held its connection, a handler and (for the eligibility check) an authenticated slot
-until it gave up. Each body message must arrive within `seconds` of the previous one; past
-that, the app is told the client left (`http.disconnect`, which every handler already
-handles), its answer is replaced by a 408, and the connection is closed. Once the body is
-complete, `receive` is passed through untouched.
+until it gave up. Each body message must arrive within `seconds` of the previous one, and the
+whole body within `total_seconds` (a byte every few seconds is no upload); past that, the app
+is told the client left (`http.disconnect`, which every handler already handles, marked
+TIMED_OUT for one that answers the 408 itself), any other answer is replaced by a 408, and
+the connection is closed. Once the body is complete, `receive` is passed through untouched.
 """
 
 from __future__ import annotations
@@ -16,12 +17,24 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 BODY_IDLE_SECONDS = 10.0
+BODY_TOTAL_SECONDS = 60.0  # a 16 MiB Garmin push, at a slow partner's pace
+TIMED_OUT = "mdp.body_timed_out"  # set on the disconnect message a timeout makes
+
+
+class BodyTimedOut(Exception):
+    """Raised by a handler reading the body itself on a TIMED_OUT disconnect."""
 
 
 class BodyTimeout:
-    def __init__(self, app: ASGIApp, seconds: float = BODY_IDLE_SECONDS) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        seconds: float = BODY_IDLE_SECONDS,
+        total_seconds: float = BODY_TOTAL_SECONDS,
+    ) -> None:
         self.app = app
         self.seconds = seconds
+        self.total_seconds = total_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -29,23 +42,29 @@ class BodyTimeout:
             return
         body_done = False
         timed_out = False
+        answered_408 = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.total_seconds
 
         async def timed_receive() -> Message:
             nonlocal body_done, timed_out
             if body_done:
                 return await receive()
             try:
-                async with asyncio.timeout(self.seconds):
+                async with asyncio.timeout_at(min(loop.time() + self.seconds, deadline)):
                     message = await receive()
             except TimeoutError:
                 timed_out = True
-                return {"type": "http.disconnect"}
+                return {"type": "http.disconnect", TIMED_OUT: True}
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message
 
         async def guarded_send(message: Message) -> None:
-            if not timed_out:
+            nonlocal answered_408
+            if message["type"] == "http.response.start" and message["status"] == 408:
+                answered_408 = True  # the app's own 408
+            if not timed_out or answered_408:
                 await send(message)
             elif message["type"] == "http.response.start":
                 await _send_timeout(send, self.seconds)

@@ -505,7 +505,11 @@ def wire(mart, partner_configs):
     from serving.app import create_app
 
     app = create_app(
-        params=mart, partner_configs=partner_configs, poll_interval=0.5, body_idle_seconds=1.0
+        params=mart,
+        partner_configs=partner_configs,
+        poll_interval=0.5,
+        body_idle_seconds=1.0,
+        body_total_seconds=2.5,
     )
     sock = _socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -666,7 +670,7 @@ def test_spaces_around_the_employee_id_are_ignored_as_the_import_ignores_them(cl
     assert response.json()["eligible"] is True
 
 
-def test_a_body_that_stops_arriving_gets_408_and_the_connection_closes(wire, keys):
+def test_a_body_that_stops_arriving_gets_408_and_the_connection_closes(wire, keys, mart):
     # uvicorn waited for the declared body for ever: the connection (and the check) hung
     import socket as _socket
 
@@ -689,3 +693,52 @@ def test_a_body_that_stops_arriving_gets_408_and_the_connection_closes(wire, key
         s.sendall(body[14:])
         answer = s.recv(65536)
     assert status_of(answer) == 200, answer
+    # ... unless it trickles past the whole body's deadline (a byte a second held the
+    # connection and its check for as long as the client liked)
+    started = time.monotonic()
+    with _socket.create_connection(("127.0.0.1", wire), timeout=10) as s:
+        s.sendall(partial)
+        answer = b""
+        for byte in body[14:]:
+            try:
+                s.sendall(bytes([byte]))
+            except OSError:
+                break
+            if chunk := _ready(s):
+                answer += chunk
+                break
+            time.sleep(0.5)
+        answer += _rest(s)
+    assert status_of(answer) == 408, answer
+    assert 2.0 < time.monotonic() - started < 6
+    # the check was audited: it was an authenticated request for a member's data
+    request_id = answer.split(b"x-request-id: ", 1)[1].split(b"\r\n", 1)[0].decode()
+    with connect(mart) as conn, conn.cursor() as cur:
+        wait_for(lambda: _audit_outcome(cur, request_id) is not None, timeout=3)
+        assert _audit_outcome(cur, request_id) == "timeout"
+
+
+def _ready(sock) -> bytes:
+    sock.setblocking(False)
+    try:
+        return sock.recv(65536)
+    except BlockingIOError:
+        return b""
+    finally:
+        sock.setblocking(True)
+
+
+def _rest(sock) -> bytes:
+    out = b""
+    try:
+        while chunk := sock.recv(65536):
+            out += chunk
+    except OSError:
+        pass
+    return out
+
+
+def _audit_outcome(cur, request_id: str) -> str | None:
+    cur.execute("select outcome from audit.access_log where request_id = %s", (request_id,))
+    row = cur.fetchone()
+    return row[0] if row else None
