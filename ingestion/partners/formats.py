@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ingestion.partners.config import CsvOptions, Inbound
+from ingestion.partners.config import CsvOptions, Inbound, X12Options
 from ingestion.partners.errors import UnreadableFileError
 from ingestion.partners.fields import DATE_FIELDS
 from ingestion.partners.limits import MAX_VALUE_CHARS
@@ -265,15 +265,6 @@ def undecodable(path: Path, encoding: str) -> UnreadableFileError:
     """The error for a file with bytes `encoding` cannot decode, naming the first such byte's
     line. Counted from the raw bytes: the text reader decodes ahead of the rows it hands out,
     so its line count is behind when the error surfaces."""
-    with open(path, "rb") as raw:
-        start = raw.read(4)
-    for bom, name in _FOREIGN_BOMS:
-        if start.startswith(bom) and codecs.lookup(_codec(encoding)).name != name:
-            return UnreadableFileError(
-                f"bytes that are not valid {encoding}: the file starts with a {name.upper()}"
-                f" byte order mark, so it is {name.upper()} text (the partner's config says"
-                f" {encoding}: set its encoding to {name}, or ask for {encoding})"
-            )
     decoder = codecs.getincrementaldecoder(_codec(encoding))()
     consumed = 0  # bytes handed to the decoder before the current block
     with open(path, "rb") as raw:
@@ -600,4 +591,41 @@ READERS = {
 
 def read_rows(path: Path, inbound: Inbound) -> Iterator[RawRow]:
     """Stream the rows of a partner file in the partner's configured format."""
+    encoding = _text_encoding_of(inbound)
+    if encoding is not None and (wrong := foreign_encoding(path, encoding)):
+        raise wrong
     return READERS[inbound.format](path, inbound)
+
+
+def _text_encoding_of(inbound: Inbound) -> str | None:
+    if inbound.format == "csv":
+        return inbound.csv_options.encoding
+    if inbound.format == "fixed_width" and inbound.fixed_width is not None:
+        return inbound.fixed_width.encoding
+    if inbound.format == "x12_834":
+        return (inbound.x12 or X12Options()).encoding
+    return None  # a workbook is a zip: its text is XML, which names its own encoding
+
+
+def foreign_encoding(path: Path, encoding: str) -> UnreadableFileError | None:
+    """Why a text file is not in the partner's encoding, when its first bytes say so: another
+    encoding's byte order mark (a latin-1 partner's reader takes any bytes, and an 834 reader
+    looks for ISA, so neither would say it), or UTF-16 without one (every other byte NUL)."""
+    with open(path, "rb") as raw:
+        start = raw.read(64)
+    configured = codecs.lookup(_codec(encoding)).name
+    for bom, name in _FOREIGN_BOMS:
+        if start.startswith(bom) and not configured.startswith(name):
+            return UnreadableFileError(
+                f"the file starts with a {name.upper()} byte order mark, so it is"
+                f" {name.upper()} text; the partner's config says {encoding} (set its encoding"
+                f" to {name}, or ask the partner for {encoding})"
+            )
+    if len(start) >= 8 and not configured.startswith("utf-16"):
+        even, odd = start[0::2], start[1::2]
+        if not odd.strip(b"\x00") or not even.strip(b"\x00"):
+            return UnreadableFileError(
+                "every other byte of the file is NUL: it looks like UTF-16 text without a"
+                f" byte order mark; the partner's config says {encoding}"
+            )
+    return None

@@ -830,3 +830,24 @@ def test_an_array_formula_without_results_and_an_excel_error_reject_their_rows(t
     assert problems[3].startswith("eligibility_end_date: a formula without its computed value")
     assert problems[4] is None
     assert problems[5] == "program (#N/A): the cell holds an Excel error, not a value"
+
+
+def test_a_utf16_file_is_named_for_what_it_is_whatever_the_format_or_encoding(tmp_path):
+    # an 834 said "does not start with an ISA segment", a latin-1 partner's CSV "missing
+    # required column(s)", and a UTF-16 file without a byte order mark the same
+    text = "Employee ID,First Name,Last Name,Date of Birth\r\nEMP00001,Ann,Lee,01/02/1980\r\n"
+    latin1 = ACME.inbound.model_copy(
+        update={"csv": ACME.inbound.csv_options.model_copy(update={"encoding": "latin-1"})}
+    )
+    path = tmp_path / "f.csv"
+    path.write_bytes(text.encode("utf-16"))
+    with pytest.raises(UnreadableFileError, match="starts with a UTF-16 byte order mark"):
+        list(read_rows(path, latin1))
+    path.write_bytes(text.encode("utf-16-le"))
+    with pytest.raises(UnreadableFileError, match="looks like UTF-16 text without a byte order"):
+        list(read_rows(path, ACME.inbound))
+    x12 = tmp_path / "f.834"
+    x12.write_bytes(("ISA*00*" + " " * 10 + "*00~").encode("utf-16"))
+    wayne = load_partner_config(REPO / "partner_configs" / "wayne_health.yaml")
+    with pytest.raises(UnreadableFileError, match="starts with a UTF-16 byte order mark"):
+        list(read_rows(x12, wayne.inbound))
