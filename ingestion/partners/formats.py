@@ -214,11 +214,13 @@ def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                 if len(record) != width and not (
                     len(record) > width and not any(v.strip() for v in record[width:])
                 ):
-                    yield RawRow(
-                        line,
-                        _values_from(record, columns),
-                        f"has {len(record)} fields, {layout} {width}",
-                    )
+                    problem = f"has {len(record)} fields, {layout} {width}"
+                    if last_line > line:  # the lines a stray quote took are named with it
+                        problem += (
+                            f" (a quoted value runs from line {line} to line {last_line}: the"
+                            " lines between were read into it)"
+                        )
+                    yield RawRow(line, _values_from(record, columns), problem)
                     continue
                 yield RawRow(line, _values_from(record, columns))
         except UnicodeDecodeError:

@@ -851,3 +851,21 @@ def test_a_utf16_file_is_named_for_what_it_is_whatever_the_format_or_encoding(tm
     wayne = load_partner_config(REPO / "partner_configs" / "wayne_health.yaml")
     with pytest.raises(UnreadableFileError, match="starts with a UTF-16 byte order mark"):
         list(read_rows(x12, wayne.inbound))
+
+
+@pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
+def test_a_short_stray_quote_names_the_lines_it_took_in_the_rows_reason(tmp_path, arrow):
+    # under the length that quarantines, the row was "has 9 fields": the two lines the quote
+    # took went unmentioned
+    header = "Employee ID,First Name,Last Name,Date of Birth,Email,Program"
+    rows = [f"EMP{i:05d},Ann,Lee,01/02/1980,a@b.example,Gold" for i in range(1, 11)]
+    rows[2] = rows[2].replace(",Ann,", ',"Ann,')  # line 4
+    rows[4] = rows[4].replace(",Lee,", ',Lee",')  # line 6
+    path = tmp_path / "f.csv"
+    path.write_text(header + "\n" + "\n".join(rows) + "\n")
+    batches = _read_all(path, ACME.inbound, arrow)
+    problems = {b.lines[p].as_py(): problem for b in batches for p, problem in b.problems.items()}
+    assert problems == {
+        4: "has 5 fields, the header has 6 (a quoted value runs from line 4 to line 6: the"
+        " lines between were read into it)"
+    }
