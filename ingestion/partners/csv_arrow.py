@@ -36,6 +36,7 @@ from ingestion.partners.errors import UnreadableFileError
 from ingestion.partners.formats import (
     _check_columns,
     mapped_fields,
+    swallowed_rows,
     unclosed_quote,
     unclosed_quote_error,
     without_trailing_blanks,
@@ -79,12 +80,14 @@ def read_csv_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBat
             header_text = header_bytes.decode("utf-8")
         except UnicodeDecodeError:
             return None
-        header = next(csv.reader([header_text], **options.reader_options))
-        header = without_trailing_blanks([h.strip() for h in header])
+        cells = next(csv.reader([header_text], **options.reader_options))
+        header = without_trailing_blanks([h.strip() for h in cells])
+        width = len(cells)  # a trailing delimiter on every line: the rows have as many
         start = header_end + (2 if data[header_end : header_end + 2] == b"\r\n" else 1)
         first_line = 2
     else:
         header = list(options.columns or [])
+        width = len(header)
     if end <= start or len(header) < 2:
         return None  # a blank line would pass for a one-field row
     try:
@@ -97,14 +100,24 @@ def read_csv_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBat
         return None
     body = pa.py_buffer(data)[start:end]
     fields = mapped_fields(inbound)
-    rows = _stream(body, len(header), options.delimiter, options.quotechar)
+    rows = _stream(body, width, options.delimiter, options.quotechar)
     has_cr = data.find(b"\r", start, end) != -1
 
     def check_last_record(line: int) -> None:
         if opened := unclosed_quote(path, options, line):
             raise unclosed_quote_error(opened)
 
-    return _batches(rows, positions, fields, size, first_line, len(body), has_cr, check_last_record)
+    return _batches(
+        rows,
+        positions,
+        fields,
+        size,
+        first_line,
+        len(body),
+        has_cr,
+        check_last_record,
+        options.delimiter,
+    )
 
 
 def _mapped(path: Path) -> mmap.mmap | None:
@@ -150,6 +163,7 @@ def _batches(
     body_bytes: int,
     has_cr: bool,
     check_last_record: Callable[[int], None],
+    delimiter: str,
 ) -> Iterator[RowBatch]:
     """Batches of at most about `size` rows as the parser reads them: small first and last
     ones (each twice the one before, up to `size`, and at most a quarter of what is left), so
@@ -173,6 +187,8 @@ def _batches(
             if _any_blank_row(lengths):
                 raise ArrowPathUnfit("a blank line, or a row of empty fields")
             spans = _record_spans(table, has_cr)
+            if _swallowed_rows(table, spans, delimiter):
+                raise ArrowPathUnfit("a quoted value over lines holds lines that read as rows")
             lines = pc.add(pc.subtract(pc.cumulative_sum(spans), spans), line).combine_chunks()
             if batch is None and spans[-1].as_py() > 1:
                 check_last_record(lines[-1].as_py())  # its quoted value may never close
@@ -190,6 +206,18 @@ def _batches(
             read_bytes += sum(pc.sum(n).as_py() or 0 for n in lengths) + len(table) * len(lengths)
             remaining = max(body_bytes - read_bytes, 0) * read_rows // max(read_bytes, 1)
             wanted = max(SMALL_BATCH, min(size, 2 * wanted, remaining // 4))
+
+
+def _swallowed_rows(table: pa.Table, spans: pa.ChunkedArray, delimiter: str) -> bool:
+    """formats.swallowed_rows for the few records over several lines (the stdlib reader then
+    quarantines the file, naming them)."""
+    multiline = pc.greater(spans, 1)
+    if not pc.any(multiline).as_py():
+        return False
+    for column in table.columns:
+        if swallowed_rows(column.filter(multiline).to_pylist(), delimiter, table.num_columns):
+            return True
+    return False
 
 
 def _first_break(data: mmap.mmap, start: int) -> int | None:

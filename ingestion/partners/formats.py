@@ -14,14 +14,13 @@ import datetime as dt
 import io
 import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from ingestion.partners.config import CsvOptions, Inbound, X12Options
 from ingestion.partners.errors import UnreadableFileError
 from ingestion.partners.fields import DATE_FIELDS
-from ingestion.partners.limits import MAX_VALUE_CHARS
 from ingestion.partners.xlsx_formulas import formulas_without_results
 from mdp.phi import masked_ssns
 
@@ -209,7 +208,7 @@ def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                 if not record or (len(record) == 1 and not record[0].strip()):
                     continue  # blank line
                 if last_line > line:  # a quoted value over lines: a stray quote may have
-                    _refuse_swallowed_lines(record, line, last_line, path, options)  # rows
+                    _refuse_swallowed_lines(record, line, last_line, path, options, width)
                 # empty values past the header's width (a trailing delimiter) are no data
                 if len(record) != width and not (
                     len(record) > width and not any(v.strip() for v in record[width:])
@@ -248,19 +247,31 @@ def without_trailing_blanks(header: list[str]) -> list[str]:
 
 
 def _refuse_swallowed_lines(
-    record: list[str], first: int, last: int, path: Path, options: CsvOptions
+    record: list[str], first: int, last: int, path: Path, options: CsvOptions, width: int
 ) -> None:
-    """A record over several lines whose quoted value is longer than any field holds: a stray
-    quote took the rows up to the next quote into one value. Those rows would be neither
-    loaded nor reported, so the file is quarantined."""
-    longest = max(len(value) for value in record)
-    if longest > MAX_VALUE_CHARS:
-        if opened := unclosed_quote(path, options, first):  # it runs to the end of the file
-            raise unclosed_quote_error(opened)
-        raise UnreadableFileError(
-            f"the record on line {first} holds a quoted value running to line {last}"
-            f" ({longest:,} characters): a stray quote took the lines between into one value"
-        )
+    """A record over several lines holding lines that read as rows: a stray quote took the
+    rows up to the next quote into one value. Those rows would be neither loaded nor reported
+    (or one of them loaded with a name made of the others), so the file is quarantined."""
+    if not swallowed_rows(record, options.delimiter, width):
+        return
+    if opened := unclosed_quote(path, options, first):  # it runs to the end of the file
+        raise unclosed_quote_error(opened)
+    raise UnreadableFileError(
+        f"the record on line {first} holds a quoted value running to line {last} whose lines"
+        " read as rows: a stray quote took them into one value"
+    )
+
+
+def swallowed_rows(values: Iterable[str | None], delimiter: str, width: int) -> bool:
+    """Whether a multi-line value holds a line with a row's worth of delimiters. A real one
+    (an address, a name typed with Alt+Enter, a note) has few, if any."""
+    least = max(width - 1, 2)
+    for value in values:
+        if value and ("\n" in value or "\r" in value):
+            continuations = value.splitlines()[1:]
+            if any(line.count(delimiter) >= least for line in continuations):
+                return True
+    return False
 
 
 def undecodable(path: Path, encoding: str) -> UnreadableFileError:
