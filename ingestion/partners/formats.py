@@ -222,7 +222,7 @@ def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                     yield RawRow(line, _values_from(record, columns), problem)
                     continue
                 yield RawRow(line, _values_from(record, columns))
-        except UnicodeDecodeError:
+        except UnicodeError:
             raise undecodable(path, options.encoding) from None
         except csv.Error as exc:
             if "field larger than field limit" in str(exc):
@@ -294,17 +294,20 @@ def undecodable(path: Path, encoding: str) -> UnreadableFileError:
                     f"bytes that are not valid {encoding} on line {line}: {exc.reason}"
                     f" (byte 0x{exc.object[exc.start]:02x} at offset {offset})"
                 )
+            except UnicodeError as exc:  # not about a byte: "stream does not start with BOM"
+                return UnreadableFileError(f"not {encoding} text: {exc}")
             consumed += len(block)
     return UnreadableFileError(f"bytes that are not valid {encoding}")
 
 
-# byte order marks of encodings other than the configured one (UTF-32's before UTF-16's: the
-# little-endian UTF-32 mark starts with UTF-16's)
-_FOREIGN_BOMS = (
+# byte order marks and the encodings they say (UTF-32's before UTF-16's: the little-endian
+# UTF-32 mark starts with UTF-16's)
+_BYTE_ORDER_MARKS = (
     (codecs.BOM_UTF32_LE, "utf-32"),
     (codecs.BOM_UTF32_BE, "utf-32"),
     (codecs.BOM_UTF16_LE, "utf-16"),
     (codecs.BOM_UTF16_BE, "utf-16"),
+    (codecs.BOM_UTF8, "utf-8"),
 )
 
 
@@ -405,7 +408,7 @@ def read_fixed_width(path: Path, inbound: Inbound) -> Iterator[RawRow]:
                             " fixed_width.positions: bytes)"
                         )
                 yield RawRow(line_no, values, problem)
-        except UnicodeDecodeError:
+        except UnicodeError:
             raise undecodable(path, layout.encoding) from None
 
 
@@ -626,15 +629,25 @@ def foreign_encoding(path: Path, encoding: str) -> UnreadableFileError | None:
     looks for ISA, so neither would say it), or UTF-16 without one (every other byte NUL)."""
     with open(path, "rb") as raw:
         start = raw.read(64)
+    if not start:
+        return None  # the reader says the file is empty
     configured = codecs.lookup(_codec(encoding)).name
-    for bom, name in _FOREIGN_BOMS:
-        if start.startswith(bom) and not configured.startswith(name):
+    for bom, name in _BYTE_ORDER_MARKS:
+        if start.startswith(bom):  # the first that matches: UTF-32's starts like UTF-16's
+            if configured.startswith(name):
+                break
             return UnreadableFileError(
                 f"the file starts with a {name.upper()} byte order mark, so it is"
                 f" {name.upper()} text; the partner's config says {encoding} (set its encoding"
                 f" to {name}, or ask the partner for {encoding})"
             )
-    if len(start) >= 8 and not configured.startswith("utf-16"):
+    else:
+        if configured in ("utf-16", "utf-32"):  # these read the byte order from the mark
+            return UnreadableFileError(
+                f"the file has no byte order mark, which {encoding} needs to know the byte"
+                f" order ({configured}-le or {configured}-be name it without one)"
+            )
+    if len(start) >= 8 and not configured.startswith(("utf-16", "utf-32")):
         even, odd = start[0::2], start[1::2]
         if not odd.strip(b"\x00") or not even.strip(b"\x00"):
             return UnreadableFileError(

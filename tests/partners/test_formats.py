@@ -850,6 +850,21 @@ def test_a_utf16_file_is_named_for_what_it_is_whatever_the_format_or_encoding(tm
     path.write_bytes(text.encode("utf-16-le"))
     with pytest.raises(UnreadableFileError, match="looks like UTF-16 text without a byte order"):
         list(read_rows(path, ACME.inbound))
+    # a UTF-8 byte order mark for a latin-1 partner: "missing required column 'Employee ID'"
+    path.write_bytes(text.encode("utf-8-sig"))
+    with pytest.raises(UnreadableFileError, match="starts with a UTF-8 byte order mark"):
+        list(read_rows(path, latin1))
+    # partners configured for UTF-32 or UTF-16 get theirs, and a clear word when a file lacks
+    # the mark those need ("UnicodeError while importing": recorded as failed)
+    for name in ("utf-32", "utf-16"):
+        wide = ACME.inbound.model_copy(
+            update={"csv": ACME.inbound.csv_options.model_copy(update={"encoding": name})}
+        )
+        path.write_bytes(text.encode(name))
+        assert [r.line for r in read_rows(path, wide)] == [2]
+        path.write_bytes(text.encode("utf-8"))
+        with pytest.raises(UnreadableFileError, match=f"no byte order mark, which {name} needs"):
+            list(read_rows(path, wide))
     x12 = tmp_path / "f.834"
     x12.write_bytes(("ISA*00*" + " " * 10 + "*00~").encode("utf-16"))
     wayne = load_partner_config(REPO / "partner_configs" / "wayne_health.yaml")
