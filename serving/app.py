@@ -394,7 +394,9 @@ async def _read_body(receive: Receive, content_length: str | None, limit: int) -
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise BodyTimedOut() if message.get(TIMED_OUT) else ClientDisconnect()
+            if why := message.get(TIMED_OUT):
+                raise BodyTimedOut(why)
+            raise ClientDisconnect()
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -479,9 +481,9 @@ async def check_eligibility(request: Request) -> Response:
         )
     except ClientDisconnect:
         return Response(status_code=400)
-    except BodyTimedOut:
+    except BodyTimedOut as timeout:
         headers["Connection"] = "close"
-        detail = "the request body stopped arriving"
+        detail = f"the request body stopped arriving ({timeout})"
         return answer(408, {"error": "request_timeout", "detail": detail}, "timeout")
     if body is None:
         detail = f"request body is larger than {MAX_BODY_BYTES} bytes"

@@ -2,8 +2,9 @@
 
 uvicorn waits for a declared body for ever: a client that sends `Content-Length: 100` and 14
 bytes held its connection, a handler and (for the eligibility check) an authenticated slot
-until it gave up. Each body message must arrive within `seconds` of the previous one, and the
-whole body within `total_seconds` (a byte every few seconds is no upload); past that, the app
+until it gave up. Each body message must arrive within `seconds` of the previous one, and past
+`total_seconds` the body must keep up MIN_BYTES_PER_SECOND on average (a byte every few seconds
+is no upload; a phone's 5 MiB batch on a weak signal is); past either, the app
 is told the client left (`http.disconnect`, which every handler already handles, marked
 TIMED_OUT for one that answers the 408 itself), any other answer is replaced by a 408, and
 the connection is closed. Once the body is complete, `receive` is passed through untouched.
@@ -17,7 +18,8 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 BODY_IDLE_SECONDS = 10.0
-BODY_TOTAL_SECONDS = 60.0  # a 16 MiB Garmin push, at a slow partner's pace
+BODY_TOTAL_SECONDS = 60.0  # then the average rate must be at least:
+MIN_BYTES_PER_SECOND = 1024
 TIMED_OUT = "mdp.body_timed_out"  # set on the disconnect message a timeout makes
 
 
@@ -41,21 +43,30 @@ class BodyTimeout:
             await self.app(scope, receive, send)
             return
         body_done = False
-        timed_out = False
+        timed_out: str | None = None  # which limit the body ran into
         answered_408 = False
+        received = 0
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.total_seconds
+        started = loop.time()
 
         async def timed_receive() -> Message:
-            nonlocal body_done, timed_out
+            nonlocal body_done, timed_out, received
             if body_done:
                 return await receive()
+            idle_until = loop.time() + self.seconds
+            rate_until = started + max(self.total_seconds, received / MIN_BYTES_PER_SECOND)
             try:
-                async with asyncio.timeout_at(min(loop.time() + self.seconds, deadline)):
+                async with asyncio.timeout_at(min(idle_until, rate_until)):
                     message = await receive()
             except TimeoutError:
-                timed_out = True
-                return {"type": "http.disconnect", TIMED_OUT: True}
+                timed_out = (
+                    f"nothing for {self.seconds:g} s"
+                    if idle_until <= rate_until
+                    else f"under {MIN_BYTES_PER_SECOND} bytes a second after"
+                    f" {self.total_seconds:g} s"
+                )
+                return {"type": "http.disconnect", TIMED_OUT: timed_out}
+            received += len(message.get("body", b""))
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message
@@ -67,17 +78,14 @@ class BodyTimeout:
             if not timed_out or answered_408:
                 await send(message)
             elif message["type"] == "http.response.start":
-                await _send_timeout(send, self.seconds)
+                await _send_timeout(send, timed_out)
 
         await self.app(scope, timed_receive, guarded_send)
 
 
-async def _send_timeout(send: Send, seconds: float) -> None:
+async def _send_timeout(send: Send, why: str) -> None:
     body = json.dumps(
-        {
-            "error": "request_timeout",
-            "detail": f"the request body stopped arriving (nothing for {seconds:g} s)",
-        }
+        {"error": "request_timeout", "detail": f"the request body stopped arriving ({why})"}
     ).encode()
     await send(
         {

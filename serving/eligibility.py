@@ -320,7 +320,8 @@ def openapi_document() -> dict[str, Any]:
             {"$ref": ref + "NotFound"},
         ),
         "408": _response(
-            "The body stopped arriving (nothing for 10 s); the connection is closed.",
+            "The body stopped arriving (nothing for 10 s, or under 1 KiB/s on average after"
+            " 60 s); the connection is closed.",
             _error_schema(
                 {"error": "request_timeout", "detail": "the request body stopped arriving"}
             ),
