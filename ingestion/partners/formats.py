@@ -479,12 +479,12 @@ def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
             uncalculated = formulas_without_results(path, getattr(sheet, "_worksheet_path", None))
             for offset, cells in enumerate(rows, start=1):
                 line = options.header_row + offset
-                problem = _uncalculated_problem(line, columns, fields, uncalculated)
-                problem = _joined(problem, _error_cells_problem(cells, columns, fields))
-                if not problem and all(
-                    c.value is None or str(c.value).strip() == "" for c in cells
-                ):
-                    continue
+                if all(c.value is None or str(c.value).strip() == "" for c in cells):
+                    continue  # blank, even where an array formula's empty range runs on
+                problem = _joined(
+                    _uncalculated_problem(line, cells, columns, fields, uncalculated),
+                    _error_cells_problem(cells, columns, fields),
+                )
                 values = [
                     _cell_text(cells[i].value, target, _number_format(cells[i]), mac_1904)
                     if i is not None and i < len(cells)
@@ -503,13 +503,21 @@ def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
 
 
 def _uncalculated_problem(
-    line: int, columns: list[int | None], fields: list[str], uncalculated: set[tuple[int, int]]
+    line: int,
+    cells: tuple,
+    columns: list[int | None],
+    fields: list[str],
+    uncalculated: set[tuple[int, int]],
 ) -> str | None:
     """The row's problem when a mapped cell is a formula with no stored result (read as
     empty, it would load as a blank: no program, or coverage without an end)."""
     if not uncalculated:
         return None
-    named = [f for i, f in zip(columns, fields, strict=True) if (line, i) in uncalculated]
+    named = [
+        f
+        for i, f in zip(columns, fields, strict=True)
+        if (line, i) in uncalculated and (i >= len(cells) or cells[i].value in (None, ""))
+    ]
     if not named:
         return None
     return (

@@ -183,8 +183,9 @@ def process_archived_file(
     reporting = 0.0
 
     def report_rejects(parsed: ParsedFile) -> None:
-        # The report depends on the file alone (a retried import sends the same one), so it
-        # goes out while the last chunk merges, before the commit.
+        # The report depends on the file (and, for an 834's terminations, on the stored begin
+        # dates the load read: the load's own rejects join it once every chunk merged), so a
+        # retried import sends the same one; it goes out before the commit.
         nonlocal reporting
         started = time.perf_counter()
         if parsed.rejects:

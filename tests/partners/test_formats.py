@@ -822,7 +822,7 @@ def test_an_array_formula_without_results_and_an_excel_error_reject_their_rows(t
 
     def array_and_error(xml: bytes) -> bytes:
         # H3, the array's other cell, is left out, as writers do with an empty cell
-        array = b'<c r="H2"><f t="array" ref="H2:H3">DATE(2026,12,31)+{0;0}</f></c>'
+        array = b'<c r="H2"><f t="array" ref="H2:H9">DATE(2026,12,31)+{0;0}</f></c>'
         assert b'<c r="G2"' in xml and b'r="H2"' not in xml and b'r="H3"' not in xml
         xml = re.sub(rb'(<c r="G2"[^>]*>.*?</c>)', lambda m: m.group(1) + array, xml, count=1)
         plan = re.search(rb'<c r="F5"[^>]*>.*?</c>', xml).group(0)
@@ -830,10 +830,12 @@ def test_an_array_formula_without_results_and_an_excel_error_reject_their_rows(t
 
     _with_sheet_xml(path, array_and_error)
     problems = {r.line: r.problem for r in read_rows(path, GLOBEX.inbound)}
+    assert sorted(problems) == [2, 3, 4, 5]  # the range's rows past the data are blank rows
     assert problems[2].startswith("eligibility_end_date: a formula without its computed value")
     assert problems[3].startswith("eligibility_end_date: a formula without its computed value")
-    assert problems[4] is None
-    assert problems[5] == "program (#N/A): the cell holds an Excel error, not a value"
+    assert problems[4] is None  # in the range, but with its value
+    assert problems[5].startswith("eligibility_end_date: a formula without its computed")
+    assert problems[5].endswith("; program (#N/A): the cell holds an Excel error, not a value")
 
 
 def test_a_utf16_file_is_named_for_what_it_is_whatever_the_format_or_encoding(tmp_path):
