@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pv
 
 from ingestion.partners.batches import RowBatch
-from ingestion.partners.config import Inbound
+from ingestion.partners.config import CsvOptions, Inbound
 from ingestion.partners.errors import UnreadableFileError
 from ingestion.partners.formats import (
     _check_columns,
@@ -94,10 +94,6 @@ def read_csv_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBat
         positions = _check_columns(inbound, header)
     except UnreadableFileError:
         return None  # the stdlib reader words it, after any undecodable bytes it meets first
-    if options.reader_options["skipinitialspace"] and _quote_after_spaces(
-        data, start, end, options.delimiter.encode(), options.quotechar.encode()
-    ):
-        return None
     body = pa.py_buffer(data)[start:end]
     fields = mapped_fields(inbound)
     rows = _stream(body, width, options.delimiter, options.quotechar)
@@ -116,7 +112,7 @@ def read_csv_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBat
         len(body),
         has_cr,
         check_last_record,
-        options.delimiter,
+        options,
     )
 
 
@@ -127,26 +123,6 @@ def _mapped(path: Path) -> mmap.mmap | None:
             return None
         flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
         return mmap.mmap(handle.fileno(), 0, flags=flags, prot=mmap.PROT_READ)
-
-
-def _quote_after_spaces(
-    data: mmap.mmap, start: int, end: int, delimiter: bytes, quote: bytes
-) -> bool:
-    """Whether a value opens with spaces and then a quote (`a, "Smith, Jo" ,b`): the stdlib
-    reader skips those spaces (CsvOptions.reader_options); pyarrow has no such option and
-    would keep the quotes, or split the value at its comma."""
-    needle = b" " + quote
-    found = data.find(needle, start, end)
-    while found != -1:
-        before = found
-        while before > start and data[before - 1 : before] == b" ":
-            before -= 1
-        if before == start or data[before - len(delimiter) : before] == delimiter:
-            return True
-        if data[before - 1 : before] in (b"\n", b"\r"):
-            return True
-        found = data.find(needle, found + len(needle), end)
-    return False
 
 
 class ArrowPathUnfit(Exception):
@@ -163,12 +139,14 @@ def _batches(
     body_bytes: int,
     has_cr: bool,
     check_last_record: Callable[[int], None],
-    delimiter: str,
+    options: CsvOptions,
 ) -> Iterator[RowBatch]:
     """Batches of at most about `size` rows as the parser reads them: small first and last
     ones (each twice the one before, up to `size`, and at most a quarter of what is left), so
     the first merge starts soon and the last one, which nothing overlaps, is short. What is
     left is estimated from the bytes read so far (values plus one separator each)."""
+    delimiter, quotechar = options.delimiter, options.quotechar
+    skip_spaces = bool(options.reader_options["skipinitialspace"])
     pending: list[pa.RecordBatch] = []
     held = read_rows = read_bytes = 0
     line = first_line
@@ -192,15 +170,20 @@ def _batches(
             lines = pc.add(pc.subtract(pc.cumulative_sum(spans), spans), line).combine_chunks()
             if batch is None and spans[-1].as_py() > 1:
                 check_last_record(lines[-1].as_py())  # its quoted value may never close
-            yield RowBatch(
-                lines=lines,
-                columns={
-                    name: _stripped(table.column(pos).combine_chunks())
-                    if pos is not None
-                    else pa.nulls(len(table), pa.string())
-                    for name, pos in zip(fields, positions, strict=True)
-                },
-            )
+            columns = {
+                name: _stripped(table.column(pos).combine_chunks())
+                if pos is not None
+                else pa.nulls(len(table), pa.string())
+                for name, pos in zip(fields, positions, strict=True)
+            }
+            if skip_spaces and any(
+                pc.any(pc.starts_with(column, quotechar)).as_py() for column in columns.values()
+            ):
+                # `, "Ann" ,`: pyarrow kept the spaces and the quotes (the stdlib reader skips
+                # the spaces, CsvOptions.reader_options); a value opening with a quote, quoted
+                # as `"""..."`, goes there too
+                raise ArrowPathUnfit("spaces before a quoted value")
+            yield RowBatch(lines=lines, columns=columns)
             line += pc.sum(spans).as_py()
             read_rows += len(table)
             read_bytes += sum(pc.sum(n).as_py() or 0 for n in lengths) + len(table) * len(lengths)
@@ -215,7 +198,11 @@ def _swallowed_rows(table: pa.Table, spans: pa.ChunkedArray, delimiter: str) -> 
     if not pc.any(multiline).as_py():
         return False
     for column in table.columns:
-        if swallowed_rows(column.filter(multiline).to_pylist(), delimiter, table.num_columns):
+        values = column.filter(multiline)
+        broken = pc.or_(pc.match_substring(values, "\n"), pc.match_substring(values, "\r"))
+        if not pc.any(broken).as_py():
+            continue  # most columns (ids, dates): no value to read line by line
+        if swallowed_rows(values.filter(broken).to_pylist(), delimiter, table.num_columns):
             return True
     return False
 
