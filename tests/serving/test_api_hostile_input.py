@@ -531,13 +531,7 @@ def raw(port: int, data: bytes, timeout: float = 3.0) -> bytes:
 
     with _socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(data)
-        out = b""
-        try:
-            while chunk := s.recv(65536):
-                out += chunk
-        except TimeoutError:
-            pass
-        return out
+        return _rest(s)
 
 
 def req(key: bytes, body: bytes, length: bytes | None = None) -> bytes:
@@ -742,6 +736,7 @@ def _ready(sock) -> bytes:
 
 
 def _rest(sock) -> bytes:
+    """All the server sends until it closes the connection (or the socket's timeout)."""
     out = b""
     try:
         while chunk := sock.recv(65536):
