@@ -236,8 +236,17 @@ def api_service(settings: Settings) -> Service:
             "--no-access-log",
             "--log-level",
             "warning",
+            *proxy_flags(),
         ],
     )
+
+
+def proxy_flags() -> list[str]:
+    """uvicorn believes X-Forwarded-For from 127.0.0.1 by default: any local client could
+    pass as another address (to the failed-auth throttle, to the audit log). Only a proxy
+    named in MDP_FORWARDED_ALLOW_IPS (uvicorn's --forwarded-allow-ips) is believed."""
+    allowed = os.environ.get("MDP_FORWARDED_ALLOW_IPS", "").strip()
+    return ["--forwarded-allow-ips", allowed] if allowed else ["--no-proxy-headers"]
 
 
 def fitbit_emulator_url(settings: Settings) -> str:

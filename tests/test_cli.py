@@ -438,3 +438,16 @@ def test_stack_up_and_down_answer_in_json_too(platform, cli_env, monkeypatch):
     assert {"sftp", "partner_sftp"} <= set(json.loads(down.stdout)["stopped"])
     again = runner.invoke(main, ["stack", "down", "--json"])
     assert json.loads(again.stdout) == {"stopped": []}
+
+
+def test_the_api_believes_forwarded_addresses_only_from_a_named_proxy(monkeypatch):
+    # uvicorn's default believed X-Forwarded-For from 127.0.0.1: a local client could pose as
+    # any address to the failed-auth throttle
+    from mdp.stack import api_service
+
+    monkeypatch.delenv("MDP_FORWARDED_ALLOW_IPS", raising=False)
+    assert "--no-proxy-headers" in api_service(load_settings()).command
+    monkeypatch.setenv("MDP_FORWARDED_ALLOW_IPS", "10.0.0.5")
+    command = api_service(load_settings()).command
+    assert command[command.index("--forwarded-allow-ips") + 1] == "10.0.0.5"
+    assert "--no-proxy-headers" not in command
