@@ -90,12 +90,16 @@ class Authenticator:
         self._active: frozenset[str] | None = None
         self._active_until = 0.0
         self._active_reading: asyncio.Lock | None = None
+        # one look-up per key at a time: when a busy key's entry expires, the requests that
+        # arrive before the answer wait on the same query rather than each sending one
+        self._fetching: dict[str, asyncio.Future[Principal | None]] = {}
 
     def invalidate(self) -> None:
         self._generation += 1
         self._known.clear()
         self._unknown.clear()
         self._active = None
+        self._fetching.clear()  # a look-up under way may predate the revocation: not joined
 
     async def authenticate(
         self, header: str | None, pool: asyncpg.Pool | None, lookup: bool = True
@@ -109,13 +113,32 @@ class Authenticator:
         if principal is _NOT_CACHED:
             if not lookup and not await self._is_active(key_hash, pool):
                 raise KeyLookupWithheld()
-            generation = self._generation
-            principal = await self._fetch(key_hash, pool)
-            if generation == self._generation:
-                self._remember(key_hash, principal, self._clock() + self.ttl_seconds)
+            principal = await self._shared_fetch(key_hash, pool)
         if principal is None:
             raise Unauthorized("unknown_key", "unknown or revoked API key")
         assert isinstance(principal, Principal)
+        return principal
+
+    async def _shared_fetch(self, key_hash: str, pool: asyncpg.Pool | None) -> Principal | None:
+        fetching = self._fetching.get(key_hash)
+        if fetching is None:
+            fetching = asyncio.ensure_future(self._fetch_and_remember(key_hash, pool))
+            self._fetching[key_hash] = fetching
+            fetching.add_done_callback(lambda done: self._forget_fetch(key_hash, done))
+        # shielded: a waiter whose client left does not cancel the others' look-up
+        return await asyncio.shield(fetching)
+
+    def _forget_fetch(self, key_hash: str, done: asyncio.Future[Principal | None]) -> None:
+        if self._fetching.get(key_hash) is done:  # not a newer one, started after invalidate()
+            del self._fetching[key_hash]
+
+    async def _fetch_and_remember(
+        self, key_hash: str, pool: asyncpg.Pool | None
+    ) -> Principal | None:
+        generation = self._generation
+        principal = await self._fetch(key_hash, pool)
+        if generation == self._generation:
+            self._remember(key_hash, principal, self._clock() + self.ttl_seconds)
         return principal
 
     async def _is_active(self, key_hash: str, pool: asyncpg.Pool | None) -> bool:

@@ -657,6 +657,44 @@ def test_a_key_lookup_in_flight_across_a_revocation_is_not_remembered():
     assert asyncio.run(scenario()) == 1, "the pre-revocation answer was cached"
 
 
+def test_requests_that_miss_the_key_cache_together_share_one_lookup():
+    # when a busy key's cache entry expires, every request in flight missed it at once and
+    # each sent its own query (32 connections: 32 queries queued on a pool of 10)
+    import asyncio
+
+    from serving.auth import Authenticator, Principal
+
+    auth = Authenticator(ttl_seconds=3.0)
+    fetched: list[str] = []
+
+    async def scenario():
+        release = asyncio.Event()
+
+        async def slow_fetch(key_hash, pool):
+            fetched.append(key_hash)
+            await release.wait()
+            return Principal("acme_corp", "k1")
+
+        auth._fetch = slow_fetch  # type: ignore[method-assign]
+        waiting = [
+            asyncio.create_task(auth.authenticate("Bearer mdp_k1_secret", object()))
+            for _ in range(20)
+        ]
+        await asyncio.sleep(0.05)
+        waiting[0].cancel()  # one client leaves: the others still get their answer
+        # a revocation meanwhile: later requests do not join a look-up that predates it
+        auth.invalidate()
+        late = asyncio.create_task(auth.authenticate("Bearer mdp_k1_secret", object()))
+        await asyncio.sleep(0.05)
+        release.set()
+        results = await asyncio.gather(*waiting[1:], late)
+        return results
+
+    results = asyncio.run(scenario())
+    assert all(r == Principal("acme_corp", "k1") for r in results)
+    assert len(fetched) == 2, fetched  # one shared look-up, and one after the revocation
+
+
 def test_spaces_around_the_employee_id_are_ignored_as_the_import_ignores_them(client, keys):
     body = json.dumps({"employee_id": "  A100001 ", "date_of_birth": "1980-05-17"}).encode()
     response = post_raw(client, keys, body)

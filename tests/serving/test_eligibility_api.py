@@ -702,3 +702,34 @@ def test_a_partner_configured_after_the_api_started_is_served_without_a_restart(
         create_key(mart, "acme_corp", label="t3")
         time.sleep(0.5)
         assert client.post(CHECK, json=body, headers=acme).status_code == 200
+
+
+def test_a_defect_in_the_check_answers_500_and_is_counted(
+    mart: ConnectionParams, partner_configs, keys: Keys
+) -> None:
+    # the check skips Starlette's middleware stack (EligibilityService): its own lane must
+    # still answer the API's 500 and count the request
+    app = create_app(params=mart, partner_configs=partner_configs, poll_interval=0.5)
+
+    class BrokenCache:
+        generation = 0
+
+        def get(self, key):
+            raise RuntimeError("a defect")
+
+        def clear(self) -> None:
+            pass
+
+        def __len__(self) -> int:
+            return 0
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        app.state.runtime.lookup_cache = BrokenCache()
+        response = check(client, keys, {"employee_id": "A100001", "date_of_birth": "1980-05-17"})
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal_error"}
+        text = client.get("/metrics").text
+    assert (
+        'mdp_http_requests_total{method="POST",route="/api/v1/eligibility/check",status="500"}'
+        in text
+    )
