@@ -408,6 +408,39 @@ async def _read_body(receive: Receive, content_length: str | None, limit: int) -
             return b"".join(chunks)
 
 
+_CHECK_HEADERS = (b"x-request-id", b"authorization", b"content-length", b"content-type")
+
+
+def _check_headers(scope: Scope) -> dict[str, str]:
+    """The request headers the check reads, in one pass over the request's (the first of a
+    repeated one, as Starlette's `Headers` gives): each `request.headers.get` scans them all."""
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in _CHECK_HEADERS and name not in found:
+            found[name] = value
+    return {name.decode(): value.decode("latin-1") for name, value in found.items()}
+
+
+class RenderedJSON(Response):
+    """A JSON body rendered already, with its headers built as they are (Starlette's
+    `init_headers` re-encodes and scans them for every response)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, status_code: int, headers: Mapping[str, str]) -> None:
+        self.status_code = status_code
+        self.body = body
+        self.background = None
+        self.raw_headers = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+            *(
+                (name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in headers.items()
+            ),
+        ]
+
+
 def _error(status: int, error: str, detail: str, headers: dict[str, str]) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
@@ -416,13 +449,14 @@ async def check_eligibility(request: Request) -> Response:
     """POST /api/v1/eligibility/check (see /openapi.json for the contract)."""
     runtime: Runtime = request.app.state.runtime
     metrics = runtime.metrics
-    headers = {"X-Request-ID": _request_id(request.headers.get("x-request-id"))}
+    sent = _check_headers(request.scope)
+    headers = {"X-Request-ID": _request_id(sent.get("x-request-id"))}
     client = request.client.host if request.client else "unknown"
     failures_allowed = runtime.auth_failures_per_minute
     throttled = runtime.auth_failures.wait(client, failures_allowed)
     try:
         principal = await runtime.authenticator.authenticate(
-            request.headers.get("authorization"), runtime.pool, lookup=not throttled
+            sent.get("authorization"), runtime.pool, lookup=not throttled
         )
     except KeyLookupWithheld:
         metrics.auth_failures.labels("throttled").inc()
@@ -446,7 +480,7 @@ async def check_eligibility(request: Request) -> Response:
     def answer(status: int, body: dict[str, Any] | bytes, outcome: str) -> Response:
         # rendered before it is audited, so the audit row records what was sent
         if isinstance(body, bytes):  # rendered already (the hot answers)
-            response = Response(body, status, headers, media_type="application/json")
+            response: Response = RenderedJSON(body, status, headers)
         else:
             response = JSONResponse(body, status_code=status, headers=headers)
         runtime.audit.record(
@@ -478,9 +512,7 @@ async def check_eligibility(request: Request) -> Response:
         return answer(429, {"error": "rate_limited", "detail": detail}, "rate_limited")
 
     try:
-        body = await _read_body(
-            request.receive, request.headers.get("content-length"), MAX_BODY_BYTES
-        )
+        body = await _read_body(request.receive, sent.get("content-length"), MAX_BODY_BYTES)
     except ClientDisconnect:
         return Response(status_code=400)
     except BodyTimedOut as timeout:
@@ -492,7 +524,7 @@ async def check_eligibility(request: Request) -> Response:
         return answer(413, {"error": "payload_too_large", "detail": detail}, "invalid")
     today = dt.date.today()
     try:
-        payload = load_json_object(body, request.headers.get("content-type"))
+        payload = load_json_object(body, sent.get("content-type"))
         claimed = requested_partner(payload)
         if claimed is not None and claimed != partner_id:
             detail = "partner_id in the body does not match the API key's partner"
