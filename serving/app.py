@@ -48,6 +48,7 @@ from serving.body_timeout import (
     BodyTimedOut,
     BodyTimeout,
     BodyTimer,
+    timeout_detail,
 )
 from serving.cache import MISSING, LookupCache, cache_entry, from_cache_entry
 from serving.device_connect import AUTHORIZE_PATH, CALLBACK_PATH, DeviceConnect
@@ -517,7 +518,7 @@ async def check_eligibility(request: Request) -> Response:
         return Response(status_code=400)
     except BodyTimedOut as timeout:
         headers["Connection"] = "close"
-        detail = f"the request body stopped arriving ({timeout})"
+        detail = timeout_detail(str(timeout))
         return answer(408, {"error": "request_timeout", "detail": detail}, "timeout")
     if body is None:
         detail = f"request body is larger than {MAX_BODY_BYTES} bytes"

@@ -43,6 +43,7 @@ from mdp.phi import log_ref
 from mdp.settings import Settings, secret
 from serving.audit import AuditEvent
 from serving.bodies import read_limited_body
+from serving.body_timeout import body_timed_out, timeout_detail
 from serving.eligibility import is_json_content_type
 from serving.health import DATABASE_ERRORS, DatabaseUnavailable
 from serving.member_tokens import KEY_NAME, InvalidMemberToken, bearer_token, verify_member_token
@@ -279,6 +280,10 @@ class AppleUploads:
         try:
             body = await read_limited_body(request, MAX_BODY_BYTES)
         except ClientDisconnect:
+            if why := body_timed_out(request.scope):  # an upload cut off is audited too
+                headers["Connection"] = "close"
+                detail = timeout_detail(why)
+                return answer(408, {"error": "request_timeout", "detail": detail}, "timeout")
             return Response(status_code=400)
         if body is None:
             detail = f"request body is larger than {MAX_BODY_BYTES} bytes"

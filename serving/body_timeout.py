@@ -29,6 +29,7 @@ BODY_IDLE_SECONDS = 10.0
 BODY_TOTAL_SECONDS = 60.0  # then the average rate must be at least:
 MIN_BYTES_PER_SECOND = 1024
 TIMED_OUT = "mdp.body_timed_out"  # set on the disconnect message a timeout makes
+BODY_TIMER = "mdp.body_timer"  # the request's BodyTimer, in the scope the middleware passes on
 
 
 class BodyTimedOut(Exception):
@@ -130,6 +131,7 @@ class BodyTimeout:
             await self.app(scope, receive, send)
             return
         timer = BodyTimer(receive, self.seconds, self.total_seconds)
+        scope = {**scope, BODY_TIMER: timer}  # for handlers that answer (and audit) the 408
         answered_408 = False
 
         async def guarded_send(message: Message) -> None:
@@ -144,10 +146,19 @@ class BodyTimeout:
         await self.app(scope, timer.receive, guarded_send)
 
 
+def body_timed_out(scope: Scope) -> str | None:
+    """Which limit the request's body missed (after Starlette's `ClientDisconnect`, which
+    drops the disconnect message's TIMED_OUT), or None."""
+    timer = scope.get(BODY_TIMER)
+    return timer.timed_out if timer is not None else None
+
+
+def timeout_detail(why: str) -> str:
+    return f"the request body stopped arriving ({why})"
+
+
 async def send_timeout(send: Send, why: str) -> None:
-    body = json.dumps(
-        {"error": "request_timeout", "detail": f"the request body stopped arriving ({why})"}
-    ).encode()
+    body = json.dumps({"error": "request_timeout", "detail": timeout_detail(why)}).encode()
     await send(
         {
             "type": "http.response.start",

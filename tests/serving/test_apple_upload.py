@@ -484,3 +484,53 @@ def test_unreachable_database_gives_503_with_retry_after(
         assert response.headers["retry-after"] == "5"
         # bad input is still answered without the database
         assert post(client, b"[]").status_code == 422
+
+
+def test_an_upload_whose_body_stops_arriving_gets_408_and_is_audited(
+    uploads_db: ConnectionParams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the 408 came from the middleware alone: the upload (a member's request) left no audit row
+    import socket
+    import threading
+
+    import uvicorn
+
+    monkeypatch.setenv("MDP_MEMBER_TOKEN_KEY", KEY)
+    app = create_app(params=uploads_db, partner_configs={}, body_idle_seconds=0.5)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        assert wait_for(lambda: server.started, timeout=10)
+        body = json.dumps({"samples": [sample()]}).encode()
+        head = (
+            f"POST {UPLOAD_PATH} HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: {bearer()['Authorization']}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nX-Request-ID: a0d17408-0000-4000-8000-000000000001"
+            "\r\n\r\n"
+        ).encode()
+        with socket.create_connection(sock.getsockname(), timeout=10) as client:
+            client.sendall(head + body[:10])
+            answer = b""
+            while chunk := client.recv(65536):  # the server closes the connection
+                answer += chunk
+    finally:
+        server.should_exit = True
+        thread.join(5)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"the request body stopped arriving (nothing for 0.5 s)" in answer
+
+    def outcome() -> Any:
+        with connect(uploads_db) as conn, conn.cursor() as cur:
+            cur.execute(
+                "select outcome, detail, member_ref from audit.access_log"
+                " where request_id = 'a0d17408-0000-4000-8000-000000000001'"
+            )
+            return cur.fetchone()
+
+    assert wait_for(lambda: outcome() is not None, timeout=3)
+    assert outcome() == ("timeout", {"status": 408}, log_ref(MEMBER))
+    assert inbox(uploads_db) == []
