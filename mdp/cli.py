@@ -7,11 +7,15 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import psycopg2
 
 from mdp.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from mdp.database import ConnectionParams
 
 
 def _load_settings() -> Settings:
@@ -365,7 +369,13 @@ def import_apple_export(path: Path, member_id: str) -> None:
     help="The callback registered with the provider (default FITBIT_REDIRECT_URI, else the"
     " API's /oauth/fitbit/callback).",
 )
-def devices_connect(member_id: str, provider: str, redirect_uri: str | None) -> None:
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Connect a member id not (yet) in marts.dim_member, such as an enrollee the next"
+    " dbt build adds.",
+)
+def devices_connect(member_id: str, provider: str, redirect_uri: str | None, force: bool) -> None:
     """Connect a member's device through the provider's OAuth consent.
 
     The sandbox emulator consents at once, so the connection is made here; a real provider
@@ -377,15 +387,16 @@ def devices_connect(member_id: str, provider: str, redirect_uri: str | None) -> 
     from mdp.database import connection_params
 
     settings = _settings()
+    params = connection_params(settings)
+    if not force:
+        _refuse_unknown_member(params, member_id)
     callback = (
         redirect_uri
         or os.environ.get("FITBIT_REDIRECT_URI")
         or (f"{settings.api_url}/oauth/fitbit/callback")
     )
     try:
-        outcome = connect_with_consent(
-            connection_params(settings), fitbit_app_from_env(), member_id, callback
-        )
+        outcome = connect_with_consent(params, fitbit_app_from_env(), member_id, callback)
     except ConnectError as exc:
         raise click.ClickException(str(exc)) from None
     if outcome.connection_id is None:
@@ -393,6 +404,25 @@ def devices_connect(member_id: str, provider: str, redirect_uri: str | None) -> 
         return
     note = "subscribed to notifications" if outcome.subscribed else "not subscribed: polling only"
     click.echo(f"connected {provider} for {member_id}: {outcome.connection_id} ({note})")
+
+
+def _refuse_unknown_member(params: ConnectionParams, member_id: str) -> None:
+    """A mistyped id would make a connection whose readings join no member: refused."""
+    from mdp.database import connect
+
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute("select to_regclass('marts.dim_member') is not null")
+        if not cur.fetchone()[0]:
+            raise click.ClickException(
+                "no members yet (marts.dim_member does not exist: `mdp run` builds it);"
+                " pass --force to connect anyway"
+            )
+        cur.execute("select 1 from marts.dim_member where member_id = %s", (member_id,))
+        if cur.fetchone() is None:
+            raise click.ClickException(
+                f"no member {member_id!r} in marts.dim_member (member ids: `select member_id"
+                " from marts.dim_member`); pass --force for one the next build adds"
+            )
 
 
 @devices.command("disconnect")

@@ -95,7 +95,12 @@ def test_a_forged_or_refused_callback_connects_nothing(platform, emulator, api):
 def test_cli_connects_in_the_sandbox_and_disconnect_revokes_but_keeps_history(platform, emulator):
     state, _ = emulator
     runner = CliRunner()
-    connected = runner.invoke(main, ["devices", "connect", "--member-id", "member-connect-3"])
+    refused = runner.invoke(main, ["devices", "connect", "--member-id", "member-connect-3"])
+    assert refused.exit_code != 0
+    assert "marts.dim_member" in refused.output and "--force" in refused.output
+    connected = runner.invoke(
+        main, ["devices", "connect", "--member-id", "member-connect-3", "--force"]
+    )
     assert connected.exit_code == 0, connected.output
     assert "subscribed to notifications" in connected.output
     (connection,) = member_connections(platform.params, "member-connect-3", "fitbit")
@@ -112,3 +117,25 @@ def test_cli_connects_in_the_sandbox_and_disconnect_revokes_but_keeps_history(pl
     ) == [("disconnected",)]
     again = runner.invoke(main, ["devices", "disconnect", "--member-id", "member-connect-3"])
     assert again.exit_code != 0 and "no active fitbit connection" in again.output
+
+
+def test_cli_connects_only_a_member_of_the_marts_unless_forced(platform, emulator):
+    from mdp.database import connect
+
+    with connect(platform.params) as conn, conn.cursor() as cur:
+        # what dbt builds, reduced to the column the check reads
+        cur.execute("create schema if not exists marts")
+        cur.execute("create table marts.dim_member (member_id text primary key)")
+        cur.execute("insert into marts.dim_member values ('member-connect-4')")
+    try:
+        runner = CliRunner()
+        typo = runner.invoke(main, ["devices", "connect", "--member-id", "member-connect-44"])
+        assert typo.exit_code != 0
+        assert "no member 'member-connect-44' in marts.dim_member" in typo.output
+        assert member_connections(platform.params, "member-connect-44", "fitbit") == []
+        known = runner.invoke(main, ["devices", "connect", "--member-id", "member-connect-4"])
+        assert known.exit_code == 0, known.output
+        assert len(member_connections(platform.params, "member-connect-4", "fitbit")) == 1
+    finally:
+        with connect(platform.params) as conn, conn.cursor() as cur:
+            cur.execute("drop table marts.dim_member")
