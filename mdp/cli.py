@@ -417,7 +417,13 @@ def _refuse_unknown_member(params: ConnectionParams, member_id: str) -> None:
                 "no members yet (marts.dim_member does not exist: `mdp run` builds it);"
                 " pass --force to connect anyway"
             )
-        cur.execute("select 1 from marts.dim_member where member_id = %s", (member_id,))
+        try:
+            cur.execute("select 1 from marts.dim_member where member_id = %s", (member_id,))
+        except psycopg2.Error as exc:  # a role without SELECT on the member mart (PHI)
+            raise click.ClickException(
+                f"cannot read marts.dim_member to check the member id"
+                f" ({type(exc).__name__}); pass --force to connect anyway"
+            ) from None
         if cur.fetchone() is None:
             raise click.ClickException(
                 f"no member {member_id!r} in marts.dim_member (member ids: `select member_id"

@@ -131,6 +131,8 @@ class Authenticator:
     def _forget_fetch(self, key_hash: str, done: asyncio.Future[Principal | None]) -> None:
         if self._fetching.get(key_hash) is done:  # not a newer one, started after invalidate()
             del self._fetching[key_hash]
+        if not done.cancelled():
+            done.exception()  # read: when every waiter left, nobody else would read it
 
     async def _fetch_and_remember(
         self, key_hash: str, pool: asyncpg.Pool | None

@@ -3,6 +3,7 @@ callback; and `mdp devices connect|disconnect` against the emulator."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
@@ -136,6 +137,25 @@ def test_cli_connects_only_a_member_of_the_marts_unless_forced(platform, emulato
         known = runner.invoke(main, ["devices", "connect", "--member-id", "member-connect-4"])
         assert known.exit_code == 0, known.output
         assert len(member_connections(platform.params, "member-connect-4", "fitbit")) == 1
+        # an operator role that may not read the member mart (it holds PHI) is told so
+        role = f"mdp_no_members_{uuid.uuid4().hex[:8]}"
+        with connect(platform.params) as conn, conn.cursor() as cur:
+            cur.execute(f"create role {role} login")
+            cur.execute(f"grant usage on schema marts to {role}")
+        try:
+            url = platform.params.url().replace(f"//{platform.params.user}:", f"//{role}:", 1)
+            denied = runner.invoke(
+                main,
+                ["devices", "connect", "--member-id", "member-connect-5"],
+                env={"MDP_DATABASE_URL": url},
+            )
+            assert denied.exit_code == 1, denied.output
+            assert "cannot read marts.dim_member" in denied.output and "--force" in denied.output
+            assert "Traceback" not in denied.output
+        finally:
+            with connect(platform.params) as conn, conn.cursor() as cur:
+                cur.execute(f"drop owned by {role}")
+                cur.execute(f"drop role {role}")
     finally:
         with connect(platform.params) as conn, conn.cursor() as cur:
             cur.execute("drop table marts.dim_member")

@@ -695,6 +695,44 @@ def test_requests_that_miss_the_key_cache_together_share_one_lookup():
     assert len(fetched) == 2, fetched  # one shared look-up, and one after the revocation
 
 
+def test_a_shared_key_lookup_that_fails_after_all_its_waiters_left_logs_nothing():
+    # every request waiting on the look-up was cancelled (a shutdown during a database
+    # outage); its failure was then "never retrieved" and asyncio logged a traceback
+    import asyncio
+    import gc
+
+    from serving.auth import Authenticator
+    from serving.health import DatabaseUnavailable
+
+    auth = Authenticator(ttl_seconds=3.0)
+    reported: list[dict] = []
+
+    async def scenario():
+        asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: reported.append(ctx))
+        release = asyncio.Event()
+
+        async def failing_fetch(key_hash, pool):
+            await release.wait()
+            raise DatabaseUnavailable("the database is not reachable")
+
+        auth._fetch = failing_fetch  # type: ignore[method-assign]
+        waiting = [
+            asyncio.create_task(auth.authenticate("Bearer mdp_k1_secret", object()))
+            for _ in range(3)
+        ]
+        await asyncio.sleep(0.02)
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        release.set()
+        await asyncio.sleep(0.02)
+        gc.collect()
+        await asyncio.sleep(0)
+
+    asyncio.run(scenario())
+    assert reported == []
+
+
 def test_spaces_around_the_employee_id_are_ignored_as_the_import_ignores_them(client, keys):
     body = json.dumps({"employee_id": "  A100001 ", "date_of_birth": "1980-05-17"}).encode()
     response = post_raw(client, keys, body)
