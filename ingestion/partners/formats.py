@@ -476,7 +476,9 @@ def read_xlsx(path: Path, inbound: Inbound) -> Iterator[RawRow]:
             # Excel for Mac's workbooks may count dates from 1904 (openpyxl reads date cells
             # right either way; a serial stored as a plain number is ours to count)
             mac_1904 = workbook.epoch.date() == MAC_1904_EPOCH
-            uncalculated = formulas_without_results(path, getattr(sheet, "_worksheet_path", None))
+            uncalculated = formulas_without_results(
+                path, getattr(sheet, "_worksheet_path", None), sheet.title
+            )
             for offset, cells in enumerate(rows, start=1):
                 line = options.header_row + offset
                 if all(c.value is None or str(c.value).strip() == "" for c in cells):

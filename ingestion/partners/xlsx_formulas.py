@@ -29,12 +29,20 @@ _RANGE = re.compile(rb"\bref=\"([A-Z]{1,3})([0-9]+)(?::([A-Z]{1,3})([0-9]+))?\""
 _MOST_ARRAY_CELLS = 1_000_000
 
 
-def formulas_without_results(path: Path, sheet_xml: str | None) -> set[tuple[int, int]]:
+def formulas_without_results(
+    path: Path, sheet_xml: str | None, sheet_title: str | None = None
+) -> set[tuple[int, int]]:
     """(row, 0-based column) of every formula cell of the sheet with no stored result; empty
-    when the sheet's part is unknown or unreadable (openpyxl then says what is wrong)."""
+    when the sheet's part is unknown or unreadable (openpyxl then says what is wrong).
+
+    A cell may leave out its reference (`r`, optional in the format: it then follows the cell
+    before it). Such a cell without a result is placed by reading the sheet's cells in order
+    (`_formula_cells`, a second read, only then): every formula cell is returned, and the
+    reader flags the ones it read empty."""
     found: set[tuple[int, int]] = set()
     if not sheet_xml:
         return found
+    unplaced = False
     try:
         with zipfile.ZipFile(path) as archive, archive.open(sheet_xml) as xml:
             carry = b""
@@ -43,19 +51,37 @@ def formulas_without_results(path: Path, sheet_xml: str | None) -> set[tuple[int
                 if _FORMULA.search(text):
                     for cell in _CELL.finditer(text):
                         attributes, inner = cell.groups()
+                        if not _FORMULA.search(inner) or _has_result(attributes, inner):
+                            continue
                         reference = _REFERENCE.search(attributes)
-                        if (
-                            reference
-                            and _FORMULA.search(inner)
-                            and not _has_result(attributes, inner)
-                        ):
+                        if reference is None:
+                            unplaced = True
+                        else:
                             column = _column_index(reference.group(1))
                             found.add((int(reference.group(2)), column))
-                            found |= _array_cells(inner)
+                        found |= _array_cells(inner)
                 carry = text[-_CARRY:]
     except (OSError, KeyError, zipfile.BadZipFile, EOFError):
         return set()
+    if unplaced and sheet_title is not None:
+        found |= _formula_cells(path, sheet_title)
     return found
+
+
+def _formula_cells(path: Path, sheet_title: str) -> set[tuple[int, int]]:
+    """Every formula cell of the sheet, placed as openpyxl places cells in order."""
+    import openpyxl
+
+    workbook = openpyxl.load_workbook(path, read_only=True, data_only=False)
+    try:
+        return {
+            (cell.row, cell.column - 1)
+            for row in workbook[sheet_title].iter_rows()
+            for cell in row
+            if cell.data_type == "f"
+        }
+    finally:
+        workbook.close()
 
 
 def _array_cells(inner: bytes) -> set[tuple[int, int]]:

@@ -669,6 +669,34 @@ def test_a_formula_saved_without_its_result_rejects_its_row_rather_than_read_bla
     assert row_dict(GLOBEX.inbound, rows[2])["last_name"] == "Lee"
 
 
+def test_a_formula_without_its_result_in_cells_without_references_rejects_its_row(tmp_path):
+    # a cell's reference (r="H3") is optional in the format; the scan for formulas without
+    # results went by it, so such a workbook's uncalculated coverage end loaded as "no end"
+    import re
+
+    path = _workbook(
+        tmp_path,
+        [
+            ["GX000001", "Ann", "Lee", "1980-01-02", "F", "P", "2026-01-01", None],
+            ["GX000002", "Bo", "Lee", "1981-01-02", "M", "P", "2026-01-01", "=DATE(2026,12,31)"],
+            ["GX000003", "Cy", "Lee", "1982-01-02", "F", "P", "2026-01-01", "2026-06-30"],
+        ],
+    )
+
+    def without_references(xml: bytes) -> bytes:
+        assert b"<f>DATE(2026,12,31)</f>" in xml and b"<v>" not in xml.split(b"<f>")[1][:40]
+        return re.sub(rb'(<c\b[^>]*?) r="[A-Z]+[0-9]+"', rb"\1", xml)
+
+    _with_sheet_xml(path, without_references)
+    rows = list(read_rows(path, GLOBEX.inbound))
+    assert [(r.line, (r.problem or "")[:60]) for r in rows] == [
+        (2, ""),
+        (3, "eligibility_end_date: a formula without its computed value ("),
+        (4, ""),
+    ]
+    assert row_dict(GLOBEX.inbound, rows[2])["eligibility_end_date"] == "2026-06-30"
+
+
 @pytest.mark.parametrize("arrow", [True, False], ids=["arrow", "stdlib"])
 def test_a_utf16_file_for_a_utf8_partner_is_quarantined_saying_it_is_utf16(tmp_path, arrow):
     # it said "byte 0xff at offset 0", which tells a partner nothing
