@@ -57,6 +57,9 @@ PREVIEW_COLUMNS = (
 )
 
 Progress = Callable[[str, int], None]  # (filename, rows read so far)
+# Records the eligibility history of what is loaded so far (the dbt snapshot); False when
+# it could not. Called before a file when an earlier file of this run loaded rows.
+RecordHistory = Callable[[str], bool]  # (partner_id) -> recorded
 
 
 def import_partner_files(
@@ -64,11 +67,18 @@ def import_partner_files(
     settings: Settings,
     params: ConnectionParams,
     progress: Progress | None = None,
+    record_history: RecordHistory | None = None,
 ) -> list[ImportRecord]:
     """Import every complete file in one partner's inbox, oldest first.
 
     One file's problem (bad rows, unreadable bytes) never stops the others; an outage
     (SFTP or database down) raises so the orchestrator retries the run.
+
+    The history snapshot only sees the members as they are when it runs. So with
+    `record_history`, a file that follows a loaded one in the same run waits until the
+    history has recorded what the earlier one loaded. Otherwise a member that one file
+    enrolls and the next corrects would keep only the correction. If the history cannot be
+    recorded, the rest of the files stay where they are for the next run.
     """
     location = inbox_location(config, settings)
     with partner_lock(params, config.partner_id) as acquired:
@@ -86,15 +96,27 @@ def import_partner_files(
             ready = complete_files(
                 sftp, location.inbox_dir, config.inbound.filename_pattern, settings.settle_seconds
             )
-            records = []
+            records: list[ImportRecord] = []
+            unrecorded = False  # an earlier file loaded rows the history has not seen
             for remote in ready:
                 if not location.removes_after_import and ledger.already_seen_remote(
                     params, config.partner_id, remote.path, remote.size, remote.mtime
                 ):
                     continue
-                records.append(
-                    import_remote_file(remote, sftp, location, config, settings, params, progress)
+                if unrecorded and record_history is not None:
+                    if not record_history(config.partner_id):
+                        log.warning(
+                            "%s: the eligibility history could not record the file(s) loaded"
+                            " so far; the other files wait for the next run",
+                            config.partner_id,
+                        )
+                        break
+                    unrecorded = False
+                record = import_remote_file(
+                    remote, sftp, location, config, settings, params, progress
                 )
+                records.append(record)
+                unrecorded = unrecorded or record.status == "loaded"
             return records
 
 

@@ -110,6 +110,7 @@ def test_a_partner_whose_server_is_down_does_not_hold_back_the_others(platform, 
     # initech's server is down: acme's file is imported and materialized (so dbt builds it),
     # not failed with the run after retries while the raw table already holds it
     from orchestration.defs.partners.assets import partner_files
+    from orchestration.defs.resources import resources
 
     generated = generate_partner_file(platform.configs["acme_corp"], rows=5, seed=3, id_offset=70)
     platform.upload("acme_corp", "enrollment_outage.csv", generated.content)
@@ -119,9 +120,7 @@ def test_a_partner_whose_server_is_down_does_not_hold_back_the_others(platform, 
         monkeypatch.setenv("INITECH_SFTP_PORT", str(closed.getsockname()[1]))
     run_config = {"ops": {"partner_files": {"config": {"partners": ["acme_corp", "initech"]}}}}
 
-    result = dg.materialize(
-        [partner_files], resources={"platform": PlatformResource()}, run_config=run_config
-    )
+    result = dg.materialize([partner_files], resources=resources().resources, run_config=run_config)
 
     assert result.success
     [members] = [

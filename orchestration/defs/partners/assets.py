@@ -1,6 +1,7 @@
 """Partner enrollment files -> raw tables (dlt), with the import ledger beside them."""
 
 import dagster as dg
+from dagster_dbt import DbtCliResource
 
 from ingestion.partners import (
     ABSENT_TABLE,
@@ -13,6 +14,7 @@ from ingestion.partners.errors import TRANSIENT_ERRORS
 from ingestion.partners.imports import ImportRecord
 from ingestion.partners.pipeline import import_partner_files
 from ingestion.partners.transport import TransportConfigError
+from orchestration.defs.transform.history import record_eligibility_history
 from orchestration.resources import PlatformResource
 from orchestration.tables import stored_in
 
@@ -84,7 +86,10 @@ def _preview_table(records: list[ImportRecord]) -> str:
     ),
 )
 def partner_files(
-    context: dg.AssetExecutionContext, config: PartnerImportConfig, platform: PlatformResource
+    context: dg.AssetExecutionContext,
+    config: PartnerImportConfig,
+    platform: PlatformResource,
+    dbt: DbtCliResource,
 ):
     """Import every complete file waiting in partner inboxes (push: our SFTP; pull: theirs)."""
     settings, params = platform.settings, platform.params
@@ -104,8 +109,15 @@ def partner_files(
         def progress(filename: str, rows: int, partner_id: str = partner_id) -> None:
             context.log.info(f"{partner_id}: {filename}: {rows:,} rows read")
 
+        def record_history(partner_id: str) -> bool:
+            context.log.info(
+                f"{partner_id}: another file follows a loaded one: recording the eligibility"
+                " history first (dbt snapshot), so each file's changes keep their version"
+            )
+            return record_eligibility_history(dbt, params, context.log)
+
         try:
-            found = import_partner_files(partner, settings, params, progress)
+            found = import_partner_files(partner, settings, params, progress, record_history)
         except TransportConfigError as exc:
             context.log.error(str(exc))
             continue
