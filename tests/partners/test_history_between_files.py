@@ -46,7 +46,15 @@ def test_a_file_and_its_correction_in_one_run_each_keep_their_version(platform):
     _upload(platform, "globex_health", first, now - 120)
     _upload(platform, "globex_health", corrected, now - 60)
 
-    assert run_assets(platform.settings).success
+    result = run_assets(platform.settings)
+    assert result.success
+    [members] = [
+        event
+        for event in result.get_asset_materialization_events()
+        if event.asset_key.path[-1] == "enrollment_members"
+    ]
+    recorded = members.materialization.metadata["history_recorded_between_files"].value
+    assert recorded == ["globex_health"]  # once: before the second file
 
     assert platform.query(
         "select status from raw_partners.file_imports where partner_id = 'globex_health'"

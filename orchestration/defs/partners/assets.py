@@ -100,6 +100,7 @@ def partner_files(
     wanted = config.partners or sorted(loaded.configs)
     records: list[ImportRecord] = []
     outages: list[str] = []
+    history_between_files: list[str] = []  # partners whose history was recorded mid-run
     for partner_id in wanted:
         partner = loaded.configs.get(partner_id)
         if partner is None:
@@ -114,7 +115,10 @@ def partner_files(
                 f"{partner_id}: another file follows a loaded one: recording the eligibility"
                 " history first (dbt snapshot), so each file's changes keep their version"
             )
-            return record_eligibility_history(dbt, params, context.log)
+            recorded = record_eligibility_history(dbt, params, context.log)
+            if recorded:
+                history_between_files.append(partner_id)
+            return recorded
 
         try:
             found = import_partner_files(partner, settings, params, progress, record_history)
@@ -165,6 +169,8 @@ def partner_files(
             "rows_rejected": dg.MetadataValue.int(rejected_rows),
             "checksums": dg.MetadataValue.json({r.shown_name: r.sha256 for r in records}),
             "preview": dg.MetadataValue.md(_preview_table(records)),
+            # snapshots taken before a partner's next file (see import_partner_files)
+            "history_recorded_between_files": dg.MetadataValue.json(history_between_files),
         },
     )
     yield dg.MaterializeResult(
