@@ -90,6 +90,10 @@ def read_csv_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBat
         width = len(header)
     if end <= start or len(header) < 2:
         return None  # a blank line would pass for a one-field row
+    if data[start : start + len(codecs.BOM_UTF8)] == codecs.BOM_UTF8:
+        # pyarrow drops a BOM that opens its input; here it opens the first row, where the
+        # stdlib reader keeps it as part of the value (the file's own BOM is gone already)
+        return None
     try:
         positions = _check_columns(inbound, header)
     except UnreadableFileError:
@@ -113,6 +117,7 @@ def read_csv_batches(path: Path, inbound: Inbound, size: int) -> Iterator[RowBat
         has_cr,
         check_last_record,
         options,
+        len(header),
     )
 
 
@@ -140,11 +145,13 @@ def _batches(
     has_cr: bool,
     check_last_record: Callable[[int], None],
     options: CsvOptions,
+    named_width: int,
 ) -> Iterator[RowBatch]:
     """Batches of at most about `size` rows as the parser reads them: small first and last
     ones (each twice the one before, up to `size`, and at most a quarter of what is left), so
     the first merge starts soon and the last one, which nothing overlaps, is short. What is
-    left is estimated from the bytes read so far (values plus one separator each)."""
+    left is estimated from the bytes read so far (values plus one separator each).
+    `named_width` is the header's named columns: the rest are a trailing delimiter's."""
     delimiter, quotechar = options.delimiter, options.quotechar
     skip_spaces = bool(options.reader_options["skipinitialspace"])
     pending: list[pa.RecordBatch] = []
@@ -164,8 +171,12 @@ def _batches(
                 raise ArrowPathUnfit("a value is longer than any field holds")
             if _any_blank_row(lengths):
                 raise ArrowPathUnfit("a blank line, or a row of empty fields")
+            if _past_named_columns(table, named_width):
+                # a value under a blank header cell (a row with one field too many): the
+                # stdlib reader rejects its row for its field count
+                raise ArrowPathUnfit("a value past the header's named columns")
             spans = _record_spans(table, has_cr)
-            if _swallowed_rows(table, spans, delimiter):
+            if _swallowed_rows(table, spans, delimiter, named_width):
                 raise ArrowPathUnfit("a quoted value over lines holds lines that read as rows")
             lines = pc.add(pc.subtract(pc.cumulative_sum(spans), spans), line).combine_chunks()
             if batch is None and spans[-1].as_py() > 1:
@@ -191,7 +202,17 @@ def _batches(
             wanted = max(SMALL_BATCH, min(size, 2 * wanted, remaining // 4))
 
 
-def _swallowed_rows(table: pa.Table, spans: pa.ChunkedArray, delimiter: str) -> bool:
+def _past_named_columns(table: pa.Table, named_width: int) -> bool:
+    """Whether a row holds a value (not only whitespace) past the header's named columns."""
+    return any(
+        _stripped(column.combine_chunks()).null_count < len(column)
+        for column in table.columns[named_width:]
+    )
+
+
+def _swallowed_rows(
+    table: pa.Table, spans: pa.ChunkedArray, delimiter: str, named_width: int
+) -> bool:
     """formats.swallowed_rows for the few records over several lines (the stdlib reader then
     quarantines the file, naming them)."""
     multiline = pc.greater(spans, 1)
@@ -202,7 +223,7 @@ def _swallowed_rows(table: pa.Table, spans: pa.ChunkedArray, delimiter: str) -> 
         broken = pc.or_(pc.match_substring(values, "\n"), pc.match_substring(values, "\r"))
         if not pc.any(broken).as_py():
             continue  # most columns (ids, dates): no value to read line by line
-        if swallowed_rows(values.filter(broken).to_pylist(), delimiter, table.num_columns):
+        if swallowed_rows(values.filter(broken).to_pylist(), delimiter, named_width):
             return True
     return False
 

@@ -187,7 +187,8 @@ def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
             raise UnreadableFileError("file is empty")
         raw.seek(0)
         text = io.TextIOWrapper(raw, encoding=_codec(options.encoding), newline="")
-        reader = csv.reader(text, **options.reader_options)
+        lines = _LastLine(text)
+        reader = csv.reader(lines, **options.reader_options)
         last_line = 0
         try:
             if options.has_header:
@@ -202,7 +203,17 @@ def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
             width = len(header)
             layout = "the header has" if options.has_header else "the configured columns are"
             line = last_line
-            for record in reader:
+            while True:
+                try:
+                    record = next(reader)
+                except StopIteration:
+                    break
+                except csv.Error as exc:
+                    if not _overlong_on_its_line(exc, reader.line_num, last_line + 1):
+                        raise
+                    # one long line, which the reader gave up on and dropped: read on its
+                    # own, its row is rejected for its value's length like any over-long one
+                    record = _one_line_record(lines.last, options)
                 line = last_line + 1
                 last_line = reader.line_num
                 if not record or (len(record) == 1 and not record[0].strip()):
@@ -235,6 +246,38 @@ def read_csv(path: Path, inbound: Inbound) -> Iterator[RawRow]:
             ) from None
         if last_line > line and (opened := unclosed_quote(path, options, line)):
             raise unclosed_quote_error(opened)
+
+
+class _LastLine:
+    """The text's lines as the csv reader takes them, keeping the last one taken."""
+
+    def __init__(self, text: io.TextIOWrapper):
+        self._lines = iter(text)
+        self.last = ""
+
+    def __iter__(self) -> _LastLine:
+        return self
+
+    def __next__(self) -> str:
+        self.last = next(self._lines)
+        return self.last
+
+
+def _one_line_record(line: str, options: CsvOptions) -> list[str]:
+    """A record of one physical line, whatever its values' length. The csv module's field
+    limit is process-wide: it is raised for this read only (a raised limit lets more
+    through, never less, so a reader in another thread loses nothing meanwhile)."""
+    limit = csv.field_size_limit(max(FIELD_LIMIT_CHARS, len(line) + 1))
+    try:
+        return next(csv.reader([line], **options.reader_options), [])
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _overlong_on_its_line(exc: csv.Error, line_num: int, line: int) -> bool:
+    """A value over the field limit within its record's first line: one long line (its row
+    is rejected), not a quote that took the lines after it (the file is quarantined)."""
+    return "field larger than field limit" in str(exc) and line_num == line
 
 
 def without_trailing_blanks(header: list[str]) -> list[str]:

@@ -45,7 +45,7 @@ ISO_DATE = "%Y-%m-%d"
 # the same shapes for Arrow's RE2 (no look-behind, no back-references)
 _SSN_SHAPED_RE2 = (
     r"(^|[^0-9])([0-9]{9}|[0-9]{3}-[0-9]{2}-[0-9]{4}|[0-9]{3}\.[0-9]{2}\.[0-9]{4}"
-    r"|[0-9]{3} [0-9]{2} [0-9]{4})([^0-9]|$)"
+    r"|[0-9]{3} [0-9]{2} [0-9]{4}|[0-9]{3}_[0-9]{2}_[0-9]{4})([^0-9]|$)"
 )
 # fields of free text, where nine digits shaped like an SSN are an SSN in the wrong column:
 # stored there, it would sit in clear where SSNs are kept only as a keyed hash + last 4

@@ -281,3 +281,49 @@ def test_line_breaks_outside_a_sliced_chunk_do_not_count():
     whole = pa.array(["1\n", "2", "3", "4\n"], pa.string())
     assert not _holds_line_break(pa.chunked_array([whole.slice(1, 2)]), has_cr=False)
     assert _holds_line_break(pa.chunked_array([whole.slice(2, 2)]), has_cr=False)
+
+
+FOUR = b"Employee ID,First Name,Last Name,Date of Birth"
+
+
+@pytest.mark.parametrize(
+    ("content", "loaded", "rejected"),
+    [
+        # a value under the blank cell a trailing delimiter leaves in the header: the Arrow
+        # path dropped it and loaded the row; its field count rejects it
+        (
+            FOUR + b",\nEMP001,Ann,Lee,01/02/1980,\nEMP002,Bob,Ray,03/04/1981,SURPLUS\n",
+            ["EMP001"],
+            [(3, "EMP002", ["has 5 fields, the header has 4"])],
+        ),
+        # a BOM opening the first row (a header file and a data file saved with one, joined):
+        # pyarrow dropped it, so the id matched its pattern on one path and not the other
+        (
+            FOUR + b"\n\xef\xbb\xbfEMP001,Ann,Lee,01/02/1980\nEMP002,Bob,Ray,03/04/1981\n",
+            ["EMP002"],
+            [(2, "\ufeffEMP001", ["employee_id: '\\ufeffEMP001' does not match the pattern"])],
+        ),
+        # one unquoted value over the csv module's field limit: its row is rejected as any
+        # over-long value's, the rows around it load (the file was quarantined, its reason
+        # blaming a quote)
+        (
+            FOUR
+            + b"\nEMP001,Ann,Lee,01/02/1980\nEMP002,"
+            + b"B" * 1_100_000
+            + b",Ray,03/04/1981\nEMP003,Cy,Ko,03/04/1981\n",
+            ["EMP001", "EMP003"],
+            [(3, "EMP002", ["first_name: 1,100,000 characters, longer than a value can be"])],
+        ),
+    ],
+    ids=["value-under-blank-header-cell", "bom-opening-first-row", "one-line-over-field-limit"],
+)
+def test_rows_both_paths_once_read_differently(tmp_path, content, loaded, rejected):
+    path = tmp_path / "f.csv"
+    path.write_bytes(content)
+
+    for batches in (_read_all(path, ACME.inbound, 100), _stdlib_batches(path, ACME.inbound, 100)):
+        valid, rejects = _validated(batches, ACME)
+        assert [row["employee_id"] for row in valid] == loaded
+        assert [(line, key) for line, key, _ in rejects] == [(n, k) for n, k, _ in rejected]
+        for (_, _, errors), (_, _, expected) in zip(rejects, rejected, strict=True):
+            assert [e.split(" ^")[0].split(" (")[0] for e in errors] == expected
