@@ -9,6 +9,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import datetime as dt
+import difflib
 import itertools
 import re
 from collections.abc import Iterator
@@ -191,15 +192,29 @@ class FixedWidthOptions(_Strict):
         return max(f.start + f.width - 1 for f in self.fields)
 
 
+def _env_name(value: str) -> str:
+    # never echoed: a value that is no variable's name may be the secret itself
+    if not ENV_NAME.fullmatch(value):
+        raise ValueError(
+            "must be the name of an environment variable (letters, digits and underscores,"
+            " e.g. ACME_SFTP_PASSWORD), which holds the value: never the value itself"
+        )
+    return value
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+EnvName = Annotated[str, AfterValidator(_env_name)]
+
+
 class RemoteLocation(_Strict):
     """Where a pull partner's own SFTP server is; credentials come from the named env vars."""
 
-    host_env: str
+    host_env: EnvName
     port: Annotated[int, Field(ge=1, le=65535)] = 22
-    port_env: str | None = None
-    username_env: str
-    password_env: str | None = None
-    key_env: str | None = None
+    port_env: EnvName | None = None
+    username_env: EnvName
+    password_env: EnvName | None = None
+    key_env: EnvName | None = None
     # absolute: a relative one would be read from the login's home, wherever that is
     path: str = "/outbound"
 
@@ -464,34 +479,45 @@ class Inbound(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Inbound:
         # options for other formats, and a push partner's `location` and `schedule`, are
-        # accepted and unused: architecture.md's own example config carries them all
+        # accepted and unused: architecture.md's own example config carries them all.
+        # Every problem is listed at once: fixing one should not reveal the next.
+        found: list[tuple[Loc, str, object]] = []
         if self.format == "x12_834":
-            self._check_x12()
+            found += self._x12_problems()
         if self.transport == "sftp_pull" and self.location is None:
-            raise ValueError("sftp_pull needs 'location' (the partner's server)")
+            found.append((("location",), "sftp_pull needs 'location' (the partner's server)", None))
         if self.format == "fixed_width" and self.fixed_width is None:
-            raise ValueError("format fixed_width needs a 'fixed_width' section with its fields")
-        self._check_one_column_per_field()
+            problem = "format fixed_width needs a 'fixed_width' section with its fields"
+            found.append((("fixed_width",), problem, None))
+        found += self._one_column_per_field_problems()
         mapped = set(self.column_mappings.values())
         if self.identifier not in mapped:
-            raise ValueError(
-                f"identifier {self.identifier!r} is not the target of any column mapping"
-            )
+            problem = f"identifier {self.identifier!r} is not the target of any column mapping"
+            found.append((("identifier",), problem, self.identifier))
         missing = [name for name in self.required_fields if name not in mapped]
         if missing:
-            raise ValueError(
-                f"required field(s) {missing} are not the target of any column mapping"
-            )
+            problem = f"required field(s) {missing} are not the target of any column mapping"
+            found.append((("required_fields",), problem, missing))
         if self.format == "fixed_width" and self.fixed_width is not None:
             names = {f.name for f in self.fixed_width.fields}
             absent = sorted(set(self.column_mappings) - names)
             if absent:
-                raise ValueError(
-                    f"column_mappings name field(s) {absent} missing from fixed_width.fields"
-                )
+                problem = f"column_mappings name field(s) {absent} missing from fixed_width.fields"
+                found.append((("column_mappings",), problem, absent))
+        csv = self.csv_options
+        if self.format == "csv" and not csv.has_header and csv.columns:
+            # a headerless file's columns are csv.columns: a name not among them is never
+            # found, and every file would be refused for it
+            absent = [name for name in self.column_mappings if name not in csv.columns]
+            if absent:
+                problem = f"column_mappings name column(s) {absent} missing from csv.columns"
+                found.append((("column_mappings",), problem, absent))
+        if found:
+            raise _problems("Inbound", found)
         return self
 
-    def _check_one_column_per_field(self) -> None:
+    def _one_column_per_field_problems(self) -> list[tuple[Loc, str, object]]:
+        found: list[tuple[Loc, str, object]] = []
         sources: dict[str, list[str]] = {}
         for source, target in self.column_mappings.items():
             sources.setdefault(target, []).append(source)
@@ -501,28 +527,33 @@ class Inbound(_Strict):
                     f"columns {names} all map to {target}: one column per field (a file"
                     " would need every one of them, and only the last would count)"
                 )
-                raise _problems("Inbound", [(("column_mappings", names[-1]), problem, target)])
+                found.append((("column_mappings", names[-1]), problem, target))
         if self.identifier == "ssn" and "employee_id" in sources:
             problem = (
                 "with identifier ssn, employee_id holds the SSN's keyed hash: the partner's"
                 " own employee id has no column to go to (map it to group_id, or drop it)"
             )
             name = sources["employee_id"][0]
-            raise _problems("Inbound", [(("column_mappings", name), problem, "employee_id")])
+            found.append((("column_mappings", name), problem, "employee_id"))
+        return found
 
-    def _check_x12(self) -> None:
+    def _x12_problems(self) -> list[tuple[Loc, str, object]]:
+        found: list[tuple[Loc, str, object]] = []
         if self.date_format != D8_FORMAT:
-            raise ValueError(
+            problem = (
                 f"x12_834 dates are CCYYMMDD: date_format must be {D8_FORMAT!r} or left out,"
                 f" not {self.date_format!r}"
             )
+            found.append((("date_format",), problem, self.date_format))
         unknown = [name for name in self.column_mappings if not is_reference(name)]
         if unknown:
-            raise ValueError(
+            problem = (
                 f"column_mappings name(s) {unknown} are not values of an 834 member loop;"
                 " use element references such as 'REF*0F', NM103, NM104, DMG02, HD04,"
                 " 'DTP*348', 'PER*EM' (see ingestion/partners/x12_834.py)"
             )
+            found.append((("column_mappings",), problem, unknown))
+        return found
 
     @property
     def csv_options(self) -> CsvOptions:
@@ -539,9 +570,9 @@ class Inbound(_Strict):
 
 class Delivery(_Strict):
     method: Literal["sftp", "api"]
-    host_env: str | None = None
+    host_env: EnvName | None = None
     path: str = "/reports/"
-    url_env: str | None = None
+    url_env: EnvName | None = None
 
 
 class Outbound(_Strict):
@@ -562,6 +593,29 @@ class PartnerConfig(_Strict):
     inbound: Inbound
     outbound: Outbound | None = None
     eligibility_api: EligibilityApi = EligibilityApi()
+
+
+# every key a partner config may hold, for "did you mean" on an unknown one
+_KNOWN_KEYS = sorted(
+    {
+        name
+        for model in (
+            PartnerConfig,
+            Inbound,
+            CsvOptions,
+            XlsxOptions,
+            X12Options,
+            FixedWidthOptions,
+            FixedWidthField,
+            RemoteLocation,
+            FieldRule,
+            Outbound,
+            Delivery,
+            EligibilityApi,
+        )
+        for name in model.model_fields
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -589,40 +643,93 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
         if isinstance(item, int):
             parts.append(f"[{item}]")
         else:
-            parts.append(("." if parts else "") + str(item))
+            name = str(item)
+            if "." in name:  # a column named `Date.Of.Birth` is one key, not three
+                name = '"' + name.replace('"', '\\"') + '"'
+            parts.append(("." if parts else "") + name)
     return "".join(parts)
 
 
 def _message(error: Any) -> str:
     message = error["msg"].removeprefix("Value error, ")
     value = error.get("input")
-    if error["type"] == "string_type" and isinstance(value, bool | int | float):
-        kind = "a boolean" if isinstance(value, bool) else "a number"
+    key = str(error["loc"][-1]) if error["loc"] else ""
+    kind = {bool: "a boolean", int: "a number", float: "a number"}.get(type(value), "")
+    if error["type"] == "string_type" and kind:
+        if key.endswith("_env"):  # it may be the secret itself: never shown
+            return (
+                f"YAML read it as {kind}: give the name of the environment variable that holds"
+                " the value, not the value"
+            )
         message += f": YAML read it as {kind} ({str(value).lower()}); put it in quotes"
+    elif error["type"] == "extra_forbidden":
+        message = "unknown key"
+        if close := difflib.get_close_matches(key, _KNOWN_KEYS, n=1, cutoff=0.75):
+            message += f": did you mean {close[0]!r}?"
+    elif error["type"] == "model_type":
+        message = f"expected a mapping (key: value lines), not {_yaml_kind(value)}"
     return message
+
+
+def _yaml_kind(value: object) -> str:
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    return "nothing" if value is None else type(value).__name__
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml.safe_load, except that a key given twice in one mapping is an error: the plain
     loader keeps the last silently, and which of two rules counts is the partner's call."""
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # a value YAML's own constructors refuse (`2024-02-30` read as a date, `!!int abc`)
+        # is a problem at its line, not an exception that stops every partner loading
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{exc} (the value {_shown(node)})", node.start_mark
+            ) from None
+
+
+def _shown(node: yaml.Node) -> str:
+    value = node.value if isinstance(node, yaml.ScalarNode) else ""
+    return repr(value) if len(value) <= 40 else repr(value[:40] + "...")
+
 
 def _unique_key_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
     """A mapping whose keys are the text written: every key in a partner config is a name,
     and plain YAML reads a column called `on`, `no` or `2024` as a boolean or a number
-    (reported as "[1]" or "[2024]", or not matching the file's header)."""
+    (reported as "[1]" or "[2024]", or not matching the file's header). Merge keys (`<<:`)
+    work as in plain YAML: a key the mapping gives itself overrides a merged one."""
+    own = sum(1 for key, _ in node.value if key.tag != MERGE_TAG)
+    loader.flatten_mapping(node)  # the merged pairs first, then the mapping's own
+    merged = len(node.value) - own
     mapping: dict[object, object] = {}
-    for key_node, value_node in node.value:
-        if isinstance(key_node, yaml.ScalarNode):
-            key: object = key_node.value
-        else:
-            key = loader.construct_object(key_node, deep=deep)
-        if key in mapping:
+    given: set[object] = set()
+    for index, (key_node, value_node) in enumerate(node.value):
+        if not isinstance(key_node, yaml.ScalarNode):
             raise yaml.constructor.ConstructorError(
-                None, None, f"the key {key!r} is given twice", key_node.start_mark
+                None, None, "a key must be a name, not a list or a mapping", key_node.start_mark
             )
+        key = key_node.value
+        if index >= merged:
+            if key in given:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            given.add(key)
         mapping[key] = loader.construct_object(value_node, deep=deep)
     return mapping
+
+
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 _UniqueKeyLoader.add_constructor(
@@ -630,39 +737,63 @@ _UniqueKeyLoader.add_constructor(
 )
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a partner's config is a page or two; the API reloads them live
+
+
 def load_partner_config(path: Path) -> PartnerConfig:
     """Parse and validate one file; raises PartnerConfigError naming file, key path and problem."""
-    try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise PartnerConfigError(
-            [ConfigProblem(path, where, f"not valid YAML: {problem}")]
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PartnerConfigError([ConfigProblem(path, "", f"cannot read: {exc}")]) from None
+    raw = _read_yaml(path)
     if not isinstance(raw, dict):
         raise PartnerConfigError([ConfigProblem(path, "", "expected a mapping at the top level")])
+    problems: list[ConfigProblem] = []
+    partner_id = raw.get("partner_id")
+    if isinstance(partner_id, str) and partner_id != path.stem:
+        problem = f"{partner_id!r} must match the file name {path.stem!r}"
+        problems.append(ConfigProblem(path, "partner_id", problem))
     try:
         config = PartnerConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = [
+        problems += [
             ConfigProblem(path, _key_path(err["loc"]), _message(err)) for err in exc.errors()
         ]
-        raise PartnerConfigError(problems) from None
-    if config.partner_id != path.stem:
-        raise PartnerConfigError(
-            [
-                ConfigProblem(
-                    path,
-                    "partner_id",
-                    f"{config.partner_id!r} must match the file name {path.stem!r}",
-                )
-            ]
-        )
+    if problems:
+        raise PartnerConfigError(problems)
     return config
+
+
+def _read_yaml(path: Path) -> object:
+    def problem(where: str, message: str) -> PartnerConfigError:
+        return PartnerConfigError([ConfigProblem(path, where, message)])
+
+    try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise problem(
+                "", f"{size:,} bytes: larger than a partner config can be ({MAX_CONFIG_BYTES:,})"
+            )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise problem("", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise problem(
+            f"line {line}", f"not UTF-8: the byte {data[exc.start]:#04x} cannot be read"
+        ) from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character: no mark
+            where = f"line {text[: exc.position].count(chr(10)) + 1}"
+            message = f"a control character ({exc.character!r}) that YAML does not allow"
+        else:
+            message = getattr(exc, "problem", None) or str(exc)
+        raise problem(where, f"not valid YAML: {message}") from None
+    except RecursionError:
+        raise problem("", "not valid YAML: nested too deeply") from None
 
 
 @dataclass(frozen=True)
@@ -671,12 +802,17 @@ class PartnerConfigs:
     problems: list[ConfigProblem]
 
 
+CONFIG_SUFFIXES = (".yaml", ".yml")  # in any case: `initech.YAML` is not skipped unsaid
+
+
 def load_partner_configs(directory: Path) -> PartnerConfigs:
     """Load every `*.yaml`/`*.yml` in a folder; bad files are reported, good ones still load."""
     configs: dict[str, PartnerConfig] = {}
     problems: list[ConfigProblem] = []
     paths = (
-        sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]) if directory.is_dir() else []
+        sorted(p for p in directory.iterdir() if p.suffix.lower() in CONFIG_SUFFIXES)
+        if directory.is_dir()
+        else []
     )
     loaded_from: dict[str, Path] = {}
     for path in paths:
@@ -684,6 +820,10 @@ def load_partner_configs(directory: Path) -> PartnerConfigs:
             config = load_partner_config(path)
         except PartnerConfigError as exc:
             problems.extend(exc.problems)
+            continue
+        except Exception as exc:  # a case the loader did not foresee: this file's, no one else's
+            message = f"could not be loaded ({type(exc).__name__}); the other partners load"
+            problems.append(ConfigProblem(path, "", message))
             continue
         if config.partner_id in loaded_from:  # acme.yaml and acme.yml: which one is meant?
             first = loaded_from[config.partner_id]

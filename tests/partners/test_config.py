@@ -43,13 +43,24 @@ def test_the_shipped_partner_configs_are_valid():
             "inbound.validations.employee_id.pattern",
             "regular expression",
         ),
-        ("inbound:\n  transport: sftp_pull\n", "inbound", "location"),
+        ("inbound:\n  transport: sftp_pull\n", "inbound.location", "sftp_pull needs"),
         (
             "eligibility_api: {rate_limit_per_minute: 0}\n",
             "eligibility_api.rate_limit_per_minute",
             "greater than",
         ),
-        ("inbound:\n  unknown_key: 1\n", "inbound.unknown_key", "not permitted"),
+        ("inbound:\n  unknown_key: 1\n", "inbound.unknown_key", "unknown key"),
+        (
+            "inbound:\n  filename_patern: 'x*'\n",
+            "inbound.filename_patern",
+            "did you mean 'filename_pattern'",
+        ),
+        ("inbound:\n  csv: [a, b]\n", "inbound.csv", "expected a mapping"),
+        (
+            "inbound:\n  csv: {has_header: false, columns: [ID, FN]}\n",
+            "inbound.column_mappings",
+            "missing from csv.columns",
+        ),
         ('inbound:\n  csv: {delimiter: "\\n"}\n', "inbound.csv.delimiter", "line break"),
         (
             "inbound:\n  column_mappings: {EmpID: employee_id}\n",
@@ -429,3 +440,138 @@ def test_the_design_documents_example_config_loads(tmp_path):
     loaded = load_partner_configs(tmp_path)
     assert loaded.problems == [], loaded.problems
     assert loaded.configs["acme_corp"].inbound.format == "csv"
+
+
+ACME_TEXT = (REPO / "partner_configs" / "acme_corp.yaml").read_text()
+BAD_BASE = (
+    "partner_id: bad\ndisplay_name: Bad\ninbound:\n  transport: sftp_push\n  format: csv\n"
+    '  column_mappings: {"Employee ID": employee_id}\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("extra", "where", "words"),
+    [
+        ("  validations:\n    date_of_birth: {max: 2024-02-30}\n", "line 8", "day is out of range"),
+        ("  validations:\n    date_of_birth: {min: 2024-13-01}\n", "line 8", "month must be"),
+        ("eligibility_api: {rate_limit_per_minute: !!int abc}\n", "line 7", "'abc'"),
+        ("? [a, b]\n: 1\n", "line 7", "a key must be a name"),
+        ("x: " + "[" * 5000 + "]" * 5000 + "\n", "", "nested too deeply"),
+    ],
+    ids=["impossible-date", "month-13", "bad-int-tag", "list-as-key", "deep-nesting"],
+)
+def test_a_value_yaml_cannot_build_is_a_problem_and_the_others_still_load(
+    tmp_path, extra, where, words
+):
+    # these raised out of the loader: no partner loaded, the API and Dagster did not start
+    (tmp_path / "acme_corp.yaml").write_text(ACME_TEXT)
+    (tmp_path / "bad.yaml").write_text(BAD_BASE + extra)
+
+    loaded = load_partner_configs(tmp_path)
+
+    assert list(loaded.configs) == ["acme_corp"]
+    [problem] = loaded.problems
+    assert problem.file.name == "bad.yaml"
+    assert problem.key_path.startswith(where)
+    assert words in problem.message, str(problem)
+
+
+def test_every_cross_field_problem_is_listed_at_once(tmp_path):
+    # each one was revealed only once the one before it was fixed
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "partner_id: other\ndisplay_name: Bad\ninbound:\n  transport: sftp_pull\n"
+        "  format: fixed_width\n  column_mappings:\n    DOB: date_of_birth\n"
+        "    Birth Date: date_of_birth\n  required_fields: [employee_id, last_name]\n"
+    )
+    with pytest.raises(PartnerConfigError) as caught:
+        load_partner_config(path)
+    found = {(p.key_path, p.message.split(" ")[0]) for p in caught.value.problems}
+    assert found == {
+        ("partner_id", "'other'"),
+        ("inbound.location", "sftp_pull"),
+        ("inbound.fixed_width", "format"),
+        ("inbound.column_mappings.Birth Date", "columns"),
+        ("inbound.identifier", "identifier"),
+        ("inbound.required_fields", "required"),
+    }
+
+
+def test_merge_keys_work_as_in_plain_yaml(tmp_path):
+    # `<<` was read as a key of its own: "Extra inputs are not permitted"
+    rules = (
+        "  validations:\n"
+        "    first_name: &text {type: string, pattern: '^[A-Za-z]+$'}\n"
+        "    last_name:\n      <<: *text\n      pattern: '^[A-Z].*$'\n"
+    )
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD_BASE + rules)
+    rule = load_partner_config(path).inbound.validations["last_name"]
+    assert (rule.type, rule.pattern) == ("string", "^[A-Z].*$")  # its own key overrides
+    path.write_text(BAD_BASE + rules + "      pattern: '^x$'\n")  # twice in the mapping itself
+    with pytest.raises(PartnerConfigError) as caught:
+        load_partner_config(path)
+    assert "the key 'pattern' is given twice" in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["Hunter2Secret!", "my password", ""])
+def test_an_env_setting_holding_a_value_is_refused_without_showing_it(tmp_path, name):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        BAD_BASE.replace("sftp_push", "sftp_pull")
+        + f"  location: {{host_env: H, username_env: U, password_env: '{name}'}}\n"
+    )
+    with pytest.raises(PartnerConfigError) as caught:
+        load_partner_config(path)
+    [problem] = caught.value.problems
+    assert problem.key_path == "inbound.location.password_env"
+    assert "name of an environment variable" in problem.message
+    assert (name or "''") not in str(problem)
+
+
+def test_a_number_in_an_env_setting_is_not_shown(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        BAD_BASE.replace("sftp_push", "sftp_pull")
+        + "  location: {host_env: H, username_env: U, password_env: 84736251}\n"
+    )
+    with pytest.raises(PartnerConfigError) as caught:
+        load_partner_config(path)
+    [problem] = caught.value.problems
+    assert "environment variable" in problem.message and "84736251" not in str(problem)
+
+
+def test_files_ending_in_upper_case_yaml_load_and_oversized_ones_are_refused(tmp_path):
+    (tmp_path / "acme_corp.YAML").write_text(ACME_TEXT)
+    (tmp_path / "bad.yml").write_text(BAD_BASE + "#" * (1 << 20))
+    loaded = load_partner_configs(tmp_path)
+    assert list(loaded.configs) == ["acme_corp"]
+    [problem] = loaded.problems
+    assert problem.file.name == "bad.yml" and "larger than a partner config can be" in str(problem)
+
+
+def test_bytes_that_are_not_utf8_and_control_characters_are_named_by_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(BAD_BASE.encode() + b"display_name2: caf\xe9\n")
+    with pytest.raises(PartnerConfigError) as caught:
+        load_partner_config(path)
+    assert str(caught.value.problems[0]) == (
+        "bad.yaml: line 7: not UTF-8: the byte 0xe9 cannot be read"
+    )
+    path.write_bytes(BAD_BASE.encode() + b"display_name2: a\x01b\n")
+    with pytest.raises(PartnerConfigError) as caught:
+        load_partner_config(path)
+    assert str(caught.value.problems[0]).startswith("bad.yaml: line 7: not valid YAML: a control")
+
+
+def test_a_column_name_with_dots_is_one_quoted_key_in_the_path(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        BAD_BASE.replace(
+            '{"Employee ID": employee_id}', '{"Employee ID": employee_id, "Date.Of.Birth": colour}'
+        )
+    )
+    with pytest.raises(PartnerConfigError) as caught:
+        load_partner_config(path)
+    paths = [p.key_path for p in caught.value.problems]
+    assert 'inbound.column_mappings."Date.Of.Birth"' in paths
