@@ -575,11 +575,29 @@ class Delivery(_Strict):
     url_env: EnvName | None = None
 
 
+def _report_schedule(expression: str) -> str:
+    """`daily` (architecture.md's word), `hourly`, `weekly`, or a cron string."""
+    if expression in REPORT_SCHEDULE_WORDS:
+        return expression
+    return _cron(expression)
+
+
+REPORT_SCHEDULE_WORDS = ("hourly", "daily", "weekly", "monthly")
+
+
 class Outbound(_Strict):
     format: Literal["csv"] = "csv"
-    columns: list[str]
-    schedule: str = "daily"
+    columns: Annotated[list[str], Field(min_length=1)]
+    schedule: Annotated[str, AfterValidator(_report_schedule)] = "daily"
     delivery: Delivery
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_once_each(cls, value: list[str]) -> list[str]:
+        repeated = sorted({name for name in value if value.count(name) > 1})
+        if repeated:
+            raise ValueError(f"column(s) {repeated} given more than once")
+        return value
 
 
 class EligibilityApi(_Strict):

@@ -575,3 +575,34 @@ def test_a_column_name_with_dots_is_one_quoted_key_in_the_path(tmp_path):
         load_partner_config(path)
     paths = [p.key_path for p in caught.value.problems]
     assert 'inbound.column_mappings."Date.Of.Birth"' in paths
+
+
+@pytest.mark.parametrize(
+    ("outbound", "key_path", "words"),
+    [
+        ("{columns: [], delivery: {method: api}}", "outbound.columns", "at least 1"),
+        ("{columns: [a, a], delivery: {method: sftp}}", "outbound.columns", "'a'"),
+        (
+            "{columns: [a], schedule: whenever you like, delivery: {method: sftp}}",
+            "outbound.schedule",
+            "not a cron schedule",
+        ),
+    ],
+)
+def test_a_report_section_that_could_not_work_is_refused(tmp_path, outbound, key_path, words):
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD_BASE + f"outbound: {outbound}\n")
+    with pytest.raises(PartnerConfigError) as caught:
+        load_partner_config(path)
+    [problem] = caught.value.problems
+    assert problem.key_path == key_path and words in problem.message, str(problem)
+
+
+@pytest.mark.parametrize("schedule", ["daily", "weekly", "'0 6 * * 1'"])
+def test_a_report_schedule_is_a_word_or_cron(tmp_path, schedule):
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        BAD_BASE + f"outbound: {{columns: [employee_id], schedule: {schedule},"
+        " delivery: {method: sftp}}\n"
+    )
+    assert load_partner_config(path).outbound is not None
