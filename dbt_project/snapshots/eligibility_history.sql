@@ -18,6 +18,7 @@
             'coverage_status',
             'date_of_birth',
         ],
+        post_hook="{{ announce_mart_refresh('eligibility_history', notify=false) }}",
     )
 }}
 

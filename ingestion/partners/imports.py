@@ -103,6 +103,24 @@ def already_seen_remote(
         return cur.fetchone() is not None
 
 
+# the history snapshot's row in serving.mart_refreshes (its dbt post-hook bumps it, with the
+# snapshot transaction's start time: the data it read was committed after that, or not seen)
+HISTORY_MARK = "eligibility_history"
+
+
+def loaded_since_history(params: ConnectionParams, partner_id: str) -> bool:
+    """Whether a file of the partner loaded after the history snapshot last began: a run that
+    stopped between its import and dbt left it unrecorded (the next file must wait for it)."""
+    with connect(params) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select exists (select from raw_partners.file_imports where partner_id = %s"
+            " and status = 'loaded' and finished_at > coalesce((select refreshed_at"
+            " from serving.mart_refreshes where mart = %s), '-infinity'))",
+            (partner_id, HISTORY_MARK),
+        )
+        return bool(cur.fetchone()[0])
+
+
 def mark_interrupted(params: ConnectionParams, partner_id: str) -> int:
     """Call under the partner's import lock: no other run is importing its files then, so a
     row still "processing" is an attempt whose run stopped (killed, crashed) before it ended.

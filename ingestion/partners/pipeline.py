@@ -75,10 +75,11 @@ def import_partner_files(
     (SFTP or database down) raises so the orchestrator retries the run.
 
     The history snapshot only sees the members as they are when it runs. So with
-    `record_history`, a file that follows a loaded one in the same run waits until the
-    history has recorded what the earlier one loaded. Otherwise a member that one file
-    enrolls and the next corrects would keep only the correction. If the history cannot be
-    recorded, the rest of the files stay where they are for the next run.
+    `record_history`, a file that follows a loaded one the history has not recorded (of this
+    run, or of a run that stopped between its import and dbt) waits until it has. Otherwise
+    a member that one file enrolls and the next corrects would keep only the correction. If
+    the history cannot be recorded, the rest of the files stay where they are for the next
+    run.
     """
     location = inbox_location(config, settings)
     with partner_lock(params, config.partner_id) as acquired:
@@ -97,12 +98,16 @@ def import_partner_files(
                 sftp, location.inbox_dir, config.inbound.filename_pattern, settings.settle_seconds
             )
             records: list[ImportRecord] = []
-            unrecorded = False  # an earlier file loaded rows the history has not seen
+            # a file loaded that the history has not seen: this run's, or one whose run
+            # stopped before dbt (asked once, when a file is about to be imported)
+            unrecorded: bool | None = None
             for remote in ready:
                 if not location.removes_after_import and ledger.already_seen_remote(
                     params, config.partner_id, remote.path, remote.size, remote.mtime
                 ):
                     continue
+                if record_history is not None and unrecorded is None:
+                    unrecorded = ledger.loaded_since_history(params, config.partner_id)
                 if unrecorded and record_history is not None:
                     if not record_history(config.partner_id):
                         log.warning(

@@ -92,7 +92,49 @@ def test_files_after_one_the_history_could_not_record_wait_in_the_inbox(platform
     inbox = platform.sftp_root / "globex_health" / "inbound"
     assert [p.name for p in inbox.iterdir()] == [second.filename]
 
-    # the next run takes it (no earlier file of its own run: no history to record first)
+    # the next run records the first file's history before it takes the second one
     records = import_partner_files(config, platform.settings, platform.params, None, history_down)
+    assert records == [] and asked == ["globex_health"] * 2
+    def history_up(partner_id: str) -> bool:
+        asked.append(partner_id)
+        return True
+
+    records = import_partner_files(config, platform.settings, platform.params, None, history_up)
     assert [(r.filename, r.status) for r in records] == [(second.filename, "loaded")]
-    assert asked == ["globex_health"]
+    assert asked == ["globex_health"] * 3
+
+
+def test_a_file_whose_run_stopped_before_dbt_keeps_its_version_when_the_next_arrives(platform):
+    config = platform.configs["globex_health"]
+    first = generate_partner_file(config, rows=5, seed=51, today=TODAY, id_offset=700)
+    member = first.valid_members[0]
+    now = int(dt.datetime.now(dt.UTC).timestamp())
+    _upload(platform, "globex_health", first, now - 300)
+    assert run_assets(platform.settings).success
+
+    def corrected(days: int, sequence: int):
+        return generate_partner_file(
+            config,
+            rows=5,
+            seed=51,
+            today=TODAY,
+            id_offset=700,
+            overrides={member["employee_id"]: {"eligibility_end_date": TODAY + dt.timedelta(days)}},
+            sequence=sequence,
+        )
+
+    # a run imports a correction, then stops before its dbt build
+    stopped = corrected(400, 4)
+    _upload(platform, "globex_health", stopped, now - 200)
+    [record] = import_partner_files(config, platform.settings, platform.params)
+    assert record.status == "loaded"
+    # the partner's next correction arrives, and a run takes it
+    _upload(platform, "globex_health", corrected(200, 5), now - 100)
+    assert run_assets(platform.settings).success
+
+    ends = [end for _, end, _ in _history(platform, "globex_health", member["employee_id"])]
+    assert ends == [
+        member.get("eligibility_end_date"),
+        TODAY + dt.timedelta(400),  # before: lost, the history never saw it
+        TODAY + dt.timedelta(200),
+    ]
