@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,11 +46,14 @@ def _redact(text: str) -> str:
     """`text` without MDP_DATABASE_URL's password, should a library have echoed it."""
     from urllib.parse import unquote, urlparse
 
+    from mdp.database import ConnectionParams
+
     try:
-        password = urlparse(os.environ.get("MDP_DATABASE_URL", "")).password
+        password = ConnectionParams.from_url(os.environ.get("MDP_DATABASE_URL", "")).password
+        given = urlparse(os.environ.get("MDP_DATABASE_URL", "")).password
     except ValueError:
         return text
-    for secret in {password, unquote(password or "")} - {None, ""}:
+    for secret in {given, password, unquote(given or "")} - {None, "", "postgres"}:
         text = text.replace(secret, "***")
     return text
 
@@ -202,6 +206,19 @@ def _report_run(result) -> None:
         click.echo(f"  check failed: {check.asset_key.to_user_string()} {check.check_name}")
     for check in warned:
         click.echo(f"  check warning: {check.asset_key.to_user_string()} {check.check_name}")
+    # the step that failed and its error's first line: the reason, below the Dagster logs
+    failures = {
+        e.step_key: e.event_specific_data.error
+        for e in result.all_events
+        if e.event_type == dg.DagsterEventType.STEP_FAILURE and e.step_key
+    }
+    for step, error in failures.items():
+        while getattr(error, "cause", None) is not None:  # Dagster's wrapper, then the error
+            error = error.cause
+        message = (getattr(error, "message", "") or "").strip().splitlines()
+        # `dagster._core.definitions.events.Failure: ...` as `Failure: ...`
+        first = re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", message[0]) if message else "see the logs"
+        click.echo(f"  step failed: {step}: {_redact(first)}")
 
 
 @main.command("dev")
@@ -314,8 +331,12 @@ def key_create(partner_id: str, label: str | None) -> None:
 def key_revoke(partner_id: str, key_id: str | None) -> None:
     from mdp.database import connection_params
     from mdp.schema import ensure_schema
-    from serving.api_keys import ApiKeyError, revoke_key
+    from serving.api_keys import KEY_SHAPE, ApiKeyError, revoke_key
 
+    if key_id is not None and (found := KEY_SHAPE.fullmatch(key_id)):
+        # the whole key, pasted where its id goes: never echoed, revoked by its id
+        key_id = found["key_id"]
+        click.echo("that was the whole key, not its id: revoking it by its id", err=True)
     params = connection_params(_settings())
     ensure_schema(params)
     try:
@@ -453,7 +474,13 @@ def devices_disconnect(member_id: str, provider: str) -> None:
 
 @devices.command("member-token")
 @click.argument("member_id")
-@click.option("--days", default=30, show_default=True, help="Days until the token expires.")
+@click.option(
+    "--days",
+    default=30,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Days until the token expires.",
+)
 def member_token(member_id: str, days: int) -> None:
     """Issue a member-app token for POST /api/v1/apple-health/samples (shown once)."""
     from serving.member_tokens import issue_member_token

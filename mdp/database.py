@@ -47,9 +47,10 @@ class ConnectionParams:
         return cls(
             host=host,
             port=int(query.get("port", [parsed.port or 5432])[0]),
-            user=unquote(parsed.username or "postgres"),
-            # dlt refuses credentials without a password even where the server trusts us.
-            password=unquote(parsed.password or "") or "postgres",
+            user=unquote(query.get("user", [parsed.username or "postgres"])[0]),
+            # `?password=` as libpq takes it too; dlt refuses credentials without a password
+            # even where the server trusts us
+            password=unquote(parsed.password or "") or query.get("password", [""])[0] or "postgres",
             dbname=unquote((parsed.path or "/postgres").lstrip("/")) or "postgres",
             sslmode=sslmode,
         )

@@ -66,6 +66,18 @@ class Settings:
         return f"http://{self.api_host}:{self.api_port}"
 
 
+def _port(name: str, default: str) -> int:
+    """A port from the environment; a bad one names its variable (ValueError)."""
+    value = _env(name, default)
+    try:
+        port = int(value)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{name} must be a port number from 1 to 65535, not {value!r}")
+    return port
+
+
 def load_settings() -> Settings:
     root = Path(_env("MDP_PROJECT_ROOT", str(PROJECT_ROOT)))
     state = Path(_env("MDP_STATE_DIR", str(root / ".mdp"))).resolve()
@@ -77,14 +89,14 @@ def load_settings() -> Settings:
         archive_dir=Path(_env("MDP_ARCHIVE_DIR", str(state / "archive"))),
         dbt_project_dir=root / "dbt_project",
         sftp_host=_env("MDP_SFTP_HOST", "127.0.0.1"),
-        sftp_port=int(_env("MDP_SFTP_PORT", "2222")),
+        sftp_port=_port("MDP_SFTP_PORT", "2222"),
         sftp_username=_env("MDP_SFTP_USERNAME", "mdp_platform"),
         sftp_password=_env("MDP_SFTP_PASSWORD") or local_secret(state, "MDP_SFTP_PASSWORD"),
-        pull_sftp_port=int(_env("MDP_PULL_SFTP_PORT", "2223")),
+        pull_sftp_port=_port("MDP_PULL_SFTP_PORT", "2223"),
         api_host=_env("MDP_API_HOST", "127.0.0.1"),
-        api_port=int(_env("MDP_API_PORT", "8000")),
+        api_port=_port("MDP_API_PORT", "8000"),
         settle_seconds=float(_env("MDP_SETTLE_SECONDS", "2")),
-        fitbit_emulator_port=int(_env("MDP_FITBIT_EMULATOR_PORT", "8011")),
+        fitbit_emulator_port=_port("MDP_FITBIT_EMULATOR_PORT", "8011"),
     )
 
 

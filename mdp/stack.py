@@ -41,16 +41,50 @@ def _pid_file(settings: Settings, name: str) -> Path:
 
 
 def running_pid(settings: Settings, name: str) -> int | None:
+    """The service's pid while the process its pid file names is still the one started. A pid
+    file outlives its process (a reboot, a kill -9), and the pid may be another program's
+    by now: such a file is removed, and that pid is never signalled."""
     path = _pid_file(settings, name)
     if not path.exists():
         return None
-    pid = int(path.read_text().strip() or 0)
+    recorded = path.read_text().split()
     try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
+        pid = int(recorded[0])
+    except (IndexError, ValueError):
+        pid = 0
+    if pid <= 0 or not _same_process(pid, recorded[1] if len(recorded) > 1 else None):
         path.unlink(missing_ok=True)
         return None
     return pid
+
+
+def _same_process(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    now = _start_time(pid)
+    if now is None:  # no /proc: the pid is all there is to go by
+        return True
+    if started is not None:
+        return now == started
+    # a pid file written before start times were recorded: one of our service modules
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return any(part in cmdline for part in (b"sandbox.", b"serving.", b"uvicorn"))
+
+
+def _start_time(pid: int) -> str | None:
+    """When the process started (clock ticks after boot, /proc/PID/stat's 22nd field): with
+    the pid, it names one process, where the pid alone is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the command, which may hold spaces
+    return fields[19] if len(fields) > 19 else None
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -81,7 +115,7 @@ def start_service(
             cwd=settings.project_root,
             env={**os.environ, **service.env} if service.env else None,
         )
-    _pid_file(settings, service.name).write_text(str(proc.pid))
+    _pid_file(settings, service.name).write_text(f"{proc.pid} {_start_time(proc.pid) or ''}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -98,14 +132,17 @@ def stop_service(settings: Settings, name: str, timeout: float = 15) -> bool:
     pid = running_pid(settings, name)
     if not pid:
         return False
-    os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _exited(pid):
-            break
-        time.sleep(0.1)
-    else:
-        os.killpg(pid, signal.SIGKILL)
+    try:
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if _exited(pid):
+                break
+            time.sleep(0.1)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # it ended on its own meanwhile
     _pid_file(settings, name).unlink(missing_ok=True)
     return True
 
@@ -327,19 +364,64 @@ def load_stack_env(settings: Settings) -> bool:
 
 
 def stack_up(settings: Settings, with_api: bool = True) -> dict[str, object]:
+    """Start what is not running. A failed start stops what this call started and leaves
+    stack.env as it was: the ports it names are the ones the stack listens on."""
     from ingestion.partners import ensure_raw_tables
 
     protect_state(settings.state_dir)
+    _refuse_other_ports(settings)
     params = connection_params(settings)
     ensure_raw_tables(params, settings.state_dir / "dlt")
+    env_path = settings.state_dir / STACK_ENV
+    previous_env = env_path.read_bytes() if env_path.exists() else None
     write_stack_env(settings)
     load_stack_env(settings)
-    for service in [*sftp_services(settings), fitbit_emulator_service(settings)]:
-        start_service(settings, service)
-    if with_api:
-        start_service(settings, api_service(settings), host=settings.api_host)
+    services = [*sftp_services(settings), fitbit_emulator_service(settings)]
+    started: list[str] = []
+    try:
+        for service in services:
+            if running_pid(settings, service.name) is None:
+                started.append(service.name)
+            start_service(settings, service)
+        if with_api:
+            if running_pid(settings, "api") is None:
+                started.append("api")
+            start_service(settings, api_service(settings), host=settings.api_host)
+    except BaseException:
+        for name in reversed(started):
+            stop_service(settings, name)
+        if previous_env is None:
+            env_path.unlink(missing_ok=True)
+        else:
+            env_path.write_bytes(previous_env)
+        raise
     protect_state(settings.state_dir)  # and what the services made (SFTP homes, logs)
     return stack_status(settings)
+
+
+def _refuse_other_ports(settings: Settings) -> None:
+    """A running service stays on its port: asking for another would have reported (and
+    written to stack.env) a port nothing listens on."""
+    path = settings.state_dir / STACK_ENV
+    if not path.exists():
+        return
+    recorded = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    wanted = port_env(settings)
+    for service, variable in SERVICE_PORTS.items():
+        was = recorded.get(variable)
+        if was and was != wanted[variable] and running_pid(settings, service) is not None:
+            raise StackError(
+                f"{service} is running on port {was}, not {wanted[variable]} ({variable}):"
+                " `mdp stack down` first to move it"
+            )
+
+
+SERVICE_PORTS = {
+    "sftp": "MDP_SFTP_PORT",
+    "partner_sftp": "MDP_PULL_SFTP_PORT",
+    "api": "MDP_API_PORT",
+    "fitbit_emulator": "MDP_FITBIT_EMULATOR_PORT",
+}
 
 
 def stack_down(settings: Settings) -> list[str]:
@@ -401,9 +483,11 @@ def stack_status(settings: Settings) -> dict[str, object]:
 
 
 def _mask(url: str) -> str:
+    import re
     from urllib.parse import urlparse
 
     parsed = urlparse(url)
     if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@", 1)
-    return url
+        url = url.replace(f":{parsed.password}@", ":***@", 1)
+    # libpq's `?password=` too
+    return re.sub(r"([?&]password=)[^&#]*", r"\1***", url)

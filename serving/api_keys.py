@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 
 from mdp.database import ConnectionParams, connect
 
 KEY_PREFIX = "mdp_"
+KEY_SHAPE = re.compile(r"mdp_(?P<key_id>[0-9a-f]{16})_[A-Za-z0-9_-]{20,}")  # a whole key
 KEYS_CHANGED_CHANNEL = "mdp_api_keys_changed"
 MAX_PARTNER_ID_CHARS = 128
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 from pathlib import Path
 
 import dagster as dg
@@ -15,7 +16,7 @@ from mdp.cli import main
 from mdp.orchestrate import SelectionError, check_selection
 from mdp.settings import load_settings, local_secret
 from sandbox.generator import generate_partner_file
-from serving.api_keys import list_keys
+from serving.api_keys import create_key, list_keys
 from tests.conftest import REPO, fresh_database
 
 
@@ -451,3 +452,132 @@ def test_the_api_believes_forwarded_addresses_only_from_a_named_proxy(monkeypatc
     command = api_service(load_settings()).command
     assert command[command.index("--forwarded-allow-ips") + 1] == "10.0.0.5"
     assert "--no-proxy-headers" not in command
+
+
+# --- from review: stale pid files, other ports, bad values, secrets in messages -------------
+
+
+def test_a_pid_file_naming_another_program_is_never_signalled(cli_env, monkeypatch):
+    # after a reboot the pid in a stale file may be another program's: `stack down` killed
+    # it (or crashed on it, leaving the rest running), `status` and `up` took it for ours
+    from mdp.stack import running_pid, stack_down
+
+    settings = load_settings()
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        (settings.run_dir / "api.pid").write_text(f"{stranger.pid} 1")  # not its start time
+        (settings.run_dir / "sftp.pid").write_text(str(stranger.pid))  # an older file's shape
+        (settings.run_dir / "partner_sftp.pid").write_text("abc")
+        (settings.run_dir / "fitbit_emulator.pid").write_text("")
+        assert [running_pid(settings, n) for n in SERVICES] == [None] * len(SERVICES)
+        assert not list(settings.run_dir.glob("*.pid"))  # stale files are removed
+        (settings.run_dir / "api.pid").write_text(f"{stranger.pid} 1")
+        monkeypatch.setattr("mdp.stack.stop_embedded", lambda settings: False)
+        assert stack_down(settings) == []
+        assert stranger.poll() is None  # alive: never signalled
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+SERVICES = ("api", "sftp", "partner_sftp", "fitbit_emulator")
+
+
+def test_stack_up_on_other_ports_while_the_stack_runs_is_refused(platform, cli_env, monkeypatch):
+    for name in ("MDP_SFTP_PORT", "MDP_PULL_SFTP_PORT", "MDP_FITBIT_EMULATOR_PORT"):
+        monkeypatch.setenv(name, str(_free_port()))
+    runner = CliRunner()
+    stack_env = load_settings().state_dir / "stack.env"
+    try:
+        assert runner.invoke(main, ["stack", "up", "--no-api"]).exit_code == 0
+        running_on = os.environ["MDP_SFTP_PORT"]
+        before = stack_env.read_text()
+        # a new shell, which asks for another port
+        monkeypatch.setattr("mdp.stack._loaded_from_stack_env", set())
+        monkeypatch.setenv("MDP_SFTP_PORT", str(_free_port()))
+        message = _refused(runner.invoke(main, ["stack", "up", "--no-api"]))
+        assert f"sftp is running on port {running_on}" in message
+        assert stack_env.read_text() == before  # the ports it names are still the real ones
+    finally:
+        runner.invoke(main, ["stack", "down"])
+
+
+def test_a_failed_stack_up_stops_what_it_started_and_keeps_the_old_stack_env(
+    platform, cli_env, monkeypatch
+):
+    from mdp.stack import running_pid
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("MDP_SFTP_PORT", str(_free_port()))
+        monkeypatch.setenv("MDP_PULL_SFTP_PORT", str(_free_port()))
+        monkeypatch.setenv("MDP_FITBIT_EMULATOR_PORT", str(taken.getsockname()[1]))
+        result = CliRunner().invoke(main, ["stack", "up", "--no-api"])
+    settings = load_settings()
+    try:
+        assert "fitbit_emulator: port" in _refused(result)
+        assert running_pid(settings, "sftp") is None
+        assert running_pid(settings, "partner_sftp") is None
+        assert not (settings.state_dir / "stack.env").exists()
+    finally:
+        CliRunner().invoke(main, ["stack", "down"])
+
+
+@pytest.mark.parametrize("value", ["-1", "abc", "70000"])
+def test_a_bad_port_names_its_variable(cli_env, monkeypatch, value):
+    monkeypatch.setenv("MDP_SFTP_PORT", value)
+    result = CliRunner().invoke(main, ["stack", "status"])
+    assert f"MDP_SFTP_PORT must be a port number from 1 to 65535, not '{value}'" in _refused(result)
+    assert not (cli_env / "state" / "stack.env").exists()
+
+
+def test_a_member_token_needs_at_least_a_day(cli_env):
+    result = CliRunner().invoke(main, ["devices", "member-token", "M1", "--days", "0"])
+    assert "--days" in _refused(result, exit_code=2)
+
+
+def test_a_password_in_the_url_query_is_used_and_masked(cli_env, monkeypatch):
+    from mdp.database import ConnectionParams
+
+    url = "postgresql://postgres@127.0.0.1:1/x?password=hunter2-secret"
+    assert ConnectionParams.from_url(url).password == "hunter2-secret"
+    monkeypatch.setenv("MDP_DATABASE_URL", url)
+    result = CliRunner().invoke(main, ["stack", "status", "--json"])
+    assert "hunter2-secret" not in result.output
+    assert "password=***" in json.loads(result.stdout)["database"]["url"]
+
+
+def test_a_whole_key_given_as_its_id_is_revoked_by_its_id_and_never_echoed(
+    platform, cli_env, monkeypatch
+):
+    monkeypatch.setenv("MDP_DATABASE_URL", platform.params.url())
+    key_id, key = create_key(platform.params, "globex_health", label="pasted")
+    result = CliRunner().invoke(
+        main, ["partner", "key", "revoke", "globex_health", "--key-id", key]
+    )
+    assert result.exit_code == 0, result.output
+    assert key.split("_", 2)[2] not in result.output
+    assert [
+        k.revoked_at is not None
+        for k in list_keys(platform.params, "globex_health")
+        if k.key_id == key_id
+    ] == [True]
+    again = CliRunner().invoke(main, ["partner", "key", "revoke", "globex_health", "--key-id", key])
+    assert key.split("_", 2)[2] not in _refused(again)
+
+
+def test_a_failed_run_names_the_step_and_its_error(capsys):
+    from mdp.cli import _report_run
+
+    @dg.asset
+    def roster() -> None:
+        raise RuntimeError('relation "intermediate.members" does not exist\nmore detail')
+
+    job = dg.Definitions(assets=[roster]).resolve_implicit_global_asset_job_def()
+    _report_run(job.execute_in_process(raise_on_error=False))
+    out = capsys.readouterr().out
+    assert (
+        'step failed: roster: RuntimeError: relation "intermediate.members" does not exist' in out
+    )
