@@ -84,6 +84,10 @@ def replay_import(settings: Settings, file_id: str, rebuild: bool = True, force:
                 progress=lambda _name, rows: bar.update(rows - bar.n),
                 hold_mass_termination=not force,
             )
+        note = f"replay of {file_id}"
+        if not (record.reason or "").startswith(note):  # a quarantine's reason replaced it
+            record.reason = f"{note}; {record.reason}" if record.reason else note
+            ledger.save(params, record)
     _report_replay(record, file_id)
     run = None
     if rebuild:

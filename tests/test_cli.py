@@ -581,3 +581,21 @@ def test_a_failed_run_names_the_step_and_its_error(capsys):
     assert (
         'step failed: roster: RuntimeError: relation "intermediate.members" does not exist' in out
     )
+
+
+def test_a_replay_that_is_quarantined_again_still_says_it_was_a_replay(platform):
+    from ingestion.partners.pipeline import import_partner_files
+    from mdp.replay import replay_import
+
+    config = platform.configs["acme_corp"]
+    platform.upload("acme_corp", "enrollment_broken_replay.csv", b"\xff\xfe not a csv at all\n")
+    [broken] = import_partner_files(config, platform.settings, platform.params)
+    assert broken.status == "quarantined"
+
+    record, _ = replay_import(platform.settings, broken.file_id, force=True, rebuild=False)
+
+    assert record.status == "quarantined"
+    [(reason,)] = platform.query(
+        "select reason from raw_partners.file_imports where file_id = %s", (record.file_id,)
+    )
+    assert reason.startswith(f"replay of {broken.file_id}; ") and broken.reason in reason

@@ -95,6 +95,7 @@ def test_files_after_one_the_history_could_not_record_wait_in_the_inbox(platform
     # the next run records the first file's history before it takes the second one
     records = import_partner_files(config, platform.settings, platform.params, None, history_down)
     assert records == [] and asked == ["globex_health"] * 2
+
     def history_up(partner_id: str) -> bool:
         asked.append(partner_id)
         return True
