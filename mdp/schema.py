@@ -148,6 +148,9 @@ create table if not exists devices.webhook_inbox (
 );
 create unique index if not exists webhook_inbox_pending
     on devices.webhook_inbox (dedupe_key) where processed_at is null;
+-- an item that carries its data is stored once ever (serving/webhook_inbox.py)
+create index if not exists webhook_inbox_done
+    on devices.webhook_inbox (dedupe_key) where processed_at is not null;
 
 -- append-only: who read which member's data, when and why (no PHI: member_ref is a keyed hash)
 create table if not exists audit.access_log (

@@ -2,7 +2,10 @@
 
 One pending row per dedupe_key (the partial unique index `webhook_inbox_pending`): a repeat
 delivery bumps `times_received`; once the sync job sets `processed_at`, the next delivery
-opens a new pending row. Each request costs one statement, so receivers answer in a few ms.
+opens a new pending row (a notification says "there is new data": it is worth a fetch each
+time). An item that carries its data (`once`: a Garmin summary, keyed by its content) is
+stored once ever: re-sent after it was processed, it would load its values again over a
+newer revision's. Each request costs one statement, so receivers answer in a few ms.
 """
 
 from __future__ import annotations
@@ -21,8 +24,13 @@ import asyncpg
 STORE_SQL = """
 with incoming as (
     select *
-    from unnest($2::text[], $3::text[], $4::text[], $5::date[], $6::text[], $7::int[])
-        as t(dedupe_key, provider_user_id, collection_type, resource_date, payload, times)
+    from unnest(
+        $2::text[], $3::text[], $4::text[], $5::date[], $6::text[], $7::int[], $8::bool[]
+    ) as t(dedupe_key, provider_user_id, collection_type, resource_date, payload, times, once)
+    where not (once and exists (
+        select from devices.webhook_inbox as done
+        where done.dedupe_key = t.dedupe_key and done.processed_at is not null
+    ))
 ),
 stored as (
     insert into devices.webhook_inbox as inbox (
@@ -69,6 +77,7 @@ class InboxItem:
     collection_type: str
     resource_date: dt.date | None
     payload: str  # JSON text, checked storable by `payload_text`
+    once: bool = False  # carries its data: stored once ever (see the module's docstring)
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,7 @@ async def store_items(
         [item.resource_date for item, _ in merged],
         [item.payload for item, _ in merged],
         [times for _, times in merged],
+        [item.once for item, _ in merged],
         timeout=timeout,
     )
     assert record is not None

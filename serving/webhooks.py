@@ -243,6 +243,7 @@ def garmin_candidate(summary_type: str, raw: Any) -> GarminCandidate | None:
         return None
     check_summary(item)  # a wrong type would stop the loader later: refuse it now, say why
     resource_date = garmin_resource_date(item)
+    once = False
     if summary_type in GARMIN_LIFECYCLE_TYPES:
         dedupe_key = f"garmin-{summary_type}:{user_id}:{_canonical_hash(item)}"
     elif "callbackURL" in item:
@@ -253,7 +254,9 @@ def garmin_candidate(summary_type: str, raw: Any) -> GarminCandidate | None:
         resource_date = None  # an upload window, not the data's date
     elif _is_int(item.get("summaryId")) or isinstance(item.get("summaryId"), str):
         # summaryId is re-sent with updated values: those are new rows, exact repeats are not
+        # (even once processed: the bytes again would load over a newer revision)
         dedupe_key = f"garmin:{summary_type}:{item['summaryId']}:{_canonical_hash(item)}"
+        once = True
     else:
         return None
     return GarminCandidate(
@@ -265,6 +268,7 @@ def garmin_candidate(summary_type: str, raw: Any) -> GarminCandidate | None:
             collection_type=summary_type,
             resource_date=resource_date,
             payload=payload,
+            once=once,
         ),
     )
 

@@ -64,6 +64,15 @@ def test_pushed_day_lands_once_and_a_revised_summary_replaces_it(platform, garmi
         revised = garmin.revise(USER, day)
         assert _push(client, garmin, "dailies", [revised]).status_code == 200
         assert run_assets(platform.settings, select=DEVICE_SOURCES.downstream()).success
+        assert _steps(platform, day) == [(revised["steps"],)]
+        # Garmin re-sends the first version (a retry, a replay) after both were processed:
+        # it loaded its values again over the revision's
+        assert _push(client, garmin, "dailies", uploaded["dailies"]).status_code == 200
+        assert platform.query(
+            "select count(*) from devices.webhook_inbox where provider = 'garmin'"
+            " and processed_at is null"
+        ) == [(0,)]
+        assert run_assets(platform.settings, select=DEVICE_SOURCES.downstream()).success
     assert _steps(platform, day) == [(revised["steps"],)]
     assert platform.query(
         "select count(*) from raw_garmin.dailies where member_id = %s and calendar_date = %s",
