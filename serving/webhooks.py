@@ -6,9 +6,12 @@ statements, and logs counts and keyed hashes only (no tokens, no provider user i
 
 Fitbit (`/webhooks/fitbit`): `GET ?verify=` answers the subscriber check; `POST` takes a
 JSON array signed with `X-Fitbit-Signature`. A bad signature gets 404, the answer Fitbit's
-docs ask for. A signed body that does not parse, or has an item without a field we need, is
-refused whole with 400 naming the item and field: nothing of it is stored, Fitbit redelivers
-it, and the refusal shows in Fitbit's subscriber stats and in `mdp_webhook_requests`.
+docs ask for. A signed body that does not parse (not JSON, not an array) is refused whole
+with 400: nothing of it is stored, and the refusal shows in Fitbit's subscriber stats and in
+`mdp_webhook_requests`. An item without a field we need is set aside (logged with its index
+and field, counted as `refused` in `mdp_webhook_items`) and the others are stored, with 204:
+refusing the whole array lost its good notifications on every redelivery, since the same
+bytes came back each time.
 
 Garmin (`/webhooks/garmin/{summaryType}` or `/webhooks/garmin` with the type as the body's
 key): no signature, so the `garmin-client-id` header must equal our consumer key and every
@@ -140,8 +143,15 @@ def _load_json(body: bytes) -> Any:
         raise InvalidNotification(f"the body is not valid JSON: {exc}") from None
 
 
-def parse_fitbit_notifications(body: bytes) -> list[InboxItem]:
-    """Inbox items for a Fitbit notification array; raises InvalidNotification on the first bad item.
+@dataclass(frozen=True)
+class FitbitNotifications:
+    items: list[InboxItem]
+    refused: list[InvalidNotification]  # each names its item's index and field
+
+
+def parse_fitbit_notifications(body: bytes) -> FitbitNotifications:
+    """Inbox items for a Fitbit notification array, and the items refused. Raises
+    InvalidNotification for a body that is no JSON array.
 
     Required: `collectionType`, `ownerId`, and `date` except for revocations. `ownerType` and
     `subscriptionId` are kept in the payload and must be strings when present.
@@ -151,40 +161,46 @@ def parse_fitbit_notifications(body: bytes) -> list[InboxItem]:
         raise InvalidNotification(
             f"the body must be a JSON array of notifications, not a {type(data).__name__}"
         )
-    items = []
+    items, refused = [], []
     for index, item in enumerate(data):
-        where = f"notification [{index}]"
-        if not isinstance(item, dict):
-            raise InvalidNotification(f"{where} is not a JSON object", index)
-        for field in ("collectionType", "ownerId", "date", "ownerType", "subscriptionId"):
-            value = item.get(field)
-            if value is not None and not isinstance(value, str):
-                raise InvalidNotification(f"{where}: '{field}' must be a string", index, field)
-        for field in ("collectionType", "ownerId"):
-            if not item.get(field):
-                raise InvalidNotification(f"{where}: '{field}' is missing", index, field)
-        collection, owner, date_text = item["collectionType"], item["ownerId"], item.get("date")
-        resource_date = None
-        if date_text is not None:
-            resource_date = _parse_iso_date(date_text)
-            if resource_date is None:
-                raise InvalidNotification(f"{where}: 'date' is not YYYY-MM-DD", index, "date")
-        elif collection not in FITBIT_LIFECYCLE_TYPES:
-            raise InvalidNotification(f"{where}: 'date' is missing", index, "date")
         try:
-            payload = payload_text(item)
-        except UnstorableItem as exc:
-            raise InvalidNotification(f"{where}: {exc}", index) from None
-        items.append(
-            InboxItem(
-                dedupe_key=f"fitbit:{owner}:{collection}:{date_text or ''}",
-                provider_user_id=owner,
-                collection_type=collection,
-                resource_date=resource_date,
-                payload=payload,
-            )
-        )
-    return items
+            items.append(_fitbit_item(index, item))
+        except InvalidNotification as exc:
+            refused.append(exc)
+    return FitbitNotifications(items, refused)
+
+
+def _fitbit_item(index: int, item: Any) -> InboxItem:
+    """One notification as an inbox item; InvalidNotification names its index and field."""
+    where = f"notification [{index}]"
+    if not isinstance(item, dict):
+        raise InvalidNotification(f"{where} is not a JSON object", index)
+    for field in ("collectionType", "ownerId", "date", "ownerType", "subscriptionId"):
+        value = item.get(field)
+        if value is not None and not isinstance(value, str):
+            raise InvalidNotification(f"{where}: '{field}' must be a string", index, field)
+    for field in ("collectionType", "ownerId"):
+        if not item.get(field):
+            raise InvalidNotification(f"{where}: '{field}' is missing", index, field)
+    collection, owner, date_text = item["collectionType"], item["ownerId"], item.get("date")
+    resource_date = None
+    if date_text is not None:
+        resource_date = _parse_iso_date(date_text)
+        if resource_date is None:
+            raise InvalidNotification(f"{where}: 'date' is not YYYY-MM-DD", index, "date")
+    elif collection not in FITBIT_LIFECYCLE_TYPES:
+        raise InvalidNotification(f"{where}: 'date' is missing", index, "date")
+    try:
+        payload = payload_text(item)
+    except UnstorableItem as exc:
+        raise InvalidNotification(f"{where}: {exc}", index) from None
+    return InboxItem(
+        dedupe_key=f"fitbit:{owner}:{collection}:{date_text or ''}",
+        provider_user_id=owner,
+        collection_type=collection,
+        resource_date=resource_date,
+        payload=payload,
+    )
 
 
 # --- Garmin --------------------------------------------------------------------------------
@@ -426,11 +442,15 @@ class Webhooks:
             log.warning("fitbit notification refused: signature mismatch (%d bytes)", len(body))
             return Response(status_code=404)
         try:
-            items = parse_fitbit_notifications(body)
+            parsed = parse_fitbit_notifications(body)
         except InvalidNotification as exc:
             metrics.request("fitbit", "invalid")
             log.warning("fitbit notification refused: %s", exc)
             return JSONResponse(exc.body(), status_code=400)
+        items = parsed.items
+        for refusal in parsed.refused:  # index and field only: never a value or a user id
+            log.warning("fitbit notification set aside: %s", refusal)
+        metrics.add_items("fitbit", "refused", len(parsed.refused))
         pool = request.app.state.runtime.pool
         if pool is None:
             metrics.request("fitbit", "unavailable")

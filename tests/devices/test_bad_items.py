@@ -347,3 +347,70 @@ def test_one_fitbit_members_error_waits_and_everyone_elses_data_loads(
     assert query(db, "select count(*) from devices.webhook_inbox where processed_at is null") == [
         (0,)
     ]
+
+
+class _Answering:
+    """A Fitbit client whose every GET answers `body` (for the item parsers alone)."""
+
+    def __init__(self, body: dict):
+        from types import SimpleNamespace
+
+        self.body = body
+        self.connection = SimpleNamespace(
+            connection_id="c1", member_id="m1", timezone="America/New_York"
+        )
+
+    def get_json(self, path: str) -> dict:
+        return self.body
+
+
+@pytest.mark.parametrize(
+    ("metric", "body", "kept"),
+    [
+        (
+            "activities",
+            {
+                "activities": [
+                    {"logId": 1, "startTime": "2024-03-10T01:30:00.000-05:00"},
+                    {"activityName": "no logId", "startTime": "2024-03-10T09:00:00.000-04:00"},
+                    {"logId": 4, "startTime": "2024-03-10T10:00:00.000-04:00"},
+                ],
+                "pagination": {"next": ""},
+            },
+            [1, 4],
+        ),
+        (
+            "steps",
+            {
+                "activities-steps": [
+                    {"dateTime": "2024-03-09", "value": "175"},
+                    {"dateTime": "2024-03-10", "value": "n/a"},
+                    {"dateTime": "2024-03-11", "value": "3212"},
+                ]
+            },
+            [175, 3212],
+        ),
+        (
+            "weight",
+            {
+                "weight": [
+                    {"logId": 7, "date": "2024-03-10", "weight": 80.5},
+                    {"logId": 8, "date": "2024-03-10"},
+                ]
+            },
+            [7],
+        ),
+    ],
+)
+def test_one_unreadable_fitbit_item_is_set_aside_and_its_window_loads(metric, body, kept, caplog):
+    # it failed the whole window, on every later sync too: the member's data stopped loading
+    from ingestion.devices.fitbit import SyncWindow, fetch_window
+
+    window = SyncWindow("c1", metric, dt.date(2024, 3, 9), dt.date(2024, 3, 11))
+    with caplog.at_level(logging.WARNING, logger="ingestion.devices.fitbit"):
+        rows = fetch_window(_Answering(body), window)
+    key = {"activities": "log_id", "steps": "steps", "weight": "log_id"}[metric]
+    assert [row[key] for row in rows] == kept
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert "item [1]" in warning and "set aside" in warning
+    assert "n/a" not in warning and "no logId" not in warning  # never the value

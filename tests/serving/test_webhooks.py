@@ -267,34 +267,42 @@ def test_signature_is_checked_on_the_raw_bytes_as_sent(
 
 
 @pytest.mark.parametrize(
-    ("body", "index", "field"),
-    [
-        (b"not json", None, None),
-        (b'{"collectionType": "activities"}', None, None),
-        (
-            json.dumps([notification(), {"collectionType": "body", "date": "2026-03-01"}]),
-            1,
-            "ownerId",
-        ),
-        (json.dumps([{**notification(), "date": "03/01/2026"}]), 0, "date"),
-        (json.dumps([{k: v for k, v in notification().items() if k != "date"}]), 0, "date"),
-        (json.dumps([{**notification(), "ownerId": 42}]), 0, "ownerId"),
-        (json.dumps([notification(), "activities"]), 1, None),
-        (json.dumps([{**notification(), "ownerType": "user\u0000"}]), 0, None),
-    ],
+    "body", [b"not json", b'{"collectionType": "activities"}', b'"activities"', b"42"]
 )
-def test_signed_but_malformed_body_is_refused_whole_with_the_item_and_field(
-    client: TestClient, devices_db: ConnectionParams, body: bytes | str, index, field
+def test_a_signed_body_that_is_no_notification_array_is_refused_whole(
+    client: TestClient, devices_db: ConnectionParams, body: bytes
 ) -> None:
-    raw = body.encode() if isinstance(body, str) else body
-    response = post_fitbit(client, raw)
+    response = post_fitbit(client, body)
     assert response.status_code == 400
     answer = response.json()
     assert answer["error"] == "invalid_notification"
-    assert (answer["index"], answer["field"]) == (index, field)
-    if index is not None:
-        assert f"notification [{index}]" in answer["detail"]
     assert inbox(devices_db) == []
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        ({"collectionType": "body", "date": "2026-03-01"}, "ownerId"),
+        ({**notification(), "date": "03/01/2026"}, "date"),
+        ({k: v for k, v in notification().items() if k != "date"}, "date"),
+        ({**notification(), "ownerId": 42}, "ownerId"),
+        ("activities", None),
+        ({**notification(), "ownerType": "user\u0000"}, None),
+    ],
+)
+def test_a_malformed_notification_is_set_aside_and_the_others_are_stored(
+    client: TestClient, devices_db: ConnectionParams, bad, field, caplog
+) -> None:
+    # the whole array was refused: Fitbit sent the same bytes again, refused again each time,
+    # and the good notifications in it were lost
+    good = [notification(), {**notification(), "ownerId": "USER-2", "collectionType": "body"}]
+    body = json.dumps([good[0], bad, good[1]]).encode()
+    with caplog.at_level(logging.WARNING, logger="serving.webhooks"):
+        assert post_fitbit(client, body).status_code == 204
+    stored = {(row["provider_user_id"], row["collection_type"]) for row in inbox(devices_db)}
+    assert stored == {(n["ownerId"], n["collectionType"]) for n in good}
+    [warning] = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+    assert "notification [1]" in warning and (field is None or f"'{field}'" in warning)
 
 
 def test_empty_notification_array_is_accepted(client: TestClient, devices_db) -> None:
@@ -303,12 +311,15 @@ def test_empty_notification_array_is_accepted(client: TestClient, devices_db) ->
 
 
 def test_fitbit_parser_names_the_item_and_field() -> None:
-    with pytest.raises(
-        InvalidNotification, match=r"notification \[0\]: 'collectionType' is missing"
-    ):
-        parse_fitbit_notifications(json.dumps([{"ownerId": "X", "date": "2026-01-01"}]).encode())
+    parsed = parse_fitbit_notifications(
+        json.dumps([{"ownerId": "X", "date": "2026-01-01"}]).encode()
+    )
+    assert parsed.items == []
+    [refusal] = parsed.refused
+    assert isinstance(refusal, InvalidNotification)
+    assert str(refusal) == "notification [0]: 'collectionType' is missing"
     deleted = {"collectionType": "deleteUser", "ownerId": "X"}
-    [item] = parse_fitbit_notifications(json.dumps([deleted]).encode())
+    [item] = parse_fitbit_notifications(json.dumps([deleted]).encode()).items
     assert item.resource_date is None
     assert item.dedupe_key == "fitbit:X:deleteUser:"
 

@@ -6,12 +6,13 @@ after its rows are loaded, so a crash or an outage retries it instead of droppin
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import math
 import threading
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,17 +266,34 @@ def _fetch_steps(client: FitbitClient, window: SyncWindow, fetched_at: dt.dateti
     rows = []
     for index, item in enumerate(_items(body, "activities-steps", "steps")):
         where = f"steps item [{index}]"
-        rows.append(
-            {
-                "connection_id": connection.connection_id,
-                "member_id": connection.member_id,
-                "activity_date": _field(item, "dateTime", iso_date, where),
-                "steps": _field(item, "value", whole_number, where),
-                "timezone": connection.timezone,
-                "fetched_at": fetched_at,
-            }
-        )
+        with _set_aside_if_unreadable(connection):
+            rows.append(
+                {
+                    "connection_id": connection.connection_id,
+                    "member_id": connection.member_id,
+                    "activity_date": _field(item, "dateTime", iso_date, where),
+                    "steps": _field(item, "value", whole_number, where),
+                    "timezone": connection.timezone,
+                    "fetched_at": fetched_at,
+                }
+            )
     return rows
+
+
+@contextlib.contextmanager
+def _set_aside_if_unreadable(connection: Connection) -> Iterator[None]:
+    """One item Fitbit answered that we cannot read (a field missing or of the wrong type) is
+    set aside, logged with its index and field (never its value); the window's other items
+    load. Raised, it failed the whole window on every later sync too: the same answer came
+    back each time, and the member's later data never loaded."""
+    try:
+        yield
+    except UnexpectedResponse as exc:
+        log.warning(
+            "fitbit %s: %s: item set aside, the rest of the window loads",
+            connection.connection_id,
+            exc,
+        )
 
 
 def _fetch_weights(client: FitbitClient, window: SyncWindow, fetched_at: dt.datetime) -> list[dict]:
@@ -287,20 +305,21 @@ def _fetch_weights(client: FitbitClient, window: SyncWindow, fetched_at: dt.date
         )
         for index, item in enumerate(_items(body, "weight", "weight")):
             where = f"weight item [{index}]"
-            rows.append(
-                {
-                    "connection_id": connection.connection_id,
-                    "member_id": connection.member_id,
-                    "log_id": _field(item, "logId", int, where),
-                    "log_date": _field(item, "date", iso_date, where),
-                    "log_time": item.get("time"),
-                    "weight_kg": _field(item, "weight", number, where),
-                    "bmi": _optional(item, "bmi", number, where),
-                    "source": item.get("source"),
-                    "timezone": connection.timezone,
-                    "fetched_at": fetched_at,
-                }
-            )
+            with _set_aside_if_unreadable(connection):
+                rows.append(
+                    {
+                        "connection_id": connection.connection_id,
+                        "member_id": connection.member_id,
+                        "log_id": _field(item, "logId", int, where),
+                        "log_date": _field(item, "date", iso_date, where),
+                        "log_time": item.get("time"),
+                        "weight_kg": _field(item, "weight", number, where),
+                        "bmi": _optional(item, "bmi", number, where),
+                        "source": item.get("source"),
+                        "timezone": connection.timezone,
+                        "fetched_at": fetched_at,
+                    }
+                )
     return rows
 
 
@@ -322,10 +341,11 @@ def _fetch_activities(
         entries = _items(body, "activities", "activity list")
         for index, item in enumerate(entries):
             where = f"activity item [{offset + index}]"
-            started = _field(item, "startTime", iso_datetime, where)
-            if started.date() > window.end:
-                return rows
-            rows.append(activity_row(item, started, connection, fetched_at, where))
+            with _set_aside_if_unreadable(connection):
+                started = _field(item, "startTime", iso_datetime, where)
+                if started.date() > window.end:
+                    return rows
+                rows.append(activity_row(item, started, connection, fetched_at, where))
         pagination = body.get("pagination")
         if not entries or not (isinstance(pagination, dict) and pagination.get("next")):
             return rows
