@@ -151,3 +151,30 @@ def test_revisions_that_move_a_reading_replace_it_as_a_full_rebuild_would(platfo
     )
     _build(platform)
     assert {table: _contents(platform, table) for table in incremental} == incremental
+
+
+def test_garmin_local_days_do_not_depend_on_the_sessions_time_zone(platform):
+    # 23:30 UTC at +01:00 is the next day; cast in the session's zone (a server not set to
+    # UTC), weights and activities landed on the day before
+    if platform.query("select to_regclass('staging.stg_garmin__body_comps')") == [(None,)]:
+        _build(platform)
+    load_id = _load_id()
+    platform.query(
+        "insert into raw_garmin.body_comps (summary_id, connection_id, member_id, measured_at,"
+        " utc_offset_seconds, weight_kg, received_at, _dlt_load_id, _dlt_id)"
+        " values ('garmin-tz-weight', 'garmin-tz', 'member-garmin-tz',"
+        " '2026-11-01 23:30:00+00', 3600, 70.2, now(), %(load)s, md5(%(load)s || 'tz'));"
+        "insert into raw_garmin.activities (summary_id, connection_id, member_id, start_time,"
+        " utc_offset_seconds, received_at, _dlt_load_id, _dlt_id)"
+        " values ('garmin-tz-activity', 'garmin-tz', 'member-garmin-tz',"
+        " '2026-11-01 23:30:00+00', 3600, now(), %(load)s, md5(%(load)s || 'tza'))",
+        {"load": load_id},
+    )
+    for zone in ("UTC", "America/New_York", "Asia/Tokyo"):
+        assert platform.query(
+            f"set timezone = '{zone}';"
+            " select (select local_date::text from staging.stg_garmin__body_comps"
+            "         where summary_id = 'garmin-tz-weight'),"
+            "        (select local_date::text from staging.stg_garmin__activities"
+            "         where activity_id = 'garmin-tz-activity')"
+        ) == [("2026-11-02", "2026-11-02")], zone

@@ -15,7 +15,10 @@ renamed as (
         summary_id,
         measured_at,
         -- Garmin gives UTC seconds plus the member's offset: the local date is theirs
-        (measured_at + make_interval(secs => coalesce(utc_offset_seconds, 0)))::date as local_date,
+        -- the UTC time plus the member's offset: a cast in the session's time zone put a
+        -- reading on another day on a server not set to UTC
+        ((measured_at at time zone 'UTC') + make_interval(secs => coalesce(utc_offset_seconds, 0)))::date
+            as local_date,
         weight_kg,
         received_at as fetched_at,
         {{ loaded_at() }}
