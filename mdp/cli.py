@@ -367,6 +367,7 @@ def devices() -> None:
 def import_apple_export(path: Path, member_id: str) -> None:
     """Stream a Health app export (export.xml or the zip) into raw_apple_health.samples."""
     from ingestion.devices.apple_health import HealthExportError
+    from ingestion.devices.apple_health.export_xml import shown_problems
     from ingestion.devices.apple_health.load import import_export
     from mdp.database import connection_params
 
@@ -379,6 +380,11 @@ def import_apple_export(path: Path, member_id: str) -> None:
         raise click.ClickException(f"refused: {exc}") from None
     kept = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.kept.items())) or "nothing"
     click.echo(f"imported {kept} from {path.name}; {stats.rejected} records rejected")
+    shown = shown_problems(stats)
+    for line in shown:
+        click.echo(f"  rejected: {line}")
+    if stats.rejected > len(shown):
+        click.echo(f"  ... and {stats.rejected - len(shown)} more")
 
 
 @devices.command("connect")

@@ -229,6 +229,19 @@ class ExportStats:
             self.problems.append(problem)
 
 
+def shown_problems(stats: ExportStats, limit: int = 10) -> list[str]:
+    """The first rejected records as `line N: type field: why`, for the CLI and Dagster: the
+    values a message quotes (a weight, a date) are left out, as they are health data."""
+    return [
+        f"line {p.line if p.line is not None else '?'}: {p.hk_type or p.element} {p.field}:"
+        f" {_QUOTED_VALUE.sub('', p.message).strip()}"
+        for p in stats.problems[:limit]
+    ]
+
+
+_QUOTED_VALUE = re.compile(r"\s*\([^)]*\)|'[^']*' ?")
+
+
 # -- values ---------------------------------------------------------------------------------
 
 

@@ -151,6 +151,7 @@ APPLE_SAMPLES_KEY = dg.AssetKey(["raw_apple_health", "samples"])
 )
 def apple_health_exports(context: dg.AssetExecutionContext, platform: PlatformResource):
     from ingestion.devices.apple_health import HealthExportError
+    from ingestion.devices.apple_health.export_xml import shown_problems
     from ingestion.devices.apple_health.load import import_export
     from ingestion.devices.apple_health.uploads import process_pending_uploads
 
@@ -158,6 +159,7 @@ def apple_health_exports(context: dg.AssetExecutionContext, platform: PlatformRe
     inbox = platform.settings.state_dir / "apple_health" / "inbox"
     done_dir = platform.settings.state_dir / "apple_health" / "imported"
     imported, failed, kept = 0, [], 0
+    rejects: dict[str, dict[str, object]] = {}  # file -> count and the first, by line
     for path in sorted(inbox.glob("*/*")) if inbox.is_dir() else []:
         if path.suffix.lower() not in (".xml", ".zip"):
             continue
@@ -171,6 +173,9 @@ def apple_health_exports(context: dg.AssetExecutionContext, platform: PlatformRe
             failed.append(path.name)
             continue
         kept += sum(stats.kept.values())
+        if stats.rejected:
+            rejects[path.name] = {"rejected": stats.rejected, "first": shown_problems(stats)}
+            context.log.warning(f"{path.name}: {stats.rejected} record(s) rejected")
         target = done_dir / member_id
         target.mkdir(parents=True, exist_ok=True)
         path.rename(target / path.name)
@@ -180,6 +185,7 @@ def apple_health_exports(context: dg.AssetExecutionContext, platform: PlatformRe
             "files_imported": imported,
             "samples": kept,
             "files_refused": dg.MetadataValue.json(failed),
+            "records_rejected": dg.MetadataValue.json(rejects),
             "upload_batches": uploads.batches,
             "upload_samples_loaded": uploads.samples_loaded,
             "upload_deletions": uploads.deletions,
