@@ -14,12 +14,13 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from ingestion.partners.limits import MAX_MEMBER_ID_CHARS
 from mdp.phi import keyed_hash, normalize_ssn
 from serving.auth import AUTH_FAILURES_PER_MINUTE
 
 CHECK_PATH = "/api/v1/eligibility/check"
 MAX_BODY_BYTES = 8 * 1024
-MAX_ID_CHARS = 64
+MAX_ID_CHARS = MAX_MEMBER_ID_CHARS  # the import rejects longer ids (limits.py)
 NOT_FOUND_REASON = "Member not found or DOB mismatch"
 NOT_FOUND_BODY: dict[str, Any] = {"eligible": False, "reason": NOT_FOUND_REASON}
 NOT_FOUND_JSON = json.dumps(NOT_FOUND_BODY, separators=(",", ":")).encode()

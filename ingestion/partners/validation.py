@@ -22,6 +22,7 @@ from ingestion.partners.column_checks import parse_dates, positions, regex_match
 from ingestion.partners.config import FieldRule, PartnerConfig
 from ingestion.partners.fields import CANONICAL_FIELDS, DATE_FIELDS, STORED_MEMBER_FIELDS
 from ingestion.partners.formats import NOT_IN_ROSTER, mapped_fields
+from ingestion.partners.limits import MAX_MEMBER_ID_CHARS
 from mdp.phi import keyed_hash, masked_ssns, never_issued, normalize_ssn
 
 MEMBER_ARROW_SCHEMA = pa_arrow.schema(
@@ -236,6 +237,14 @@ class RowValidator:
                 (
                     pc.invert(pc.is_in(text, pa_arrow.array(rule.allowed, pa_arrow.string()))),
                     f"must be one of {rule.allowed}",
+                )
+            )
+        if name == "employee_id":
+            failures.append(
+                (
+                    pc.greater(pc.utf8_length(text), MAX_MEMBER_ID_CHARS),
+                    f"is longer than {MAX_MEMBER_ID_CHARS} characters, the longest member id"
+                    " the eligibility API takes",
                 )
             )
         for flagged, message in failures:

@@ -943,3 +943,21 @@ def test_long_multiline_values_that_read_as_no_rows_load(tmp_path, arrow):
         204: "has 5 fields, the header has 7 (a quoted value runs from line 204 to line 205:"
         " the lines between were read into it)"
     }
+
+
+def test_a_member_id_longer_than_the_api_takes_is_rejected_at_import(tmp_path):
+    # it loaded, and the eligibility API refused every check for it (422: at most 64 chars)
+    text = (REPO / "partner_configs" / "acme_corp.yaml").read_text()
+    text = text.replace('employee_id: {type: string, pattern: "^[A-Z0-9]{6,10}$"}', "")
+    (tmp_path / "acme_corp.yaml").write_text(text)
+    config = load_partner_config(tmp_path / "acme_corp.yaml")
+    assert config.inbound.validations.get("employee_id") is None
+    path = _acme_csv(
+        tmp_path,
+        "long_id.csv",
+        ["E" * 65 + ",Ann,Lee,01/02/1980,,,,", "E" * 64 + ",Bo,Li,01/02/1980,,,,"],
+    )
+    valid, rejects = _validated(config, path)
+    assert [row["employee_id"] for row in valid] == ["E" * 64]
+    [reject] = rejects
+    assert reject.line == 2 and "longer than 64 characters" in reject.errors[0]
