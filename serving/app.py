@@ -347,7 +347,7 @@ def folder_fingerprint(folder: Path) -> tuple[tuple[str, int, int], ...]:
         return ()
     entries = []
     for path in sorted(folder.iterdir()):
-        if path.suffix in (".yaml", ".yml"):
+        if path.suffix.lower() in (".yaml", ".yml"):
             with contextlib.suppress(OSError):
                 info = path.stat()
                 entries.append((path.name, info.st_mtime_ns, info.st_size))

@@ -18,7 +18,7 @@
             'coverage_status',
             'date_of_birth',
         ],
-        post_hook="{{ announce_mart_refresh('eligibility_history', notify=false) }}",
+        post_hook="{{ announce_mart_refresh('eligibility_history', notify=false, as_of=members_as_of()) }}",
     )
 }}
 
@@ -31,8 +31,10 @@ select
     eligibility_start_date,
     eligibility_end_date,
     coverage_status,
-    source_file_id,
-    file_received_at
+    -- the file that brought the change: a full file that left the member out, else the row's
+    coalesce(left_out_by_file_id, source_file_id) as source_file_id,
+    case when left_out_by_file_id is not null then left_out_since else file_received_at end
+        as file_received_at
 
 from {{ ref('int_members_resolved') }}
 

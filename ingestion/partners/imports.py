@@ -103,8 +103,8 @@ def already_seen_remote(
         return cur.fetchone() is not None
 
 
-# the history snapshot's row in serving.mart_refreshes (its dbt post-hook bumps it, with the
-# snapshot transaction's start time: the data it read was committed after that, or not seen)
+# the history snapshot's row in serving.mart_refreshes: its dbt post-hook stamps it with the
+# build time of int_members_resolved, the table it reads (a file committed later is not in it)
 HISTORY_MARK = "eligibility_history"
 
 

@@ -222,7 +222,45 @@ def test_build_succeeds_before_any_partner_file_arrives(tmp_path: Path) -> None:
         assert _execute(params, "select count(*) from marts.mart_eligibility") == [(0,)]
         assert _execute(
             params, "select mart, version from serving.mart_refreshes order by mart"
-        ) == [("eligibility_history", 1), ("mart_eligibility", 1)]
+        ) == [("eligibility_history", 1), ("int_members_resolved", 1), ("mart_eligibility", 1)]
+
+
+def test_dates_are_judged_by_the_utc_day_whatever_the_servers_time_zone(tmp_path: Path) -> None:
+    # from review: a server set to New York ended a left-out member's coverage a day early,
+    # and judged pending/terminated by its own day (the daily build runs at 00:05 UTC)
+    with _fresh_database() as params:
+        _execute(
+            params,
+            """
+            insert into raw_partners.enrollment_members (
+                partner_id, employee_id, date_of_birth, program, eligibility_start_date,
+                eligibility_end_date, source_file_id, source_line_number, file_received_at,
+                _dlt_load_id, _dlt_id
+            ) values ('fullco', 'F_LEFT', '1980-01-01', 'p', '2020-01-01', null, 'ff1', 1,
+                      '2024-03-01 09:00+00', '1709283600.5', 'x1');
+            insert into raw_partners.absent_members
+                (partner_id, employee_id, file_id, absent_since)
+                values ('fullco', 'F_LEFT', 'ff2', '2024-05-01 02:00+00')
+            """,
+        )
+        _execute(params, f"alter database \"{params.dbname}\" set timezone = 'America/New_York'")
+        dbt_build(Warehouse(params, tmp_path / "target", tmp_path / "logs"))
+        assert _execute(
+            params,
+            "select eligibility_end_date::text, coverage_status from marts.mart_eligibility"
+            " where employee_id = 'F_LEFT'",
+        ) == [("2024-04-30", "terminated")]
+        # the history names the file that ended the coverage, not the one that began it
+        assert _execute(
+            params,
+            "select source_file_id, eligibility_end_date::text from snapshots.eligibility_history"
+            " where employee_id = 'F_LEFT'",
+        ) == [("ff2", "2024-04-30")]
+        # what the marts hold is as of the build of the members they read (a file committed
+        # after it is not in them, however late the mart and the snapshot are written)
+        stamps = dict(_execute(params, "select mart, refreshed_at from serving.mart_refreshes"))
+        assert stamps["eligibility_history"] == stamps["int_members_resolved"]
+        assert stamps["mart_eligibility"] == stamps["int_members_resolved"]
 
 
 def _eligibility(params: ConnectionParams, partner: str, employee: str) -> dict[str, object]:

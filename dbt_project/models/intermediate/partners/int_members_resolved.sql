@@ -1,6 +1,12 @@
 -- A table, not a view: three models, the snapshot and four tests read it, and recomputing the
 -- window over 500K members for each of them cost ~10 s of drop-to-servable time.
-{{ config(materialized='table', indexes=[{'columns': ['member_id'], 'unique': True}]) }}
+{{
+    config(
+        materialized='table',
+        indexes=[{'columns': ['member_id'], 'unique': True}],
+        post_hook="{{ announce_mart_refresh('int_members_resolved', notify=false) }}",
+    )
+}}
 
 with
 
@@ -130,8 +136,8 @@ members_resolved as (
             when left_out_since is not null
                 then greatest(
                     least(
-                        coalesce(eligibility_end_date, left_out_since::date - 1),
-                        left_out_since::date - 1
+                        coalesce(eligibility_end_date, {{ utc_date('left_out_since') }} - 1),
+                        {{ utc_date('left_out_since') }} - 1
                     ),
                     eligibility_start_date
                 )
@@ -140,8 +146,8 @@ members_resolved as (
         partner_coverage_status,
         case
             when partner_status_normalized is not null then partner_status_normalized
-            when eligibility_start_date > current_date then 'pending'
-            when eligibility_end_date < current_date then 'terminated'
+            when eligibility_start_date > {{ utc_today() }} then 'pending'
+            when eligibility_end_date < {{ utc_today() }} then 'terminated'
             else 'active'
         end as coverage_status,
         case
@@ -149,6 +155,7 @@ members_resolved as (
             else 'eligibility_dates'
         end as coverage_status_basis,
 
+        left_out_since,
         left_out_by_file_id,
         source_file_id,
         source_line_number,

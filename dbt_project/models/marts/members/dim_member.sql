@@ -36,8 +36,8 @@ final as (
         coverage_status_basis,
         (
             coverage_status = 'active'
-            and coalesce(eligibility_start_date <= current_date, true)
-            and coalesce(eligibility_end_date >= current_date, true)
+            and coalesce(eligibility_start_date <= {{ utc_today() }}, true)
+            and coalesce(eligibility_end_date >= {{ utc_today() }}, true)
         ) as is_eligible_today,
 
         source_file_id,

@@ -3,7 +3,7 @@
         indexes=[
             {'columns': ['partner_id', 'employee_id'], 'unique': true},
         ],
-        post_hook="{{ announce_mart_refresh('mart_eligibility') }}",
+        post_hook="{{ announce_mart_refresh('mart_eligibility', as_of=members_as_of()) }}",
     )
 }}
 
