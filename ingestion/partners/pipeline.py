@@ -58,7 +58,7 @@ PREVIEW_COLUMNS = (
 
 Progress = Callable[[str, int], None]  # (filename, rows read so far)
 # Records the eligibility history of what is loaded so far (the dbt snapshot); False when
-# it could not. Called before a file when an earlier file of this run loaded rows.
+# it could not. Called before a file when a loaded file is not in the history yet.
 RecordHistory = Callable[[str], bool]  # (partner_id) -> recorded
 
 
