@@ -1,5 +1,6 @@
-"""The eligibility history between two files of one run: the dbt snapshot, and the views it
-reads, built on their own (`pipeline.import_partner_files` says when)."""
+"""The eligibility history before a partner's next file: the dbt snapshot, and the models it
+reads (staging views, the int_members_resolved table), built on their own
+(`pipeline.import_partner_files` says when)."""
 
 from typing import Any
 
@@ -10,7 +11,7 @@ from orchestration.defs.transform.assets import one_build_at_a_time
 from orchestration.defs.transform.project import dbt_project
 
 HISTORY_SNAPSHOT = "eligibility_history"
-# the snapshot and the staging and intermediate views upstream of it (a first run has none
+# the snapshot and the staging and intermediate models upstream of it (a first run has none
 # yet); no tests and no marts: the build after the import runs those
 HISTORY_BUILD_ARGS = [
     "build",
