@@ -350,17 +350,26 @@ _loaded_from_stack_env: set[str] = set()
 def load_stack_env(settings: Settings) -> bool:
     """Fill in env vars the local stack provides, never overriding ones the user set;
     whether any changed (settings read before then are stale)."""
-    path = settings.state_dir / STACK_ENV
-    if not path.exists():
-        return False
     changed = False
-    for line in path.read_text().splitlines():
-        name, sep, value = line.partition("=")
-        if sep and name and (not os.environ.get(name) or name in _loaded_from_stack_env):
+    for name, value in stack_env_values(settings).items():
+        if not os.environ.get(name) or name in _loaded_from_stack_env:
             changed |= os.environ.get(name) != value
             os.environ[name] = value
             _loaded_from_stack_env.add(name)
     return changed
+
+
+def stack_env_values(settings: Settings) -> dict[str, str]:
+    """What stack.env holds (empty when the stack was never started here)."""
+    path = settings.state_dir / STACK_ENV
+    if not path.exists():
+        return {}
+    values = {}
+    for line in path.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name:
+            values[name] = value
+    return values
 
 
 def stack_up(settings: Settings, with_api: bool = True) -> dict[str, object]:
@@ -402,10 +411,7 @@ def stack_up(settings: Settings, with_api: bool = True) -> dict[str, object]:
 def _refuse_other_ports(settings: Settings) -> None:
     """A running service stays on its port: asking for another would have reported (and
     written to stack.env) a port nothing listens on."""
-    path = settings.state_dir / STACK_ENV
-    if not path.exists():
-        return
-    recorded = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    recorded = stack_env_values(settings)
     wanted = port_env(settings)
     for service, variable in SERVICE_PORTS.items():
         was = recorded.get(variable)
