@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         help="only the partner file load figures (1: parse+validate+load beside COPY, 3: peak RSS)",
     )
     parser.add_argument(
+        "--api-only",
+        action="store_true",
+        help="only the drop-to-servable and eligibility API figures (2 and 4)",
+    )
+    parser.add_argument(
         "--connections",
         type=int,
         default=None,
@@ -70,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         mode += ", devices only"
     elif args.load_only:
         mode += ", partner load only"
+    elif args.api_only:
+        mode += ", API only"
     started = time.perf_counter()
     load = os.getloadavg()[0]
     phase(f"bench ({mode}): setting up database, SFTP server, env")
@@ -87,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.load_only:
             figures += partner_load.run(bench, sizes)
+        elif args.api_only:
+            figures += servable.run(bench, big)  # its file fills the mart the API reads
+            figures += eligibility_api.run(bench, warmup, duration)
         else:
             if not args.devices_only:
                 figures += servable.run(bench, big)

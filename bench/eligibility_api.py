@@ -195,6 +195,7 @@ def _cache_counters(url: str) -> dict[str, float]:
     wanted = (
         "mdp_eligibility_cache_hits_total",
         "mdp_eligibility_cache_misses_total",
+        "mdp_eligibility_lookup_queries_total",
         "mdp_audit_events_written_total",
         "mdp_audit_events_dropped_total",
     )
@@ -281,6 +282,11 @@ def run(bench: Bench, warmup: float, duration: float) -> list[Figure]:
             f"best of {app_all[name]} req/s; {_statuses(result)}; cache hits {counters['eligibility_cache_hits'] / (lookups or 1):.0%}"
             f" (warm-up included); audit rows dropped {counters['audit_events_dropped']:.0f}"
         )
+        if counters["eligibility_lookup_queries"]:
+            per_query = (
+                counters["eligibility_cache_misses"] / counters["eligibility_lookup_queries"]
+            )
+            note += f"; {per_query:.1f} misses per query"
         figures += [
             Figure(section, f"app, {name} mix", result["rps"], "req/s", note=note),
             Figure(

@@ -127,7 +127,7 @@ class Runtime:
         self.pool_max_size = pool_max_size
         self.metrics = ServingMetrics()
         self.lookup_cache = LookupCache()
-        self.member_lookups = MemberLookups()
+        self.member_lookups = MemberLookups(on_query=self.metrics.lookup_queries.inc)
         self.authenticator = Authenticator(ttl_seconds=auth_cache_ttl)
         self.rate_limiter = RateLimiter()
         # failed authentications per client address: past the limit, only keys already

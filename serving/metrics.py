@@ -44,6 +44,11 @@ class ServingMetrics:
         self.cache_misses = Counter(
             "mdp_eligibility_cache_misses", "Lookups that went to Postgres.", registry=r
         )
+        self.lookup_queries = Counter(
+            "mdp_eligibility_lookup_queries",
+            "Queries that answered cache misses (misses that arrive together share one).",
+            registry=r,
+        )
         self.cache_invalidations = Counter(
             "mdp_eligibility_cache_invalidations",
             "Times the lookup cache was dropped, by signal.",

@@ -558,6 +558,8 @@ def test_metrics_count_requests_cache_and_rate_limits(client: TestClient, keys: 
     # 1 + 4 hits: the sixth throttled request is refused before any lookup
     assert "mdp_eligibility_cache_hits_total 5.0" in text
     assert "mdp_eligibility_cache_misses_total 2.0" in text
+    # the two misses came one at a time: a query each
+    assert "mdp_eligibility_lookup_queries_total 2.0" in text
     assert 'mdp_eligibility_rate_limited_total{partner_id="throttled_partner"} 1.0' in text
     assert "mdp_listener_up 1.0" in text
 
@@ -616,6 +618,21 @@ def test_prerendered_answers_are_what_jsonresponse_would_send() -> None:
         MartRow(dt.date(1980, 1, 2), "diabetes_prevention", dt.date(2024, 1, 1), None, "active"),
         MartRow(dt.date(1980, 1, 2), "prévention «santé»", dt.date(2024, 1, 1), today, "active"),
         MartRow(dt.date(1980, 1, 2), None, dt.date(2024, 1, 1), dt.date(2025, 1, 1), None),
+        # answers are rendered once per answer, not per member: each field of the answer
+        # (but not the date of birth) must still tell rows apart
+        MartRow(dt.date(1990, 3, 4), "diabetes_prevention", dt.date(2024, 1, 1), None, "active"),
+        MartRow(
+            dt.date(1980, 1, 2), "diabetes_prevention", dt.date(2024, 1, 1), None, "terminated"
+        ),
+        MartRow(dt.date(1980, 1, 2), "diabetes_prevention", dt.date(2027, 1, 1), None, "active"),
+        MartRow(
+            dt.date(1980, 1, 2),
+            "diabetes_prevention",
+            dt.date(2024, 1, 1),
+            None,
+            "terminated",
+            "eligibility_dates",
+        ),
     ]
     for row in rows:
         body, eligible = rendered_found_body(row, today)

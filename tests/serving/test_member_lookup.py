@@ -114,3 +114,63 @@ def test_the_api_pool_plans_each_statement_once(client) -> None:
     # a custom plan per batch of ids cost Postgres ~50 µs a lookup query
     pool = client.app.state.runtime.pool
     assert client.portal.call(pool.fetchval, "show plan_cache_mode") == "force_generic_plan"
+
+
+def test_misses_that_arrive_while_a_query_runs_go_together_in_the_next(
+    mart: ConnectionParams,
+) -> None:
+    async def scenario() -> tuple[list, int]:
+        lookups = MemberLookups()
+        async with await _pool(mart) as pool:
+            first = asyncio.ensure_future(lookups.fetch(pool, "acme_corp", "A100001"))
+            later = []
+            for key in ("A100002", "A100004", "NOPE"):
+                await asyncio.sleep(0)  # each in a turn of its own, the first query running
+                later.append(asyncio.ensure_future(lookups.fetch(pool, "acme_corp", key)))
+            rows = await asyncio.gather(first, *later)
+            after = await lookups.fetch(pool, "umbrella_plan", "X000001")
+        return [*rows, after], lookups.queries
+
+    rows, queries = asyncio.run(scenario())
+    # the first alone, the three that came while it ran together, then the next on its own
+    assert queries == 3
+    assert rows[0].date_of_birth == dt.date(1980, 5, 17)
+    assert rows[2].coverage_status == "terminated" and rows[3] is None
+    assert rows[4].date_of_birth == dt.date(1985, 1, 1)
+
+
+def test_a_connection_lost_mid_query_fails_its_waiters_and_the_next_miss_gets_a_new_one(
+    mart: ConnectionParams, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import serving.member_lookup as member_lookup
+
+    # a lookup that takes a second, so that its connection can be killed while it runs
+    slow = member_lookup.BATCH_LOOKUP_SQL.replace(
+        "from marts.mart_eligibility", "from marts.mart_eligibility, pg_sleep(1)"
+    )
+
+    async def scenario():
+        lookups = MemberLookups()
+        async with await _pool(mart) as pool:
+            monkeypatch.setattr(member_lookup, "BATCH_LOOKUP_SQL", slow)
+            waiting = asyncio.gather(
+                lookups.fetch(pool, "acme_corp", "A100001"),
+                lookups.fetch(pool, "acme_corp", "A100002"),
+                return_exceptions=True,
+            )
+            await asyncio.sleep(0.3)
+            async with pool.acquire() as conn:
+                killed = await conn.fetchval(
+                    "select count(pg_terminate_backend(pid)) from pg_stat_activity"
+                    " where query like '%pg_sleep(1)%' and pid <> pg_backend_pid()"
+                )
+            errors = await waiting
+            monkeypatch.undo()
+            after = await lookups.fetch(pool, "acme_corp", "A100001")
+        return killed, errors, after
+
+    killed, errors, after = asyncio.run(scenario())
+    assert killed == 1
+    assert [type(e) for e in errors] == [DatabaseUnavailable, DatabaseUnavailable]
+    assert str(errors[0]) == "the database is not reachable"  # no parameters quoted
+    assert after.date_of_birth == dt.date(1980, 5, 17)
