@@ -33,7 +33,7 @@ from mdp.phi import keyed_hash, log_ref
 from mdp.settings import Settings, load_settings
 from serving.api_keys import KEYS_CHANGED_CHANNEL
 from serving.apple_upload import UPLOAD_PATH, AppleUploads
-from serving.audit import AuditWriter, check_event
+from serving.audit import AuditWriter, check_row
 from serving.auth import (
     AUTH_FAILURES_PER_MINUTE,
     Authenticator,
@@ -484,8 +484,8 @@ async def check_eligibility(request: Request) -> Response:
             response: Response = RenderedJSON(body, status, headers)
         else:
             response = JSONResponse(body, status_code=status, headers=headers)
-        runtime.audit.record(
-            check_event(
+        runtime.audit.record_row(
+            check_row(
                 principal.actor, partner_id, member_ref, outcome, headers["X-Request-ID"], status
             )
         )

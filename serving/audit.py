@@ -94,6 +94,55 @@ def _status_detail(status: int) -> str:
     return detail
 
 
+_CHECK_PARTS: dict[tuple[str, str, str, int], tuple[str, str, str]] = {}
+_MAX_CHECK_PARTS = 10_000  # (key, partner, outcome, status) combinations kept
+_second: tuple[int, str] = (-1, "")
+
+
+def check_row(
+    actor: str,
+    partner_id: str,
+    member_ref: str | None,
+    outcome: str,
+    request_id: str,
+    status: int,
+) -> str:
+    """`copy_row(check_event(...))` without the event: the row of every eligibility check,
+    made on the serving loop. The fields that repeat (actor, partner, outcome, status) are
+    escaped once per combination and the timestamp's date and time once a second: the event
+    and its generic formatting took ~6 µs of every check under load, this ~1.5."""
+    parts = _CHECK_PARTS.get((actor, partner_id, outcome, status))
+    if parts is None:
+        if len(_CHECK_PARTS) >= _MAX_CHECK_PARTS:
+            _CHECK_PARTS.clear()
+        parts = _CHECK_PARTS[(actor, partner_id, outcome, status)] = (
+            f"\t{_copy_text(actor)}\t{ACTION}\t{_copy_text(partner_id)}\t",
+            f"\t{PURPOSE}\t{_copy_text(outcome)}\t",
+            f"\t{_copy_text(_status_detail(status))}\n",
+        )
+    head, middle, tail = parts
+    ref = "\\N" if member_ref is None else _copy_field(member_ref)
+    return f"{_utc_now_text()}{head}{ref}{middle}{_copy_field(request_id)}{tail}"
+
+
+def _utc_now_text() -> str:
+    """Now, in the form of `datetime.now(UTC).isoformat()` (microseconds truncated)."""
+    global _second
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        moment = dt.datetime.fromtimestamp(second, dt.UTC)
+        _second = (second, moment.strftime("%Y-%m-%dT%H:%M:%S"))
+    micros = int((now - second) * 1_000_000)
+    return f"{_second[1]}.{micros:06d}+00:00" if micros else f"{_second[1]}+00:00"
+
+
+def _copy_field(value: str) -> str:
+    if "\\" in value or "\t" in value or "\n" in value or "\r" in value:
+        return value.translate(_COPY_ESCAPES)
+    return value
+
+
 class AuditWriter:
     """Buffers events and COPYs them to audit.access_log every `flush_interval` or `batch_size`."""
 
@@ -135,7 +184,11 @@ class AuditWriter:
         """Queue an event; never waits on the database. The row is formatted here, a few
         microseconds per request, not in bursts by the writer thread (which would hold the
         GIL for whole batches and stall the requests in flight)."""
-        self._pending.append(copy_row(event))
+        self.record_row(copy_row(event))
+
+    def record_row(self, row: str) -> None:
+        """Queue a row already in COPY's text format (`check_row`)."""
+        self._pending.append(row)
         if len(self._pending) >= self.batch_size:
             self._wake.set()
 

@@ -107,3 +107,59 @@ def test_rows_postgres_cannot_take_at_shutdown_are_spooled_and_written_at_the_ne
     asyncio.run(next_start())
     assert stored() == ["spool-0", "spool-1", "spool-2"]
     assert list(spool.glob("*.copy")) == []
+
+
+CHECKS = [
+    ("partner:a/key:1", "acme_corp", "m_0a1b", "eligible", "check-1", 200),
+    ("partner:a/key:1", "acme_corp", None, "forbidden", "check-2", 403),
+    ("tab\there\\back\nline\rcr", "acme_corp", "\\N", "eligible", "check-3", 200),
+    ("partner:a/key:1", "acme_corp", "", "not_found", "check-4", 404),
+    ("partner:a/key:1", "acme_corp", "m_\t\n", "not_found", "check\\5", 404),
+]
+
+
+def test_a_check_row_is_the_row_of_its_event() -> None:
+    import datetime as dt
+
+    from serving.audit import check_row, copy_row
+
+    for check in CHECKS * 2:  # the second time from the cached parts
+        row = check_row(*check)
+        event = check_event(*check)
+        stamp, rest = row.split("\t", 1)
+        assert rest == copy_row(event).split("\t", 1)[1]
+        written = dt.datetime.fromisoformat(stamp)
+        assert written.tzinfo == dt.UTC
+        assert abs(written - event.occurred_at) < dt.timedelta(seconds=1)
+
+
+def test_check_row_timestamps_read_as_isoformat_writes_them(monkeypatch) -> None:
+    import datetime as dt
+    import time
+
+    from serving.audit import _utc_now_text
+
+    for now in (1_700_000_000.0, 1_700_000_000.5, 1_700_000_000.25, 1_700_000_001.0):
+        monkeypatch.setattr(time, "time", lambda now=now: now)
+        assert _utc_now_text() == dt.datetime.fromtimestamp(now, dt.UTC).isoformat()
+
+
+def test_check_rows_are_stored_as_given(database: ConnectionParams) -> None:
+    from serving.audit import check_row
+
+    writer = AuditWriter(lambda: database)
+
+    async def write() -> bool:
+        for check in CHECKS:
+            writer.record_row(check_row(*check))
+        return await writer.flush()
+
+    assert asyncio.run(write())
+    with connect(database) as conn, conn.cursor() as cur:
+        cur.execute(
+            "select actor, partner_id, member_ref, outcome, request_id,"
+            " (detail->>'status')::int from audit.access_log"
+            " where request_id like 'check%%' order by request_id"
+        )
+        stored = cur.fetchall()
+    assert sorted(stored, key=lambda row: row[4]) == sorted(CHECKS, key=lambda check: check[4])
