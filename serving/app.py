@@ -452,7 +452,8 @@ async def check_eligibility(request: Request) -> Response:
     metrics = runtime.metrics
     sent = _check_headers(request.scope)
     headers = {"X-Request-ID": _request_id(sent.get("x-request-id"))}
-    client = request.client.host if request.client else "unknown"
+    peer = request.scope.get("client")  # (host, port); Starlette's request.client wraps it
+    client = peer[0] if peer else "unknown"
     failures_allowed = runtime.auth_failures_per_minute
     throttled = runtime.auth_failures.wait(client, failures_allowed)
     try:
