@@ -5,7 +5,27 @@ from __future__ import annotations
 import asyncio
 
 from mdp.database import ConnectionParams, connect
-from serving.audit import AuditWriter, check_event
+from serving.audit import ACTION, PURPOSE, AuditEvent, AuditWriter
+
+
+def check_event(
+    actor: str, partner_id: str, member_ref: str | None, outcome: str, request_id: str, status: int
+) -> AuditEvent:
+    """The event `serving.audit.check_row` writes the row of."""
+    import datetime as dt
+    import json
+
+    return AuditEvent(
+        dt.datetime.now(dt.UTC),
+        actor,
+        ACTION,
+        partner_id,
+        member_ref,
+        PURPOSE,
+        outcome,
+        request_id,
+        json.dumps({"status": status}),
+    )
 
 
 def test_fields_with_copy_specials_and_nulls_are_stored_as_given(
