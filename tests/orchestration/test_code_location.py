@@ -64,9 +64,11 @@ def test_runs_execute_their_steps_in_one_process(defs):
         assert defs.resolve_job_def(job).executor_def.name == "in_process"
 
 
-def test_loading_the_code_location_adds_no_root_log_handler():
+def test_loading_the_code_location_adds_no_root_log_handler(platform):
     """dbt's telemetry client calls logging.basicConfig() when imported: with its root handler
-    every Dagster log line reached stderr twice (once as `INFO:dagster.builtin:...`)."""
+    every Dagster log line reached stderr twice (once as `INFO:dagster.builtin:...`). The
+    child inherits the platform's env (test database, temp state folder): without it, it
+    started an embedded Postgres in the checkout's .mdp/ and left it running."""
     import subprocess
     import sys
 
