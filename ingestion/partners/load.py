@@ -129,6 +129,7 @@ class MemberLoad:
         self._scope = contextlib.ExitStack()
         self._committed = False
         self._merging: Future[None] | None = None
+        self._begun: Future[None] | None = None  # _begin, on the merge thread
         self._stored: pa.Array | None = None  # read when a chunk first needs them
         self._stored_range: tuple[str | None, str | None] = (None, None)
         self._full_file = full_file
@@ -148,7 +149,7 @@ class MemberLoad:
         self._merger = self._scope.enter_context(ThreadPoolExecutor(1, "member-merge"))
         self._conn = self._scope.enter_context(connect(self._params))
         self._cur = self._scope.enter_context(self._conn.cursor())
-        self._merging = self._merger.submit(self._begin)
+        self._begun = self._merging = self._merger.submit(self._begin)
         return self
 
     def _begin(self) -> None:
@@ -196,10 +197,11 @@ class MemberLoad:
         rows = table.cast(MEMBER_ARROW_SCHEMA).append_column(
             LOAD_SCHEMA.field(LOAD_ID_COLUMN), pa.array([self.load_id] * table.num_rows)
         )
-        # encoded here, so the merge thread only waits on Postgres (its COPY is the slower half)
+        # asked and encoded here, so the merge thread only waits on its COPY (the slower half)
+        may_replace = self._may_replace(rows["employee_id"])
         data = binary_copy_data(rows)
         self._wait()
-        self._merging = self._merger.submit(self._merge, rows, data)
+        self._merging = self._merger.submit(self._merge, rows, data, may_replace)
 
     def wait_for_merges(self) -> None:
         """Until every chunk handed over is merged (`rows` and `superseded` are final)."""
@@ -214,9 +216,9 @@ class MemberLoad:
             finally:
                 self.waited += time.perf_counter() - started
 
-    def _merge(self, rows: pa.Table, data: list[bytes]) -> None:
+    def _merge(self, rows: pa.Table, data: list[bytes], may_replace: bool) -> None:
         """Delete the members the chunk replaces, then COPY it in (`data`: the rows as binary
-        COPY data)."""
+        COPY data; `may_replace`: see `_may_replace`)."""
         started = time.perf_counter()
         if self.stale:
             rows, data = self._without_newer(rows, data)
@@ -225,7 +227,7 @@ class MemberLoad:
         ids, count = rows["employee_id"], rows.num_rows
         if not count:
             return
-        replaced = self._replaced(ids)
+        replaced = self._replaced(ids, may_replace)
         if len(replaced):
             copy_binary(
                 self._cur,
@@ -354,40 +356,49 @@ class MemberLoad:
             )
         return f"kept.{column}"
 
-    def _replaced(self, ids: pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    def _may_replace(self, ids: pa.ChunkedArray) -> bool:
+        """Whether the chunk may hold stored members; False when it replaces nobody: the
+        partner has none, or the chunk's ids all lie outside the stored ids' range (new members
+        often get higher ids). Asked on the reading thread, which has time to spare, with a
+        connection of its own: on the merge thread the question held up every chunk's COPY."""
+        self._begun.result()  # the stored range is read as the load begins
+        if self._stored is not None:
+            return True
+        if self._stored_range[0] is None:
+            return False
+        return len(ids) <= PROBE_ROWS or self._any_in_stored_range(ids)
+
+    def _replaced(self, ids: pa.ChunkedArray, may_replace: bool) -> pa.Array | pa.ChunkedArray:
         """The chunk's ids that are stored already. Only those are deleted: probing the index
         for every new member cost more than a 500K-row file's whole COPY (~11 µs an id).
-        The partner's stored ids are read (on the merge thread) when a chunk first needs
-        them: not while the partner has none, nor for a chunk of up to PROBE_ROWS, whose ids
-        are probed, nor for one whose ids all lie outside the stored ids' range (new members
-        often get higher ids). The stored ids are probed against the chunk (hashing the
-        chunk, not every stored id, took a 500K-row file into a partner with 490K members
+        The partner's stored ids are read (on the merge thread) when a chunk first needs them:
+        not for a chunk that replaces nobody (`may_replace` is False), nor for one of up to
+        PROBE_ROWS, whose ids are probed. The stored ids are probed against the chunk (hashing
+        the chunk, not every stored id, took a 500K-row file into a partner with 490K members
         from 1.1 s to 0.12 s)."""
         if self._stored is None:
-            if self._stored_range[0] is None:
+            if not may_replace:
                 return ids.slice(0, 0)
             if len(ids) <= PROBE_ROWS:
                 return ids
-            if not self._any_in_stored_range(ids):
-                return ids.slice(0, 0)
             self._stored = stored_ids(self._params, self.partner_id)
         return self._stored.filter(pc.is_in(self._stored, value_set=ids))
 
     def _any_in_stored_range(self, ids: pa.ChunkedArray) -> bool:
         """Whether any of the chunk's ids lies between the least and greatest stored id, as
-        the database orders them: one statement with the ids joined in one value (~3 ms for
-        10K ids; a COPY into the temp table and its truncate took ~8 ms of the merge thread,
-        the slower of the two, for every chunk)."""
+        the database orders them: one statement with the ids joined in one value, which reads
+        no table (~3 ms for 10K ids; a COPY into the temp table and its truncate took ~8 ms)."""
         joined = joined_lines(ids)
         if joined is None:  # an id holds a line break: no cheap answer, so "maybe"
             return True
         low, high = self._stored_range
-        self._cur.execute(
-            "select exists (select from unnest(string_to_array(%s, E'\\n')) as id"
-            " where id between %s and %s)",
-            (joined, low, high),
-        )
-        (found,) = self._cur.fetchone()
+        with connect(self._params, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute(
+                "select exists (select from unnest(string_to_array(%s, E'\\n')) as id"
+                " where id between %s and %s)",
+                (joined, low, high),
+            )
+            (found,) = cur.fetchone()
         return bool(found)
 
     def left_out(self, present_keys: list[str], file_id: str) -> tuple[int, int]:
