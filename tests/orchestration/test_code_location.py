@@ -10,7 +10,9 @@ from mdp.settings import load_settings
 
 
 @pytest.fixture(scope="module")
-def defs():
+def defs(platform):
+    # on the platform's env: with none, settings fall back to the checkout's .mdp/, where
+    # the manifest's set-up wrote local secrets
     prepare_dbt_manifest(load_settings())
     from orchestration.definitions import defs
 
