@@ -232,11 +232,12 @@ def http_server(
     factory: bool = False,
     ready_path: str = "/healthz",
     timeout: float = 60,
+    extra_flags: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """`uvicorn APP` (one worker) as a subprocess on a free port; yields its base URL."""
     port = free_port()
     flags = "--host 127.0.0.1 --workers 1 --no-access-log --log-level warning".split()
-    cmd = [sys.executable, "-m", "uvicorn", app, "--port", str(port), *flags]
+    cmd = [sys.executable, "-m", "uvicorn", app, "--port", str(port), *flags, *extra_flags]
     if factory:
         cmd.insert(4, "--factory")
     proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **(env or {})})

@@ -215,6 +215,7 @@ def _statuses(result: dict) -> str:
 
 
 def run(bench: Bench, warmup: float, duration: float) -> list[Figure]:
+    from mdp.stack import API_SERVER_FLAGS  # the API as `mdp stack up` serves it
     from serving.api_keys import create_key
 
     members = bench.query(
@@ -237,7 +238,9 @@ def run(bench: Bench, warmup: float, duration: float) -> list[Figure]:
     env = {"MDP_PARTNER_CONFIG_DIR": str(_partner_configs_without_limit(bench.root))}
     for round_number in range(1, ROUNDS + 1):
         bare_runs.append(_bare(bench, mixes["cached"], warmup, duration))
-        with http_server("serving.app:create_app", env=env, factory=True) as url:
+        with http_server(
+            "serving.app:create_app", env=env, factory=True, extra_flags=API_SERVER_FLAGS
+        ) as url:
             for name, requests in mixes.items():
                 phase(
                     f"  app, {name} mix ({len(requests):,} distinct requests), round {round_number}"

@@ -74,6 +74,7 @@ def _step_seconds(result: Any) -> dict[str, float]:
 
 def run(bench: Bench, rows: int) -> list[Figure]:
     from mdp.orchestrate import run_assets
+    from mdp.stack import API_SERVER_FLAGS  # the API as `mdp stack up` serves it
     from serving.api_keys import create_key
 
     section = f"2. Drop-to-servable, {rows // 1000}K-row acme_corp CSV"
@@ -87,7 +88,7 @@ def run(bench: Bench, rows: int) -> list[Figure]:
     path = written.path
     member = _member_in_file(bench, written, seed, id_offset)
     _, key = create_key(bench.params, PARTNER, label="bench")
-    with http_server("serving.app:create_app", factory=True) as url:
+    with http_server("serving.app:create_app", factory=True, extra_flags=API_SERVER_FLAGS) as url:
         before = _check(url, key, member)
         phase(f"drop-to-servable: API up at {url}; member answers {before} before the upload")
         started = time.perf_counter()

@@ -256,6 +256,17 @@ def sftp_services(settings: Settings) -> list[Service]:
     ]
 
 
+# how the API is served (the bench serves it the same way): uvicorn's protocol with a
+# deadline on the request head (see serving.http_protocol)
+API_SERVER_FLAGS = (
+    "--http",
+    "serving.http_protocol:HeadDeadlineProtocol",
+    "--no-access-log",
+    "--log-level",
+    "warning",
+)
+
+
 def api_service(settings: Settings) -> Service:
     return Service(
         "api",
@@ -270,9 +281,7 @@ def api_service(settings: Settings) -> Service:
             settings.api_host,
             "--port",
             str(settings.api_port),
-            "--no-access-log",
-            "--log-level",
-            "warning",
+            *API_SERVER_FLAGS,
             *proxy_flags(),
         ],
     )
