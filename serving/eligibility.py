@@ -86,12 +86,15 @@ def load_json_object(body: bytes, content_type: str | None) -> dict[str, Any]:
     if not body.strip():
         raise InvalidRequest([Problem("body", "empty body: expected a JSON object")])
     try:
-        value = json.loads(body)
+        # JSON between systems is UTF-8 (RFC 8259): json.loads would guess UTF-16 or -32 from
+        # the bytes; a byte order mark may be ignored, and is
+        text = body.decode("utf-8").removeprefix("\ufeff")
+        value = json.loads(text)
         # every member of an object has a colon: fewer members than colons may hide a name
         # given twice (or a colon in a value); only then is it parsed again, checking names
         # (the check on every body cost ~2 µs a request)
         if isinstance(value, dict) and body.count(b":") > len(value):
-            value = json.loads(body, object_pairs_hook=_unique_keys)
+            value = json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         problem = f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         raise InvalidRequest([Problem("body", problem)]) from None

@@ -104,11 +104,20 @@ def test_weird_content_length_does_not_raise_in_read_body(length):
         b'{"employee_id": "A100001", "date_of_birth": "1980-05-17"}{}',  # trailing data
         b'{"employee_id": "A100001", "date_of_birth": "1980-05-17"}\x00',
         b"{'employee_id': 'A100001'}",
+        # JSON between systems is UTF-8: json.loads alone would guess UTF-16 and -32
+        json.dumps(VALID).encode("utf-16"),
+        json.dumps(VALID).encode("utf-16-le"),
+        json.dumps(VALID).encode("utf-32"),
     ],
 )
 def test_non_object_or_broken_json_is_422(client, keys, content):
     response = post_raw(client, keys, content)
     assert response.status_code == 422, (content[:40], response.status_code, response.text)
+
+
+def test_a_byte_order_mark_before_the_json_is_ignored(client, keys):
+    response = post_raw(client, keys, b"\xef\xbb\xbf" + json.dumps(VALID).encode())
+    assert response.status_code == 200, response.text
 
 
 @pytest.mark.parametrize(
