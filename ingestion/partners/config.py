@@ -23,6 +23,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
@@ -408,6 +409,24 @@ def _cron(expression: str) -> str:
     return expression
 
 
+# what Inbound's checks across fields read (and date_format, for an 834)
+_READ_ACROSS_FIELDS = {
+    "transport",
+    "location",
+    "format",
+    "csv",
+    "fixed_width",
+    "x12",
+    "identifier",
+    "column_mappings",
+    "required_fields",
+}
+
+
+def _is_x12(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("format") == "x12_834"
+
+
 class Inbound(_Strict):
     transport: Literal["sftp_push", "sftp_pull"]
     location: RemoteLocation | None = None
@@ -515,6 +534,30 @@ class Inbound(_Strict):
         if found:
             raise _problems("Inbound", found)
         return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _every_problem_at_once(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Inbound]
+    ) -> Inbound:
+        # (defined after `_consistent`, so it wraps it) a wrong field stops pydantic before the checks across fields (`_consistent`): they
+        # are run again without the wrong fields, unless they read one of them (they would
+        # judge its default, not what the file says)
+        try:
+            return handler(data)
+        except ValidationError as invalid:
+            errors = invalid.errors()
+            wrong = {error["loc"][0] for error in errors if error["loc"]}
+            read = _READ_ACROSS_FIELDS | ({"date_format"} if _is_x12(data) else set())
+            if not isinstance(data, dict) or not wrong or wrong & read:
+                raise
+            try:
+                handler({key: value for key, value in data.items() if key not in wrong})
+            except ValidationError as across:
+                found = [(tuple(e["loc"]), _message(e), e.get("input")) for e in errors]
+                found += [(tuple(e["loc"]), _message(e), e.get("input")) for e in across.errors()]
+                raise _problems("Inbound", found) from None
+            raise
 
     def _one_column_per_field_problems(self) -> list[tuple[Loc, str, object]]:
         found: list[tuple[Loc, str, object]] = []

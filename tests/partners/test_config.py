@@ -497,6 +497,42 @@ def test_every_cross_field_problem_is_listed_at_once(tmp_path):
     }
 
 
+def test_a_wrong_field_does_not_hide_the_problems_across_fields(tmp_path):
+    # a bad date_format, a misspelled key or a bad rule stopped pydantic before the checks
+    # across fields: the doubled mapping showed only once they were fixed
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "partner_id: other\ndisplay_name: Bad\ninbound:\n  transport: sftp_push\n"
+        "  format: csv\n  date_format: '%Q'\n  filename_patern: 'x*'\n"
+        "  validations: {employee_id: {pattern: '([a-z'}}\n"
+        "  column_mappings:\n    ID: employee_id\n    DOB: date_of_birth\n"
+        "    Birth Date: date_of_birth\n"
+    )
+    with pytest.raises(PartnerConfigError) as caught:
+        load_partner_config(path)
+    found = {p.key_path for p in caught.value.problems}
+    assert found == {
+        "partner_id",
+        "inbound.date_format",
+        "inbound.filename_patern",
+        "inbound.validations.employee_id.pattern",
+        "inbound.column_mappings.Birth Date",
+    }
+
+
+def test_checks_across_fields_wait_while_a_field_they_read_is_wrong(tmp_path):
+    # with column_mappings itself wrong, "identifier is not mapped" would judge a stand-in
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "partner_id: other\ndisplay_name: Bad\ninbound:\n  transport: sftp_push\n"
+        "  format: csv\n  date_format: '%Q'\n  column_mappings: {ID: favourite_colour}\n"
+    )
+    with pytest.raises(PartnerConfigError) as caught:
+        load_partner_config(path)
+    found = {p.key_path for p in caught.value.problems}
+    assert found == {"partner_id", "inbound.date_format", "inbound.column_mappings.ID"}
+
+
 def test_merge_keys_work_as_in_plain_yaml(tmp_path):
     # `<<` was read as a key of its own: "Extra inputs are not permitted"
     rules = (
