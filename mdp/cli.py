@@ -611,10 +611,16 @@ def imports_list(partner_id: str | None, limit: int, as_json: bool) -> None:
     click.echo(
         f"{'file_id':<48} {'status':<12} {'total':>7} {'loaded':>7} {'rejected':>8}  filename / reason"
     )
+
+    def count(
+        value: int | None,
+    ) -> str:  # none counted (a quarantined file): "-", as in JSON's null
+        return "-" if value is None else str(value)
+
     for r in rows:
         click.echo(
-            f"{r['file_id']:<48} {r['status']:<12} {r['rows_total'] or 0:>7} {r['rows_loaded'] or 0:>7} "
-            f"{r['rows_rejected'] or 0:>8}  {r['filename']}"
+            f"{r['file_id']:<48} {r['status']:<12} {count(r['rows_total']):>7}"
+            f" {count(r['rows_loaded']):>7} {count(r['rows_rejected']):>8}  {r['filename']}"
             + (f"  ({r['reason']})" if r["reason"] else "")
         )
 
