@@ -16,8 +16,8 @@ the transaction back and leaves the table as it was. Chunks travel as binary COP
 encodes Arrow in Rust): Postgres parses no dates, timestamps or CSV quoting.
 
 Chunks are merged by one worker thread while the next chunk is read and validated; the reader
-encodes each chunk, so the thread mostly waits on Postgres (with the GIL released), whose COPY is
-the slower half. At most two chunks are held, one being merged, one being validated. The
+encodes each chunk and asks whether it may replace stored members (`_may_replace`), so the
+thread mostly waits on Postgres (with the GIL released), whose COPY is the slower half. At most two chunks are held, one being merged, one being validated. The
 partner's stored ids (which say which members a chunk replaces) are read by the merge thread
 when a chunk first needs them (see `_replaced`); the merge thread also reads the range
 they span when the load begins.
