@@ -42,6 +42,19 @@ def _settings() -> Settings:
     return settings
 
 
+def _database(settings: Settings) -> ConnectionParams:
+    """The database for this command. An embedded Postgres that was not running is started for
+    the command and stopped when it ends: `mdp imports list` after `mdp stack down` left one
+    running."""
+    from mdp.database import connection_params, embedded_running, stop_embedded
+
+    started_here = settings.embedded and not embedded_running(settings.pgdata_dir)
+    params = connection_params(settings)
+    if started_here:
+        click.get_current_context().call_on_close(lambda: stop_embedded(settings))
+    return params
+
+
 def _redact(text: str) -> str:
     """`text` without MDP_DATABASE_URL's password, should a library have echoed it."""
     from urllib.parse import unquote, urlparse
@@ -307,7 +320,6 @@ def partner_key() -> None:
 @click.option("--label", default=None)
 def key_create(partner_id: str, label: str | None) -> None:
     from ingestion.partners.config import load_partner_configs
-    from mdp.database import connection_params
     from mdp.schema import ensure_schema
     from serving.api_keys import create_key
 
@@ -318,7 +330,7 @@ def key_create(partner_id: str, label: str | None) -> None:
     if not config.eligibility_api.enabled:
         # the API refuses every key of such a partner: a key issued now would only mislead
         raise click.ClickException(f"the eligibility API is disabled for {partner_id}")
-    params = connection_params(settings)
+    params = _database(settings)
     ensure_schema(params)
     key_id, key = create_key(params, partner_id, label)
     click.echo(f"key id {key_id} for {partner_id}; the key is shown once:", err=True)
@@ -329,7 +341,6 @@ def key_create(partner_id: str, label: str | None) -> None:
 @click.argument("partner_id")
 @click.option("--key-id", default=None, help="Revoke one key; default: all of the partner's keys.")
 def key_revoke(partner_id: str, key_id: str | None) -> None:
-    from mdp.database import connection_params
     from mdp.schema import ensure_schema
     from serving.api_keys import KEY_SHAPE, ApiKeyError, revoke_key
 
@@ -337,7 +348,7 @@ def key_revoke(partner_id: str, key_id: str | None) -> None:
         # the whole key, pasted where its id goes: never echoed, revoked by its id
         key_id = found["key_id"]
         click.echo("that was the whole key, not its id: revoking it by its id", err=True)
-    params = connection_params(_settings())
+    params = _database(_settings())
     ensure_schema(params)
     try:
         count = revoke_key(params, partner_id, key_id)
@@ -369,13 +380,10 @@ def import_apple_export(path: Path, member_id: str) -> None:
     from ingestion.devices.apple_health import HealthExportError
     from ingestion.devices.apple_health.export_xml import shown_problems
     from ingestion.devices.apple_health.load import import_export
-    from mdp.database import connection_params
 
     settings = _settings()
     try:
-        stats = import_export(
-            path, member_id, connection_params(settings), settings.state_dir / "dlt"
-        )
+        stats = import_export(path, member_id, _database(settings), settings.state_dir / "dlt")
     except HealthExportError as exc:
         raise click.ClickException(f"refused: {exc}") from None
     kept = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.kept.items())) or "nothing"
@@ -411,10 +419,9 @@ def devices_connect(member_id: str, provider: str, redirect_uri: str | None, for
     """
     from ingestion.devices.fitbit.client import fitbit_app_from_env
     from ingestion.devices.fitbit.oauth import ConnectError, connect_with_consent
-    from mdp.database import connection_params
 
     settings = _settings()
-    params = connection_params(settings)
+    params = _database(settings)
     if not force:
         _refuse_unknown_member(params, member_id)
     callback = (
@@ -466,9 +473,8 @@ def devices_disconnect(member_id: str, provider: str) -> None:
     from ingestion.devices.connections import member_connections
     from ingestion.devices.fitbit.client import fitbit_app_from_env
     from ingestion.devices.fitbit.oauth import disconnect_member
-    from mdp.database import connection_params
 
-    params = connection_params(_settings())
+    params = _database(_settings())
     mine = member_connections(params, member_id, provider)
     if not mine:
         raise click.ClickException(f"{member_id} has no active {provider} connection")
@@ -503,10 +509,10 @@ def audit() -> None:
 @audit.command("verify")
 def audit_verify() -> None:
     """Recompute the audit log's hash chain; exit 1 at the first row that does not match."""
-    from mdp.database import connect, connection_params
+    from mdp.database import connect
     from mdp.schema import ensure_schema
 
-    params = connection_params(_settings())
+    params = _database(_settings())
     ensure_schema(params)
     with connect(params) as conn, conn.cursor() as cur:
         cur.execute("select audit.verify_chain(), count(*) from audit.access_log")
@@ -537,7 +543,6 @@ def audit_member(
     member is found by computing theirs; nothing of the member is printed back."""
     from ingestion.partners.config import load_partner_configs
     from mdp.access_log import member_events
-    from mdp.database import connection_params
     from mdp.schema import ensure_schema
     from serving.eligibility import InvalidRequest, lookup_id
 
@@ -551,7 +556,7 @@ def audit_member(
         member_key = lookup_id(member.strip(), config.inbound.identifier)
     except InvalidRequest as exc:
         raise click.ClickException(exc.problems[0].problem) from None
-    params = connection_params(settings)
+    params = _database(settings)
     ensure_schema(params)
     events = member_events(
         params, partner_id, member_key, since and since.date(), until and until.date()
@@ -585,11 +590,10 @@ def imports() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def imports_list(partner_id: str | None, limit: int, as_json: bool) -> None:
     from ingestion.partners.imports import list_imports
-    from mdp.database import connection_params
     from mdp.phi import masked_ssns
     from mdp.schema import ensure_schema
 
-    params = connection_params(_settings())
+    params = _database(_settings())
     ensure_schema(params)
     rows = list_imports(params, partner_id=partner_id, limit=limit)
     for row in rows:  # printed, as in logs: an SSN a partner put in a file name is masked
@@ -635,12 +639,11 @@ def imports_list(partner_id: str | None, limit: int, as_json: bool) -> None:
 )
 def imports_replay(file_id: str, force: bool) -> None:
     """Re-import an archived file on purpose (it bypasses the duplicate check), then rebuild dbt."""
-    from mdp.database import connection_params
     from mdp.replay import ReplayError, replay_import
     from mdp.schema import ensure_schema
 
     settings = _settings()
-    ensure_schema(connection_params(settings))
+    ensure_schema(_database(settings))
     try:
         record, run = replay_import(settings, file_id, force=force)
     except ReplayError as exc:

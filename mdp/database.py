@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlparse
 
 import psycopg2
@@ -148,6 +149,16 @@ def stop_embedded(settings: Settings, timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def embedded_running(pgdata_dir: Path) -> bool:
+    """Whether the embedded Postgres of this data folder runs (its postmaster is alive)."""
+    pid_file = pgdata_dir / "postmaster.pid"
+    try:
+        os.kill(int(pid_file.read_text().split()[0]), 0)
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
 
 
 def ensure_database(params: ConnectionParams, dbname: str) -> None:

@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -599,3 +600,37 @@ def test_a_replay_that_is_quarantined_again_still_says_it_was_a_replay(platform)
         "select reason from raw_partners.file_imports where file_id = %s", (record.file_id,)
     )
     assert reason.startswith(f"replay of {broken.file_id}; ") and broken.reason in reason
+
+
+def test_a_command_stops_the_embedded_postgres_it_started_and_leaves_a_running_one(tmp_path):
+    # `mdp imports list` after `mdp stack down` started the embedded Postgres and left it.
+    # Each step is a process of its own, as on the command line (pgserver remembers, per
+    # process, the servers it started)
+    from mdp.database import embedded_running
+
+    env = {k: v for k, v in os.environ.items() if k != "MDP_DATABASE_URL"}
+    env.update({"MDP_STATE_DIR": str(tmp_path / ".mdp"), "MDP_PII_HASH_KEY": "test-key"})
+    mdp = [str(Path(sys.executable).with_name("mdp"))]
+    python = [sys.executable, "-c"]
+    start = "from mdp.database import start_embedded; from mdp.settings import load_settings;"
+    start += " start_embedded(load_settings())"
+    stop = start.replace("start_embedded", "stop_embedded")
+
+    def run(args: list[str]) -> str:
+        done = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def running() -> bool:
+        return embedded_running(tmp_path / ".mdp" / "pgdata")
+
+    try:
+        assert json.loads(run([*mdp, "imports", "list", "--json"])) == []
+        assert not running()  # started for the command, stopped after it
+        run([*python, start])  # as `mdp stack up` leaves it
+        assert running()
+        run([*mdp, "imports", "list", "--json"])
+        assert running()  # not this command's to stop
+    finally:
+        subprocess.run([*python, stop], env=env, cwd=REPO, timeout=60)
+    assert not running()
