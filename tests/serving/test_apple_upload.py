@@ -363,6 +363,22 @@ def test_a_value_beyond_float_range_rejects_its_sample_not_the_batch(
     assert len(inbox(uploads_db)) == 1
 
 
+def test_a_time_beyond_the_utc_calendar_rejects_its_sample_not_the_batch(
+    client: TestClient, uploads_db: ConnectionParams
+) -> None:
+    # year 1 ahead of UTC and year 9999 behind it have no UTC time: that was a 500
+    early = sample(start="0001-01-01T00:00:00+14:00", end="0001-01-01T00:10:00+14:00")
+    late = sample(start="9999-12-31T23:50:00-14:00", end="9999-12-31T23:55:00-14:00")
+    response = post(client, {"samples": [early, sample(), late]})
+    assert response.status_code == 202, response.text
+    assert response.json()["accepted"] == 1
+    assert [(r["index"], r["field"]) for r in response.json()["rejected"]] == [
+        (0, "start"),
+        (2, "start"),
+    ]
+    assert len(inbox(uploads_db)) == 1
+
+
 # --- no input makes the checks fail -----------------------------------------------------
 
 _json_values = st.recursive(

@@ -214,6 +214,7 @@ def _sample_row(sample: dict[str, Any], member_id: str | None) -> dict[str, Any]
     except InvalidField as exc:
         # The shared builders speak the export's attribute names; answer in the upload's.
         names = {
+            "startDate": "start",
             "endDate": "end",
             "sourceName": "source",
             "durationUnit": "unit",

@@ -304,6 +304,11 @@ def natural_key(
 def _check_interval(start: dt.datetime, end: dt.datetime, end_field: str) -> None:
     if start.utcoffset() is None or end.utcoffset() is None:
         raise InvalidField(end_field, "dates need a UTC offset")
+    for value, name in ((start, "startDate"), (end, end_field)):
+        try:
+            value.astimezone(_UTC)
+        except OverflowError:  # year 1 or 9999 with an offset that leaves the calendar
+            raise InvalidField(name, f"{value.isoformat()} is out of range in UTC") from None
     if end < start:
         raise InvalidField(end_field, f"ends ({end.isoformat()}) before it starts")
 
