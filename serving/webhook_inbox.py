@@ -59,10 +59,12 @@ notified as (
 select count(*) filter (where is_new) as new_rows, count(*) as rows from stored
 """
 
+# active connections only: a disconnected or revoked member's data is not taken in (Garmin
+# keeps pushing with the old token until the deregistration reaches it)
 CONNECTIONS_BY_TOKEN_SQL = """
 select access_token_hash, provider_user_id
 from devices.connections
-where provider = $1 and access_token_hash = any($2::text[])
+where provider = $1 and access_token_hash = any($2::text[]) and status = 'active'
 """
 
 
@@ -151,7 +153,7 @@ async def users_by_token_hash(
     *,
     timeout: float | None = None,
 ) -> dict[str, set[str]]:
-    """access_token_hash -> provider_user_ids of the connections holding that token.
+    """access_token_hash -> provider_user_ids of the active connections holding that token.
 
     A set because nothing makes the hash unique (a test or emulator may share a token).
     """

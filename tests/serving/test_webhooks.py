@@ -419,6 +419,21 @@ def test_garmin_ping_is_stored_keyed_by_its_upload_window(
     assert row["times_received"] == 2
 
 
+def test_garmin_push_for_a_disconnected_connection_is_not_taken_in(
+    client: TestClient, garmin_user: ConnectionParams
+) -> None:
+    # Garmin keeps pushing with the old token until the deregistration reaches it: the
+    # member's data must not be kept after they disconnected
+    with connect(garmin_user) as conn, conn.cursor() as cur:
+        cur.execute(
+            "update devices.connections set status = 'disconnected' where provider_user_id = 'g1'"
+        )
+    response = post_garmin(client, {"dailies": [daily()]})
+    assert response.status_code == 200
+    assert response.json() == {"stored": 0, "ignored": 1}
+    assert inbox(garmin_user) == []
+
+
 def test_garmin_deregistration_is_stored_from_the_body_keyed_endpoint(
     client: TestClient, garmin_user: ConnectionParams
 ) -> None:
