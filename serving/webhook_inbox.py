@@ -68,6 +68,11 @@ where provider = $1 and access_token_hash = any($2::text[]) and status = 'active
 """
 
 
+# longer than any id a provider issues (Fitbit's user ids have 6 characters, Garmin's are
+# UUIDs); ids go into the inbox's dedupe key, whose index takes at most ~2,700 bytes a row
+MAX_ID_CHARS = 256
+
+
 class UnstorableItem(ValueError):
     """An item Postgres cannot hold (a NUL character or a lone surrogate in a string)."""
 
@@ -90,7 +95,10 @@ class StoreResult:
 
 def payload_text(item: Any) -> str:
     """The item as JSON text for a jsonb column; raises UnstorableItem when Postgres would refuse it."""
-    text = json.dumps(item, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text = json.dumps(item, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:  # json.loads takes NaN and Infinity; jsonb does not
+        raise UnstorableItem("a number is NaN or infinite") from None
     # jsonb and text reject \u0000; json.dumps writes NUL as that escape. A literal backslash
     # followed by "u0000" also matches: a false rejection of a payload no provider sends.
     if "\\u0000" in text:

@@ -52,6 +52,7 @@ from mdp.settings import Settings, secret
 from serving.bodies import read_limited_body
 from serving.health import DATABASE_ERRORS, DatabaseUnavailable
 from serving.webhook_inbox import (
+    MAX_ID_CHARS,
     InboxItem,
     UnstorableItem,
     payload_text,
@@ -182,6 +183,9 @@ def _fitbit_item(index: int, item: Any) -> InboxItem:
     for field in ("collectionType", "ownerId"):
         if not item.get(field):
             raise InvalidNotification(f"{where}: '{field}' is missing", index, field)
+        if len(item[field]) > MAX_ID_CHARS:
+            problem = f"{where}: '{field}' is longer than {MAX_ID_CHARS} characters"
+            raise InvalidNotification(problem, index, field)
     collection, owner, date_text = item["collectionType"], item["ownerId"], item.get("date")
     resource_date = None
     if date_text is not None:
@@ -251,6 +255,8 @@ def garmin_candidate(summary_type: str, raw: Any) -> GarminCandidate | None:
         return None
     token, user_id = raw.get("userAccessToken"), raw.get("userId")
     if not (isinstance(token, str) and token and isinstance(user_id, str) and user_id):
+        return None
+    if len(user_id) > MAX_ID_CHARS or len(str(raw.get("summaryId", ""))) > MAX_ID_CHARS:
         return None
     item = {key: value for key, value in raw.items() if key != "userAccessToken"}
     try:

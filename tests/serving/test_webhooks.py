@@ -288,6 +288,9 @@ def test_a_signed_body_that_is_no_notification_array_is_refused_whole(
         ({**notification(), "ownerId": 42}, "ownerId"),
         ("activities", None),
         ({**notification(), "ownerType": "user\u0000"}, None),
+        # these two were a 503 ("the database is not reachable") for the whole body, forever
+        ({**notification(), "ownerId": "A" * 900_000}, "ownerId"),
+        ({**notification(), "extra": float("inf")}, None),  # json.dumps writes Infinity
     ],
 )
 def test_a_malformed_notification_is_set_aside_and_the_others_are_stored(
@@ -481,8 +484,11 @@ def test_garmin_malformed_items_are_ignored_and_counted(
 ) -> None:
     no_token = {k: v for k, v in daily().items() if k != "userAccessToken"}
     no_summary = {k: v for k, v in daily().items() if k != "summaryId"}
-    body = {"dailies": [no_token, no_summary, "not an object", daily()]}
-    assert post_garmin(client, body).json() == {"stored": 1, "ignored": 3}
+    # a 1 MB id was a 503 for the whole body (the dedupe key outgrew its index), and Garmin
+    # re-sends for days
+    huge_id = {**daily(), "summaryId": "Z" * 1_000_000}
+    body = {"dailies": [no_token, no_summary, "not an object", huge_id, daily()]}
+    assert post_garmin(client, body).json() == {"stored": 1, "ignored": 4}
 
 
 @pytest.mark.parametrize(
