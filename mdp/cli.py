@@ -372,18 +372,27 @@ def devices() -> None:
     """Device data: Apple Health exports, connections."""
 
 
+FORCE_MEMBER_HELP = (
+    "Accept a member id not (yet) in marts.dim_member, such as an enrollee the next dbt build adds."
+)
+
+
 @devices.command("import-apple-export")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--member-id", required=True, help="The platform member the export belongs to.")
-def import_apple_export(path: Path, member_id: str) -> None:
+@click.option("--force", is_flag=True, help=FORCE_MEMBER_HELP)
+def import_apple_export(path: Path, member_id: str, force: bool) -> None:
     """Stream a Health app export (export.xml or the zip) into raw_apple_health.samples."""
     from ingestion.devices.apple_health import HealthExportError
     from ingestion.devices.apple_health.export_xml import shown_problems
     from ingestion.devices.apple_health.load import import_export
 
     settings = _settings()
+    params = _database(settings)
+    if not force:
+        _refuse_unknown_member(params, member_id)
     try:
-        stats = import_export(path, member_id, _database(settings), settings.state_dir / "dlt")
+        stats = import_export(path, member_id, params, settings.state_dir / "dlt")
     except HealthExportError as exc:
         raise click.ClickException(f"refused: {exc}") from None
     kept = ", ".join(f"{n} {kind}" for kind, n in sorted(stats.kept.items())) or "nothing"
@@ -404,12 +413,7 @@ def import_apple_export(path: Path, member_id: str) -> None:
     help="The callback registered with the provider (default FITBIT_REDIRECT_URI, else the"
     " API's /oauth/fitbit/callback).",
 )
-@click.option(
-    "--force",
-    is_flag=True,
-    help="Connect a member id not (yet) in marts.dim_member, such as an enrollee the next"
-    " dbt build adds.",
-)
+@click.option("--force", is_flag=True, help=FORCE_MEMBER_HELP)
 def devices_connect(member_id: str, provider: str, redirect_uri: str | None, force: bool) -> None:
     """Connect a member's device through the provider's OAuth consent.
 
@@ -490,15 +494,22 @@ def devices_disconnect(member_id: str, provider: str) -> None:
     "--days",
     default=30,
     show_default=True,
-    type=click.IntRange(min=1),
-    help="Days until the token expires.",
+    type=click.IntRange(min=1, max=3650),
+    help="Days until the token expires (at most ten years).",
 )
-def member_token(member_id: str, days: int) -> None:
+@click.option("--force", is_flag=True, help=FORCE_MEMBER_HELP)
+def member_token(member_id: str, days: int, force: bool) -> None:
     """Issue a member-app token for POST /api/v1/apple-health/samples (shown once)."""
     from serving.member_tokens import issue_member_token
 
-    _settings()
-    click.echo(issue_member_token(member_id, ttl_seconds=days * 86400))
+    settings = _settings()
+    if not force:
+        _refuse_unknown_member(_database(settings), member_id)
+    try:
+        token = issue_member_token(member_id, ttl_seconds=days * 86400)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(token)
 
 
 @main.group()

@@ -534,6 +534,23 @@ def test_a_bad_port_names_its_variable(cli_env, monkeypatch, value):
     assert not (cli_env / "state" / "stack.env").exists()
 
 
+def test_apple_paths_refuse_a_member_id_no_mart_knows_unless_forced(platform, tmp_path):
+    # a typo made a working token, or imported an export, for a member no data joins
+    runner = CliRunner()
+    refused = runner.invoke(main, ["devices", "member-token", "NOT_A_MEMBER"])
+    assert refused.exit_code == 1 and "--force" in refused.output, refused.output
+    export = tmp_path / "export.xml"
+    export.write_text('<?xml version="1.0"?><HealthData locale="en_US"></HealthData>')
+    imported = runner.invoke(
+        main, ["devices", "import-apple-export", str(export), "--member-id", "NOT_A_MEMBER"]
+    )
+    assert imported.exit_code == 1 and "--force" in imported.output, imported.output
+    forced = runner.invoke(main, ["devices", "member-token", "NOT_A_MEMBER", "--force"])
+    assert forced.exit_code == 0 and forced.output.startswith("mt1."), forced.output
+    empty = runner.invoke(main, ["devices", "member-token", "", "--force"])
+    assert empty.exit_code == 1 and "Traceback" not in empty.output, empty.output
+
+
 def test_a_member_token_needs_at_least_a_day(cli_env):
     result = CliRunner().invoke(main, ["devices", "member-token", "M1", "--days", "0"])
     assert "--days" in _refused(result, exit_code=2)

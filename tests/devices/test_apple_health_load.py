@@ -59,7 +59,15 @@ def test_the_cli_and_the_asset_show_where_and_why_records_were_rejected(platform
     export = tmp_path / "export.xml"
     export.write_text(BAD_EXPORT)
     result = CliRunner().invoke(
-        main, ["devices", "import-apple-export", str(export), "--member-id", "member-apple-bad"]
+        main,
+        [
+            "devices",
+            "import-apple-export",
+            str(export),
+            "--member-id",
+            "member-apple-bad",
+            "--force",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "1 records rejected" in result.output
