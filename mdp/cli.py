@@ -421,7 +421,8 @@ def devices_connect(member_id: str, provider: str, redirect_uri: str | None, for
     shows its consent page: open the printed URL in the member's browser, and the API's
     callback completes the connection.
     """
-    from ingestion.devices.fitbit.client import fitbit_app_from_env
+    from ingestion.devices.connections import latest_connection
+    from ingestion.devices.fitbit.client import DEFAULT_BASE_URL, fitbit_app_from_env
     from ingestion.devices.fitbit.oauth import ConnectError, connect_with_consent
 
     settings = _settings()
@@ -433,8 +434,17 @@ def devices_connect(member_id: str, provider: str, redirect_uri: str | None, for
         or os.environ.get("FITBIT_REDIRECT_URI")
         or (f"{settings.api_url}/oauth/fitbit/callback")
     )
+    app = fitbit_app_from_env()
+    # the sandbox consents as whichever Fitbit user it is told: the member's own account, as a
+    # member signing in to Fitbit again would (it made a new user, and a second connection,
+    # each time). The connection is then the same one: a reconnect fills only the gap.
+    known = (
+        None if app.base_url == DEFAULT_BASE_URL else latest_connection(params, member_id, provider)
+    )
     try:
-        outcome = connect_with_consent(params, fitbit_app_from_env(), member_id, callback)
+        outcome = connect_with_consent(
+            params, app, member_id, callback, sandbox_user_id=known and known.provider_user_id
+        )
     except ConnectError as exc:
         raise click.ClickException(str(exc)) from None
     if outcome.connection_id is None:

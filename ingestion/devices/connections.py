@@ -208,6 +208,19 @@ def get_connections(params: ConnectionParams, connection_ids: list[str]) -> dict
     return {connection.connection_id: connection for connection in found}
 
 
+def latest_connection(params: ConnectionParams, member_id: str, provider: str) -> Connection | None:
+    """A member's connection to one provider, active or not: the active one, else the one
+    disconnected last."""
+    found = _select(
+        params,
+        "where member_id = %s and provider = %s"
+        " order by status = 'active' desc, disconnected_at desc nulls last, created_at desc"
+        " limit 1",
+        (member_id, provider),
+    )
+    return found[0] if found else None
+
+
 def member_connections(params: ConnectionParams, member_id: str, provider: str) -> list[Connection]:
     """A member's active connections to one provider."""
     return _select(

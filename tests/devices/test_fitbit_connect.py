@@ -119,6 +119,23 @@ def test_cli_connects_in_the_sandbox_and_disconnect_revokes_but_keeps_history(pl
     again = runner.invoke(main, ["devices", "disconnect", "--member-id", "member-connect-3"])
     assert again.exit_code != 0 and "no active fitbit connection" in again.output
 
+    # connecting again is the same Fitbit account, so the same connection, with its cursors:
+    # the next sync fills only the gap (the sandbox made a new user, and connection, each time)
+    platform.query(
+        'update devices.connections set sync_cursor = \'{"steps": "2026-11-01"}\''
+        " where connection_id = %s returning 1",
+        (connection.connection_id,),
+    )
+    for _ in range(2):
+        back = runner.invoke(
+            main, ["devices", "connect", "--member-id", "member-connect-3", "--force"]
+        )
+        assert back.exit_code == 0, back.output
+    (reconnected,) = member_connections(platform.params, "member-connect-3", "fitbit")
+    assert reconnected.connection_id == connection.connection_id
+    assert reconnected.sync_cursor == {"steps": "2026-11-01"}
+    assert not state.users[user].revoked
+
 
 def test_cli_connects_only_a_member_of_the_marts_unless_forced(platform, emulator):
     from mdp.database import connect
