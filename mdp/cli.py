@@ -378,11 +378,12 @@ FORCE_MEMBER_HELP = (
 
 
 @devices.command("import-apple-export")
-@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--member-id", required=True, help="The platform member the export belongs to.")
 @click.option("--force", is_flag=True, help=FORCE_MEMBER_HELP)
 def import_apple_export(path: Path, member_id: str, force: bool) -> None:
-    """Stream a Health app export (export.xml or the zip) into raw_apple_health.samples."""
+    """Stream a Health app export (export.xml, the zip, or the unzipped folder) into
+    raw_apple_health.samples."""
     from ingestion.devices.apple_health import HealthExportError
     from ingestion.devices.apple_health.export_xml import shown_problems
     from ingestion.devices.apple_health.load import import_export

@@ -395,6 +395,14 @@ BILLION_LAUGHS = DTD.replace(
 )
 
 
+def test_a_fifo_is_refused_not_waited_on(tmp_path):
+    # opening a FIFO blocks until a writer comes: the import hung until killed
+    fifo = tmp_path / "export.xml"
+    os.mkfifo(fifo)
+    with pytest.raises(HealthExportError, match="not a regular file"):
+        list(parse_export_to_batches(fifo))
+
+
 def test_billion_laughs_is_refused_before_any_expansion():
     with pytest.raises(HealthExportError, match="declares entity 'lol'") as caught:
         read(export(record(source="&lol9;"), dtd=BILLION_LAUGHS))

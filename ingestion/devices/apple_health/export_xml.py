@@ -857,6 +857,9 @@ def _opened(source: Path | str | BinaryIO) -> Iterator[tuple[BinaryIO, str]]:
                 if found is None:
                     raise HealthExportError("the folder has no export.xml", source=str(path))
                 path = found
+            if path.exists() and not path.is_file():
+                # a FIFO or a device: opening it waits for a writer that may never come
+                raise HealthExportError("not a regular file", source=str(path))
             try:
                 stream: BinaryIO = stack.enter_context(open(path, "rb"))
             except OSError as exc:
