@@ -412,8 +412,10 @@ class Webhooks:
             return None
 
     async def fitbit_verify(self, request: Request) -> Response:
-        """Fitbit's subscriber verification: 204 for our code, 404 for any other."""
-        code = request.query_params.get("verify")
+        """Fitbit's subscriber verification: 204 for our code, 404 for any other (or for
+        several `verify` values: one of them right is no proof)."""
+        codes = request.query_params.getlist("verify")
+        code = codes[0] if len(codes) == 1 else None
         expected = await self._secret(request, FITBIT_VERIFICATION_CODE)
         if expected is None:
             self.metrics.request("fitbit", "unavailable")

@@ -115,7 +115,16 @@ def test_fitbit_verification_answers_204_for_our_code(client: TestClient) -> Non
     assert client.get("/webhooks/fitbit", params={"verify": VERIFY_CODE}).status_code == 204
 
 
-@pytest.mark.parametrize("query", [{"verify": "wrong"}, {"verify": ""}, {}])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"verify": "wrong"},
+        {"verify": ""},
+        {},
+        [("verify", "wrong"), ("verify", VERIFY_CODE)],  # the last one won: 204
+        [("verify", VERIFY_CODE), ("verify", "wrong")],
+    ],
+)
 def test_fitbit_verification_answers_404_for_any_other_code(client: TestClient, query) -> None:
     assert client.get("/webhooks/fitbit", params=query).status_code == 404
 
