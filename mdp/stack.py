@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ingestion.partners.config import load_partner_configs
-from mdp.database import connection_params, stop_embedded
+from mdp.database import connection_params, embedded_running, stop_embedded
 from mdp.settings import Settings, local_secret, protect_state
 
 STACK_ENV = "stack.env"
@@ -458,11 +458,10 @@ def sandbox_sftp_credentials() -> bool:
 
 def stack_status(settings: Settings) -> dict[str, object]:
     show = sandbox_sftp_credentials()
-    pg_pid_file = settings.pgdata_dir / "postmaster.pid"
     if settings.embedded:
         database = {
             "mode": "embedded",
-            "running": pg_pid_file.exists(),
+            "running": embedded_running(settings.pgdata_dir),  # a pid file a crash left: no
             "socket_dir": str(settings.pgdata_dir),
             "url": f"postgresql://postgres@/mdp?host={settings.pgdata_dir}",
         }
