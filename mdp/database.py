@@ -133,10 +133,9 @@ def stop_embedded(settings: Settings, timeout: float = 30.0) -> bool:
     import signal
     import time
 
-    pid_file = settings.pgdata_dir / "postmaster.pid"
-    if not pid_file.exists():
+    pid = _postmaster_pid(settings.pgdata_dir)
+    if pid is None:
         return False
-    pid = int(pid_file.read_text().split()[0])
     try:
         os.kill(pid, signal.SIGINT)  # SIGINT is Postgres' "fast" shutdown
     except ProcessLookupError:
@@ -153,12 +152,22 @@ def stop_embedded(settings: Settings, timeout: float = 30.0) -> bool:
 
 def embedded_running(pgdata_dir: Path) -> bool:
     """Whether the embedded Postgres of this data folder runs (its postmaster is alive)."""
-    pid_file = pgdata_dir / "postmaster.pid"
+    pid = _postmaster_pid(pgdata_dir)
+    if pid is None:
+        return False
     try:
-        os.kill(int(pid_file.read_text().split()[0]), 0)
-    except (OSError, ValueError, IndexError):
+        os.kill(pid, 0)
+    except OSError:
         return False
     return True
+
+
+def _postmaster_pid(pgdata_dir: Path) -> int | None:
+    """The pid in the data folder's postmaster.pid; None without a readable one."""
+    try:
+        return int((pgdata_dir / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def ensure_database(params: ConnectionParams, dbname: str) -> None:
